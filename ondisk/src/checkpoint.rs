@@ -1,0 +1,197 @@
+//! Checkpoints: the whole metadata, written to free pages as a chain.
+//!
+//! A checkpoint is the postcard encoding of [`Meta`], cut into pages. Every
+//! page starts with a header; the superblock names the first page, the
+//! number of pages and the checkpoint id:
+//!
+//! ```text
+//! off  size  field
+//!   0     4  magic    "CKPT"
+//!   4     4  crc32    of the header with this field zero, then `used` bytes
+//!   8     8  id       checkpoint id (the superblock's ckpt_id)
+//!  16     8  next     pfn of the next page; 0 on the last page
+//!  24     4  used     payload bytes in this page (at most 4064)
+//!  28     4  index    position of this page in the chain, from 0
+//!  32  4064  payload
+//! ```
+//!
+//! A new checkpoint goes to pages that are free in the current state, so
+//! the one the superblock names stays intact until the superblock points
+//! elsewhere; only then are its pages freed.
+
+use zerocopy::little_endian::{U32, U64};
+use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
+
+use crate::error::{Corrupt, Result};
+use crate::layout::{Geometry, PAGE_SIZE};
+use crate::meta::Meta;
+use crate::pmem::Pmem;
+use crate::superblock::CheckpointRef;
+
+pub const PAGE_MAGIC: u32 = u32::from_le_bytes(*b"CKPT");
+const HEADER_BYTES: usize = 32;
+/// Payload bytes per checkpoint page.
+pub const PAYLOAD_PER_PAGE: usize = PAGE_SIZE as usize - HEADER_BYTES;
+
+#[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned, Clone, Copy)]
+#[repr(C)]
+struct RawPageHeader {
+    magic: U32,
+    crc: U32,
+    id: U64,
+    next: U64,
+    used: U32,
+    index: U32,
+}
+
+const _: () = assert!(std::mem::size_of::<RawPageHeader>() == HEADER_BYTES);
+
+fn page_crc(h: &RawPageHeader, payload: &[u8]) -> u32 {
+    let mut h = *h;
+    h.crc = 0.into();
+    let mut c = crc32fast::Hasher::new();
+    c.update(h.as_bytes());
+    c.update(payload);
+    c.finalize()
+}
+
+/// Encodes the metadata into the checkpoint payload.
+pub fn encode(meta: &Meta) -> Vec<u8> {
+    // Encoding into a Vec cannot fail for these types.
+    postcard::to_allocvec(meta).unwrap_or_default()
+}
+
+/// Pages a payload of `bytes` bytes needs.
+pub fn pages_for(bytes: usize) -> u64 {
+    bytes.div_ceil(PAYLOAD_PER_PAGE).max(1) as u64
+}
+
+/// Writes `payload` to `pfns` (exactly [`pages_for`] of them) and flushes
+/// them; the caller fences before pointing a superblock at it.
+pub fn write(pmem: &Pmem, id: u64, payload: &[u8], pfns: &[u64]) -> Result<()> {
+    let mut chunks = payload.chunks(PAYLOAD_PER_PAGE);
+    for (i, &pfn) in pfns.iter().enumerate() {
+        let chunk = chunks.next().unwrap_or(&[]);
+        let mut h = RawPageHeader {
+            magic: PAGE_MAGIC.into(),
+            crc: 0.into(),
+            id: id.into(),
+            next: pfns.get(i + 1).copied().unwrap_or(0).into(),
+            used: (chunk.len() as u32).into(),
+            index: (i as u32).into(),
+        };
+        h.crc = page_crc(&h, chunk).into();
+        let off = pfn * PAGE_SIZE;
+        pmem.write(off, h.as_bytes())?;
+        pmem.write(off + HEADER_BYTES as u64, chunk)?;
+        pmem.flush(off, PAGE_SIZE)?;
+    }
+    Ok(())
+}
+
+/// Reads and decodes the checkpoint `r` names. Returns the metadata and the
+/// pfns the checkpoint occupies.
+pub fn read(pmem: &Pmem, g: &Geometry, r: &CheckpointRef) -> Result<(Meta, Vec<u64>), Corrupt> {
+    let mut payload = Vec::new();
+    let mut pfns = Vec::new();
+    let mut pfn = r.pfn;
+    for index in 0..r.pages {
+        let what = || format!("checkpoint page {index} (pfn {pfn})");
+        if !g.in_data(pfn, 1) {
+            return Err(Corrupt::new(what(), "lies outside the data area"));
+        }
+        let page = pmem
+            .bytes(pfn * PAGE_SIZE, PAGE_SIZE)
+            .map_err(|e| Corrupt::new(what(), e.to_string()))?;
+        let h = RawPageHeader::read_from_bytes(&page[..HEADER_BYTES]).map_err(|_| Corrupt::new(what(), "short header"))?;
+        if h.magic.get() != PAGE_MAGIC {
+            return Err(Corrupt::new(what(), "bad magic"));
+        }
+        let used = h.used.get() as usize;
+        if used > PAYLOAD_PER_PAGE {
+            return Err(Corrupt::new(what(), format!("claims {used} payload bytes")));
+        }
+        let chunk = &page[HEADER_BYTES..HEADER_BYTES + used];
+        if page_crc(&h, chunk) != h.crc.get() {
+            return Err(Corrupt::new(what(), "checksum mismatch"));
+        }
+        if h.id.get() != r.id || u64::from(h.index.get()) != index {
+            return Err(Corrupt::new(
+                what(),
+                format!("belongs to checkpoint {} page {}, not {} page {index}", h.id.get(), h.index.get(), r.id),
+            ));
+        }
+        let next = h.next.get();
+        let last = index + 1 == r.pages;
+        if last != (next == 0) {
+            return Err(Corrupt::new(what(), format!("chain ends after {} pages, the superblock says {}", index + 1, r.pages)));
+        }
+        payload.extend_from_slice(chunk);
+        pfns.push(pfn);
+        pfn = next;
+    }
+    let meta: Meta = postcard::from_bytes(&payload)
+        .map_err(|e| Corrupt::new(format!("checkpoint {}", r.id), format!("metadata does not decode: {e}")))?;
+    meta.check_shape()
+        .map_err(|e| Corrupt::new(format!("checkpoint {}", r.id), e.to_string()))?;
+    Ok((meta, pfns))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::layout::MIN_IMAGE_BYTES;
+    use crate::meta::{Attr, Kind, NewBody, Op, Time, ROOT_INO};
+
+    fn sample() -> Meta {
+        let mut m = Meta::new(1000, 1000, Time { secs: 5, nsecs: 6 });
+        for i in 0..200u64 {
+            let ino = m.next_ino;
+            m.apply(&Op::Create { ino, attr: Attr::new(Kind::File, 0o600, 1, 2, Time::default()), body: NewBody::File }).unwrap();
+            m.apply(&Op::Link { dir: ROOT_INO, name: format!("file-{i:04}-with-a-longish-name").into_bytes(), ino }).unwrap();
+            m.apply(&Op::Map { ino, index: i, pfn: 10_000 + i * 3, len: 2 }).unwrap();
+        }
+        m
+    }
+
+    fn setup(meta: &Meta) -> (Pmem, Geometry, CheckpointRef) {
+        let g = Geometry::for_size(MIN_IMAGE_BYTES).unwrap();
+        let p = Pmem::memory(MIN_IMAGE_BYTES);
+        let payload = encode(meta);
+        let n = pages_for(payload.len());
+        assert!(n > 1, "the sample spans several pages");
+        // Scatter the chain, last page first, to exercise `next`.
+        let pfns: Vec<u64> = (0..n).map(|i| g.data_start + 10 + (n - i) * 2).collect();
+        write(&p, 33, &payload, &pfns).unwrap();
+        (p, g, CheckpointRef { pfn: pfns[0], pages: n, id: 33 })
+    }
+
+    #[test]
+    fn round_trip() {
+        let m = sample();
+        let (p, g, r) = setup(&m);
+        let (back, pfns) = read(&p, &g, &r).unwrap();
+        assert_eq!(back, m);
+        assert_eq!(pfns.len() as u64, r.pages);
+    }
+
+    #[test]
+    fn corruption_is_caught() {
+        let m = sample();
+        let (p, g, r) = setup(&m);
+        // A flipped payload byte in the second page.
+        let (_, pfns) = read(&p, &g, &r).unwrap();
+        let at = pfns[1] * PAGE_SIZE + 100;
+        let b = p.bytes(at, 1).unwrap()[0];
+        p.write(at, &[b ^ 1]).unwrap();
+        let e = read(&p, &g, &r).unwrap_err();
+        assert!(e.to_string().contains("checkpoint page 1"), "{e}");
+        p.write(at, &[b]).unwrap();
+        // Wrong id, wrong length, outside the data area.
+        assert!(read(&p, &g, &CheckpointRef { id: 34, ..r }).is_err());
+        assert!(read(&p, &g, &CheckpointRef { pages: r.pages + 1, ..r }).is_err());
+        assert!(read(&p, &g, &CheckpointRef { pages: r.pages - 1, ..r }).is_err());
+        assert!(read(&p, &g, &CheckpointRef { pfn: 1, ..r }).is_err());
+        read(&p, &g, &r).unwrap();
+    }
+}

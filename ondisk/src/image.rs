@@ -1,0 +1,561 @@
+//! An open image: format, open with recovery, commit, checkpoint.
+//!
+//! Durability rules, kept here:
+//! - A transaction is durable when its journal entry is flushed and fenced.
+//!   Its ops are applied to the in-memory [`Meta`] first (so an op that does
+//!   not fit is refused before anything is written), then journaled.
+//! - Data pages are written and flushed by the caller before the `Map` op
+//!   that makes them reachable is committed.
+//! - A pfn freed by a transaction goes back to the allocator only after that
+//!   transaction is durable, and a checkpoint's pages only after the
+//!   superblock no longer names it. Until then nobody can overwrite a page a
+//!   crash could bring back.
+//! - The allocator's free set is never stored: it is every data page that no
+//!   page map references and that the checkpoint does not occupy.
+
+use std::collections::BTreeSet;
+use std::fs::File;
+use std::path::Path;
+
+use crate::checkpoint;
+use crate::error::{Corrupt, Error, Result};
+use crate::journal::{self, End};
+use crate::layout::{Geometry, PAGE_SIZE};
+use crate::lock;
+use crate::meta::{Attr, Body, Ino, Meta, Op, Time};
+use crate::pmem::Pmem;
+use crate::rangemap::{RangeMap, Run};
+use crate::superblock::{self, CheckpointRef, JournalPos, State, Superblock};
+
+/// How an image is opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// No lock, no writes, no recovery writes (replay happens in memory).
+    ReadOnly,
+    /// Exclusive lock; recovery is written back.
+    ReadWrite,
+}
+
+/// What mkfs asks for.
+#[derive(Debug, Clone)]
+pub struct FormatOptions {
+    pub label: String,
+    pub uuid: [u8; 16],
+    /// Owner of the root directory.
+    pub uid: u32,
+    pub gid: u32,
+    pub now: Time,
+}
+
+/// What opening an image found and did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Recovery {
+    /// The image was not closed cleanly.
+    pub was_in_use: bool,
+    pub entries_replayed: usize,
+    /// A torn journal tail was found (and cut when opened read-write).
+    pub torn_tail: Option<Corrupt>,
+    /// One superblock copy was bad or stale (and rewritten when read-write).
+    pub superblock_repaired: Option<String>,
+    /// Inodes with no links that were still allocated (deleted-while-open
+    /// files at the crash); freed when read-write.
+    pub unlinked_inodes: Vec<Ino>,
+}
+
+pub struct Image {
+    /// Kept open: its flock is the image lock when writable.
+    _file: File,
+    pmem: Pmem,
+    sb: Superblock,
+    meta: Meta,
+    /// Durably free data pages (value 1).
+    free: RangeMap<u32>,
+    free_pages: u64,
+    /// Next-fit allocation cursor.
+    cursor: u64,
+    /// Where the next journal entry goes.
+    journal: JournalPos,
+    ckpt_pfns: Vec<u64>,
+    recovery: Recovery,
+}
+
+/// Seconds since the Unix epoch.
+pub fn now() -> Time {
+    let d = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    Time { secs: d.as_secs() as i64, nsecs: d.subsec_nanos() }
+}
+
+/// Formats the whole of `file` (already sized and locked by the caller).
+pub fn format(file: &File, opts: &FormatOptions) -> Result<Superblock> {
+    let len = crate::pmem::media_len(file)?;
+    let geometry = Geometry::for_size(len).ok_or(Error::TooSmall { size: len, min: crate::layout::MIN_IMAGE_BYTES })?;
+    discard(file, 0, geometry.data_start * PAGE_SIZE);
+    let pmem = Pmem::map(file, true)?;
+    // Superblocks and journal must read as zero, whatever was there: a stale
+    // journal entry of an earlier file system must never replay into this one.
+    pmem.zero(0, geometry.data_start * PAGE_SIZE)?;
+    pmem.persist(0, geometry.data_start * PAGE_SIZE)?;
+    let meta = Meta::new(opts.uid, opts.gid, opts.now);
+    let payload = checkpoint::encode(&meta);
+    let pfns: Vec<u64> = (0..checkpoint::pages_for(payload.len())).map(|i| geometry.data_start + i).collect();
+    checkpoint::write(&pmem, 1, &payload, &pfns)?;
+    pmem.fence()?;
+    let sb = Superblock {
+        uuid: opts.uuid,
+        label: opts.label.clone(),
+        state: State::Clean,
+        geometry,
+        generation: 1,
+        created: opts.now.secs.max(0) as u64,
+        checkpoint: CheckpointRef { pfn: pfns[0], pages: pfns.len() as u64, id: 1 },
+        journal: JournalPos { off: 0, seq: 1 },
+    };
+    superblock::write_copies(&pmem, &sb)?;
+    Ok(sb)
+}
+
+/// Gives the byte range back to the file system under a regular file, so
+/// zeroing it costs nothing. Best effort: the caller zeroes it anyway.
+fn discard(file: &File, off: u64, len: u64) {
+    use std::os::fd::AsRawFd;
+    if file.metadata().is_ok_and(|m| m.is_file()) {
+        // SAFETY: fallocate on a valid descriptor has no memory effects.
+        unsafe {
+            libc::fallocate(
+                file.as_raw_fd(),
+                libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                off as libc::off_t,
+                len as libc::off_t,
+            )
+        };
+    }
+}
+
+/// Pages kept back from data allocations so that a checkpoint can always be
+/// written, which is what lets a full file system still delete files.
+fn reserve(ckpt_pages: usize) -> u64 {
+    2 * ckpt_pages as u64 + 64
+}
+
+impl Image {
+    /// Opens the image at `path`; see [`Image::open_file`].
+    pub fn open(path: &Path, access: Access) -> Result<Image> {
+        let file = File::options().read(true).write(access == Access::ReadWrite).open(path)?;
+        Image::open_file(file, access)
+    }
+
+    /// Opens an image: takes the lock (read-write), picks a superblock,
+    /// loads the checkpoint and replays the journal. Read-write, it also
+    /// writes the recovery back: torn tail cut, superblock copies made
+    /// equal, unlinked inodes freed, state marked in use.
+    pub fn open_file(file: File, access: Access) -> Result<Image> {
+        let writable = access == Access::ReadWrite;
+        if writable {
+            lock::lock_exclusive(&file)?;
+        }
+        let pmem = Pmem::map(&file, writable)?;
+        let copies = superblock::read_copies(&pmem);
+        let sb = match superblock::choose(&copies) {
+            Some(sb) => sb.clone(),
+            None if !superblock::has_magic(&pmem) => {
+                return Err(Error::NotPmemfs("no pmemfs superblock (bad magic in both copies)".into()))
+            }
+            None => {
+                let e = copies.into_iter().find_map(|c| c.err()).unwrap_or_else(|| Corrupt::new("superblock", "unreadable"));
+                return Err(Error::Corrupt(e));
+            }
+        };
+        if sb.geometry.total_pages * PAGE_SIZE > pmem.len() {
+            return Err(Error::Corrupt(Corrupt::new(
+                "superblock",
+                format!("the image is {} bytes, shorter than the {} the superblock records", pmem.len(), sb.geometry.total_pages * PAGE_SIZE),
+            )));
+        }
+        let mut recovery = Recovery { was_in_use: sb.state == State::InUse, ..Recovery::default() };
+        if let Some(bad) = copies.iter().find_map(|c| match c {
+            Err(e) => Some(e.to_string()),
+            Ok(c) if c != &sb => Some(format!("superblock copy at generation {} is older than {}", c.generation, sb.generation)),
+            Ok(_) => None,
+        }) {
+            recovery.superblock_repaired = Some(bad);
+        }
+        let (mut meta, ckpt_pfns) = checkpoint::read(&pmem, &sb.geometry, &sb.checkpoint)?;
+        let scan = journal::scan(&pmem, &sb.geometry, sb.journal);
+        for e in &scan.entries {
+            for op in &e.ops {
+                meta.apply(op).map_err(|c| {
+                    Error::Corrupt(Corrupt::new(format!("journal entry seq {}", e.seq), format!("{}; run fsck.pmemfs", c.detail)))
+                })?;
+            }
+        }
+        recovery.entries_replayed = scan.entries.len();
+        if let End::Torn(t) = &scan.end {
+            recovery.torn_tail = Some(t.clone());
+        }
+        if meta.counted_shares() != meta.shares {
+            return Err(Error::Corrupt(Corrupt::new("share counts", "they disagree with the page maps; run fsck.pmemfs -y")));
+        }
+        recovery.unlinked_inodes = unlinked_inodes(&meta);
+        let mut image = Image::from_parts(file, pmem, sb, meta, ckpt_pfns, scan.next)?;
+        image.recovery = recovery;
+        if writable {
+            image.recover()?;
+        }
+        Ok(image)
+    }
+
+    /// Assembles an image from parts a caller has read and checked (fsck,
+    /// after repairing them). Derives the free set; fails when page maps
+    /// reach outside the data area or into the checkpoint.
+    pub fn from_parts(file: File, pmem: Pmem, sb: Superblock, meta: Meta, ckpt_pfns: Vec<u64>, journal: JournalPos) -> Result<Image> {
+        let g = sb.geometry;
+        let mut free = RangeMap::new();
+        free.insert(g.data_start, g.data_pages(), 1u32);
+        for r in meta.shares.iter() {
+            if !g.in_data(r.start, r.len) {
+                return Err(Error::Corrupt(Corrupt::new("share counts", format!("pfns {}+{} lie outside the data area; run fsck.pmemfs -y", r.start, r.len))));
+            }
+            free.remove(r.start, r.len);
+        }
+        for &p in &ckpt_pfns {
+            if free.remove(p, 1).is_empty() {
+                return Err(Error::Corrupt(Corrupt::new("checkpoint", format!("page {p} is also mapped by a file; run fsck.pmemfs -y"))));
+            }
+        }
+        let free_pages = free.pages();
+        Ok(Image {
+            _file: file,
+            pmem,
+            sb,
+            meta,
+            free,
+            free_pages,
+            cursor: g.data_start,
+            journal,
+            ckpt_pfns,
+            recovery: Recovery::default(),
+        })
+    }
+
+    /// Writes back what recovery found: frees unlinked inodes, then one
+    /// checkpoint that also cuts any torn tail (the journal restarts past
+    /// it), makes both superblock copies equal and marks the image in use.
+    fn recover(&mut self) -> Result<()> {
+        if self.recovery.torn_tail.is_some() {
+            journal::cut(&self.pmem, &self.sb.geometry, self.journal.off)?;
+        }
+        let deletes: Vec<Op> = self.recovery.unlinked_inodes.iter().map(|&ino| Op::Delete { ino }).collect();
+        if !deletes.is_empty() {
+            self.commit(&deletes)?;
+        }
+        self.checkpoint_with(State::InUse)
+    }
+
+    pub fn pmem(&self) -> &Pmem {
+        &self.pmem
+    }
+
+    pub fn superblock(&self) -> &Superblock {
+        &self.sb
+    }
+
+    pub fn geometry(&self) -> Geometry {
+        self.sb.geometry
+    }
+
+    pub fn meta(&self) -> &Meta {
+        &self.meta
+    }
+
+    pub fn recovery(&self) -> &Recovery {
+        &self.recovery
+    }
+
+    /// Free data pages, the checkpoint reserve included.
+    pub fn free_pages(&self) -> u64 {
+        self.free_pages
+    }
+
+    /// Pages the current checkpoint occupies.
+    pub fn checkpoint_pfns(&self) -> &[u64] {
+        &self.ckpt_pfns
+    }
+
+    /// Where the next journal entry goes.
+    pub fn journal_pos(&self) -> JournalPos {
+        self.journal
+    }
+
+    /// Takes up to `max` contiguous free pages for data. They belong to the
+    /// caller until a committed `Map` references them or [`Image::release`]
+    /// returns them; a crash returns them by itself.
+    pub fn alloc(&mut self, max: u64) -> Result<Run<u64>> {
+        if self.free_pages < reserve(self.ckpt_pfns.len()) + max.min(1) {
+            return Err(Error::NoSpace);
+        }
+        self.take(max.min(self.free_pages - reserve(self.ckpt_pfns.len())))
+    }
+
+    fn take(&mut self, max: u64) -> Result<Run<u64>> {
+        let run = self
+            .free
+            .first_at_or_after(self.cursor)
+            .or_else(|| self.free.first_at_or_after(0))
+            .ok_or(Error::NoSpace)?;
+        let len = run.len.min(max).max(1);
+        self.free.remove(run.start, len);
+        self.free_pages -= len;
+        self.cursor = run.start + len;
+        Ok(Run { start: run.start, len, value: run.start })
+    }
+
+    /// Gives back pages from [`Image::alloc`] that were never mapped.
+    pub fn release(&mut self, pfn: u64, len: u64) {
+        self.free.insert(pfn, len, 1);
+        self.free_pages += len;
+    }
+
+    /// Applies `ops` and makes them durable as one transaction.
+    ///
+    /// If an op does not fit the state, or the journal cannot be written,
+    /// the in-memory state no longer matches the media and the image refuses
+    /// writes from then on.
+    pub fn commit(&mut self, ops: &[Op]) -> Result<()> {
+        if !self.pmem.is_writable() {
+            return Err(Error::ReadOnly);
+        }
+        let entry = journal::encode_entry(self.journal.seq, ops)?;
+        if entry.len() as u64 > self.sb.geometry.journal_bytes() {
+            return Err(Error::TransactionTooLarge(entry.len()));
+        }
+        let mut freed = Vec::new();
+        for op in ops {
+            match self.meta.apply(op) {
+                Ok(f) => freed.extend(f),
+                Err(e) => {
+                    self.pmem.poison();
+                    return Err(Error::Corrupt(e));
+                }
+            }
+        }
+        let written = journal::append(&self.pmem, &self.sb.geometry, self.journal, &entry);
+        match written {
+            Ok(true) => {
+                self.journal = JournalPos { off: self.journal.off + entry.len() as u64, seq: self.journal.seq + 1 };
+            }
+            // The journal is full: a checkpoint holds this transaction too.
+            Ok(false) => self.checkpoint()?,
+            Err(e) => {
+                self.pmem.poison();
+                return Err(e);
+            }
+        }
+        for r in freed {
+            self.release(r.start, r.len);
+        }
+        Ok(())
+    }
+
+    /// Writes the whole metadata as a new checkpoint and restarts the
+    /// journal.
+    pub fn checkpoint(&mut self) -> Result<()> {
+        self.checkpoint_with(self.sb.state)
+    }
+
+    fn checkpoint_with(&mut self, state: State) -> Result<()> {
+        let payload = checkpoint::encode(&self.meta);
+        let n = checkpoint::pages_for(payload.len());
+        let mut pfns = Vec::with_capacity(n as usize);
+        while (pfns.len() as u64) < n {
+            match self.take(n - pfns.len() as u64) {
+                Ok(r) => pfns.extend(r.start..r.start + r.len),
+                Err(e) => {
+                    for &p in &pfns {
+                        self.release(p, 1);
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        let mut sb = self.sb.clone();
+        sb.generation += 1;
+        sb.state = state;
+        sb.checkpoint = CheckpointRef { pfn: pfns[0], pages: n, id: sb.generation };
+        sb.journal = JournalPos { off: 0, seq: self.journal.seq };
+        let written = checkpoint::write(&self.pmem, sb.checkpoint.id, &payload, &pfns)
+            .and_then(|()| self.pmem.fence())
+            .and_then(|()| superblock::write_copies(&self.pmem, &sb));
+        if let Err(e) = written {
+            self.pmem.poison();
+            return Err(e);
+        }
+        for p in std::mem::replace(&mut self.ckpt_pfns, pfns) {
+            self.release(p, 1);
+        }
+        self.sb = sb;
+        self.journal = self.sb.journal;
+        Ok(())
+    }
+
+    /// Checkpoints and marks the image clean. Dropping an image without
+    /// closing it leaves it as a crash would (in use, journal to replay).
+    pub fn close(mut self) -> Result<()> {
+        if self.pmem.is_writable() {
+            self.checkpoint_with(State::Clean)?;
+        }
+        Ok(())
+    }
+
+    /// A new inode number.
+    pub fn next_ino(&self) -> Ino {
+        self.meta.next_ino
+    }
+
+    /// Attributes of `ino`.
+    pub fn attr(&self, ino: Ino) -> Option<&Attr> {
+        self.meta.get(ino).map(|i| &i.attr)
+    }
+}
+
+/// Inodes with no links that no directory names: files deleted while open.
+pub fn unlinked_inodes(meta: &Meta) -> Vec<Ino> {
+    let named: BTreeSet<Ino> = meta
+        .inodes
+        .values()
+        .filter_map(|i| match &i.body {
+            Body::Dir(d) => Some(d.entries.values().copied()),
+            _ => None,
+        })
+        .flatten()
+        .collect();
+    meta.inodes
+        .iter()
+        .filter(|(ino, i)| i.attr.nlink == 0 && **ino != crate::meta::ROOT_INO && !named.contains(ino))
+        .map(|(&ino, _)| ino)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::meta::{Kind, NewBody, ROOT_INO};
+
+    struct Tmp(std::path::PathBuf);
+    impl Drop for Tmp {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+
+    fn fresh(name: &str, size: u64) -> Tmp {
+        let p = std::env::temp_dir().join(format!("pmemfs-image-{name}-{}", std::process::id()));
+        let f = File::options().read(true).write(true).create(true).truncate(true).open(&p).unwrap();
+        f.set_len(size).unwrap();
+        lock::lock_exclusive(&f).unwrap();
+        format(&f, &FormatOptions { label: "t".into(), uuid: [1; 16], uid: 0, gid: 0, now: Time::default() }).unwrap();
+        Tmp(p)
+    }
+
+    fn add_file(img: &mut Image, name: &str, pages: u64) -> Ino {
+        let ino = img.next_ino();
+        img.commit(&[
+            Op::Create { ino, attr: Attr::new(Kind::File, 0o644, 0, 0, Time::default()), body: NewBody::File },
+            Op::Link { dir: ROOT_INO, name: name.into(), ino },
+        ])
+        .unwrap();
+        let mut index = 0;
+        while index < pages {
+            let r = img.alloc(pages - index).unwrap();
+            img.pmem().write(r.start * PAGE_SIZE, name.as_bytes()).unwrap();
+            img.pmem().persist(r.start * PAGE_SIZE, PAGE_SIZE).unwrap();
+            img.commit(&[Op::Map { ino, index, pfn: r.start, len: r.len }]).unwrap();
+            index += r.len;
+        }
+        ino
+    }
+
+    #[test]
+    fn format_then_open_is_clean() {
+        let t = fresh("fmt", 16 << 20);
+        let img = Image::open(&t.0, Access::ReadOnly).unwrap();
+        assert!(!img.recovery().was_in_use);
+        assert_eq!(img.meta().lost_found(), Some(2));
+        assert_eq!(img.free_pages(), img.geometry().data_pages() - 1);
+    }
+
+    #[test]
+    fn crash_replays_the_journal() {
+        let t = fresh("replay", 16 << 20);
+        let mut img = Image::open(&t.0, Access::ReadWrite).unwrap();
+        let a = add_file(&mut img, "a", 10);
+        assert!(matches!(Image::open(&t.0, Access::ReadWrite), Err(Error::Locked)));
+        let free = img.free_pages();
+        drop(img); // a crash: no close
+        let img = Image::open(&t.0, Access::ReadWrite).unwrap();
+        assert!(img.recovery().was_in_use);
+        assert_eq!(img.meta().get(a).unwrap().pages().unwrap().pages(), 10);
+        assert_eq!(img.free_pages(), free);
+        img.close().unwrap();
+        let img = Image::open(&t.0, Access::ReadOnly).unwrap();
+        assert!(!img.recovery().was_in_use);
+        assert_eq!(img.recovery().entries_replayed, 0);
+    }
+
+    #[test]
+    fn full_journal_checkpoints_and_space_comes_back() {
+        let t = fresh("full", 16 << 20);
+        let mut img = Image::open(&t.0, Access::ReadWrite).unwrap();
+        // Enough transactions to fill the 1 MiB journal several times.
+        for round in 0..3 {
+            let mut inos = vec![];
+            for i in 0..3000 {
+                inos.push(add_file(&mut img, &format!("f{round}-{i}"), 1));
+            }
+            for (i, ino) in inos.into_iter().enumerate() {
+                img.commit(&[Op::Unlink { dir: ROOT_INO, name: format!("f{round}-{i}").into_bytes() }, Op::Delete { ino }]).unwrap();
+            }
+        }
+        // Every data page is free again but for the checkpoint's own.
+        assert_eq!(img.free_pages() + img.checkpoint_pfns().len() as u64, img.geometry().data_pages());
+        drop(img);
+        let img = Image::open(&t.0, Access::ReadOnly).unwrap();
+        assert_eq!(img.meta().inodes.len(), 2);
+        assert_eq!(img.meta().shares.pages(), 0);
+    }
+
+    #[test]
+    fn device_full_is_enospc_and_keeps_earlier_files() {
+        let t = fresh("enospc", 16 << 20);
+        let mut img = Image::open(&t.0, Access::ReadWrite).unwrap();
+        let a = add_file(&mut img, "a", 100);
+        let mut got = 0;
+        loop {
+            match img.alloc(1 << 20) {
+                Ok(r) => got += r.len,
+                Err(Error::NoSpace) => break,
+                Err(e) => panic!("{e}"),
+            }
+        }
+        assert!(got > 3000);
+        // The reserve still lets metadata commit and checkpoint.
+        img.commit(&[Op::Unlink { dir: ROOT_INO, name: b"a".to_vec() }, Op::Delete { ino: a }]).unwrap();
+        img.close().unwrap();
+        let img = Image::open(&t.0, Access::ReadOnly).unwrap();
+        assert!(img.meta().get(a).is_none());
+    }
+
+    #[test]
+    fn unlinked_inodes_are_freed_by_recovery() {
+        let t = fresh("orph", 16 << 20);
+        let mut img = Image::open(&t.0, Access::ReadWrite).unwrap();
+        let a = add_file(&mut img, "a", 3);
+        let mut attr = *img.attr(a).unwrap();
+        attr.nlink = 0;
+        img.commit(&[Op::Unlink { dir: ROOT_INO, name: b"a".to_vec() }, Op::SetAttr { ino: a, attr }]).unwrap();
+        drop(img);
+        let img = Image::open(&t.0, Access::ReadWrite).unwrap();
+        assert_eq!(img.recovery().unlinked_inodes, vec![a]);
+        assert!(img.meta().get(a).is_none());
+        assert!(img.meta().shares.is_empty());
+    }
+}

@@ -1,0 +1,241 @@
+//! The metadata journal: a write-ahead log of checksummed transactions.
+//!
+//! The journal is a region of `journal_pages` pages. Entries are appended
+//! from the offset the superblock names, each starting on a 64-byte
+//! boundary so that a header never straddles a cache line:
+//!
+//! ```text
+//! off  size  field
+//!   0     4  magic    "JRNL" (0x4c4e524a as a little-endian u32)
+//!   4     4  len      payload bytes
+//!   8     8  seq      sequence number; each entry is the previous + 1
+//!  16     4  crc32    of the header with this field zero, then the payload
+//!  20    12  reserved zero
+//!  32   len  payload  postcard encoding of Vec<Op>
+//! ```
+//! then zero padding to the next 64-byte boundary.
+//!
+//! An entry is durable once its bytes are flushed and fenced; it is then
+//! the commit point of its ops. Replay reads entries while the magic
+//! matches and the seq is the one expected. An entry with the expected seq
+//! whose length or checksum is wrong is a torn tail: a crash hit it before
+//! its fence, so it never committed and is ignored. Anything else ends the
+//! log cleanly (zeroes, or an older entry from before the last checkpoint,
+//! whose seq is lower). A checkpoint restarts the journal at offset 0 with
+//! the next seq, so the journal never wraps.
+
+use zerocopy::little_endian::{U32, U64};
+use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
+
+use crate::error::{Corrupt, Error, Result};
+use crate::layout::Geometry;
+use crate::meta::Op;
+use crate::pmem::{Pmem, CACHE_LINE};
+use crate::superblock::JournalPos;
+
+pub const ENTRY_MAGIC: u32 = u32::from_le_bytes(*b"JRNL");
+pub const HEADER_BYTES: u64 = 32;
+
+#[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned, Clone, Copy)]
+#[repr(C)]
+struct RawHeader {
+    magic: U32,
+    len: U32,
+    seq: U64,
+    crc: U32,
+    reserved: [u8; 12],
+}
+
+const _: () = assert!(std::mem::size_of::<RawHeader>() == HEADER_BYTES as usize);
+
+fn entry_crc(header: &RawHeader, payload: &[u8]) -> u32 {
+    let mut h = *header;
+    h.crc = 0.into();
+    let mut c = crc32fast::Hasher::new();
+    c.update(h.as_bytes());
+    c.update(payload);
+    c.finalize()
+}
+
+/// Bytes an entry of `payload` bytes takes, padding included.
+pub fn entry_bytes(payload: usize) -> u64 {
+    (HEADER_BYTES + payload as u64).div_ceil(CACHE_LINE) * CACHE_LINE
+}
+
+/// Encodes a transaction as one entry with sequence number `seq`.
+pub fn encode_entry(seq: u64, ops: &[Op]) -> Result<Vec<u8>> {
+    let payload = postcard::to_allocvec(ops).map_err(|e| Error::Io(std::io::Error::other(e)))?;
+    let len = u32::try_from(payload.len()).map_err(|_| Error::TransactionTooLarge(payload.len()))?;
+    let mut h = RawHeader { magic: ENTRY_MAGIC.into(), len: len.into(), seq: seq.into(), crc: 0.into(), reserved: [0; 12] };
+    h.crc = entry_crc(&h, &payload).into();
+    let mut out = Vec::with_capacity(entry_bytes(payload.len()) as usize);
+    out.extend_from_slice(h.as_bytes());
+    out.extend_from_slice(&payload);
+    out.resize(entry_bytes(payload.len()) as usize, 0);
+    Ok(out)
+}
+
+/// A committed entry found by [`scan`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    /// Offset inside the journal region.
+    pub off: u64,
+    pub seq: u64,
+    pub ops: Vec<Op>,
+}
+
+/// How the log ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum End {
+    /// Zeroes, an older entry, or the end of the region.
+    Clean,
+    /// An entry with the expected seq that did not commit (or was damaged).
+    Torn(Corrupt),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Scan {
+    pub entries: Vec<Entry>,
+    pub end: End,
+    /// Where the next entry goes.
+    pub next: JournalPos,
+}
+
+/// Reads the committed entries from `start`.
+pub fn scan(pmem: &Pmem, g: &Geometry, start: JournalPos) -> Scan {
+    let base = g.journal_offset();
+    let size = g.journal_bytes();
+    let mut pos = start;
+    let mut entries = Vec::new();
+    let torn = |off: u64, d: String| End::Torn(Corrupt::new(format!("journal entry at offset {off}"), d));
+    let end = loop {
+        if pos.off % CACHE_LINE != 0 || pos.off + HEADER_BYTES > size {
+            break End::Clean;
+        }
+        let header = match pmem.bytes(base + pos.off, HEADER_BYTES).ok().and_then(|b| RawHeader::read_from_bytes(b).ok()) {
+            Some(h) => h,
+            None => break End::Clean,
+        };
+        if header.magic.get() != ENTRY_MAGIC || header.seq.get() != pos.seq {
+            break End::Clean;
+        }
+        let len = u64::from(header.len.get());
+        if HEADER_BYTES + len > size - pos.off {
+            break torn(pos.off, format!("length {len} runs past the journal"));
+        }
+        let payload = match pmem.bytes(base + pos.off + HEADER_BYTES, len) {
+            Ok(p) => p,
+            Err(e) => break torn(pos.off, e.to_string()),
+        };
+        if entry_crc(&header, payload) != header.crc.get() {
+            break torn(pos.off, format!("seq {}: checksum mismatch", pos.seq));
+        }
+        let ops: Vec<Op> = match postcard::from_bytes(payload) {
+            Ok(o) => o,
+            Err(e) => break torn(pos.off, format!("seq {}: does not decode: {e}", pos.seq)),
+        };
+        entries.push(Entry { off: pos.off, seq: pos.seq, ops });
+        pos = JournalPos { off: pos.off + entry_bytes(len as usize), seq: pos.seq + 1 };
+    };
+    Scan { entries, end, next: pos }
+}
+
+/// Writes `entry` (from [`encode_entry`]) at `pos` and makes it durable.
+/// Returns `Ok(false)`, writing nothing, when it does not fit before the
+/// end of the journal.
+pub fn append(pmem: &Pmem, g: &Geometry, pos: JournalPos, entry: &[u8]) -> Result<bool> {
+    let len = entry.len() as u64;
+    if pos.off + len > g.journal_bytes() {
+        return Ok(false);
+    }
+    let off = g.journal_offset() + pos.off;
+    pmem.write(off, entry)?;
+    pmem.persist(off, len)?;
+    Ok(true)
+}
+
+/// Zeroes the header of the entry at `off` so that the log ends there.
+pub fn cut(pmem: &Pmem, g: &Geometry, off: u64) -> Result<()> {
+    let at = g.journal_offset() + off;
+    pmem.zero(at, HEADER_BYTES)?;
+    pmem.persist(at, HEADER_BYTES)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::layout::MIN_IMAGE_BYTES;
+    use crate::meta::ROOT_INO;
+
+    fn setup() -> (Pmem, Geometry) {
+        (Pmem::memory(MIN_IMAGE_BYTES), Geometry::for_size(MIN_IMAGE_BYTES).unwrap())
+    }
+
+    fn op(i: u64) -> Vec<Op> {
+        vec![Op::Unmap { ino: ROOT_INO, index: i, len: i + 1 }, Op::SetParent { dir: i, parent: 7 }]
+    }
+
+    fn write_n(p: &Pmem, g: &Geometry, n: u64) -> Vec<u64> {
+        let mut pos = JournalPos { off: 0, seq: 1 };
+        let mut offs = vec![];
+        for i in 0..n {
+            let e = encode_entry(pos.seq, &op(i)).unwrap();
+            assert!(append(p, g, pos, &e).unwrap());
+            offs.push(pos.off);
+            pos = JournalPos { off: pos.off + e.len() as u64, seq: pos.seq + 1 };
+        }
+        offs
+    }
+
+    #[test]
+    fn round_trip() {
+        let (p, g) = setup();
+        write_n(&p, &g, 5);
+        let s = scan(&p, &g, JournalPos { off: 0, seq: 1 });
+        assert_eq!(s.end, End::Clean);
+        assert_eq!(s.entries.len(), 5);
+        for (i, e) in s.entries.iter().enumerate() {
+            assert_eq!(e.ops, op(i as u64));
+            assert_eq!(e.seq, i as u64 + 1);
+        }
+        assert_eq!(s.next.seq, 6);
+    }
+
+    #[test]
+    fn torn_tail_is_detected_and_cut() {
+        let (p, g) = setup();
+        let offs = write_n(&p, &g, 3);
+        // A crash left the last entry's payload half written.
+        p.write(g.journal_offset() + offs[2] + HEADER_BYTES + 1, &[0xff, 0xee]).unwrap();
+        let s = scan(&p, &g, JournalPos { off: 0, seq: 1 });
+        assert_eq!(s.entries.len(), 2);
+        assert!(matches!(s.end, End::Torn(_)));
+        cut(&p, &g, s.next.off).unwrap();
+        let s = scan(&p, &g, JournalPos { off: 0, seq: 1 });
+        assert_eq!((s.entries.len(), s.end), (2, End::Clean));
+    }
+
+    #[test]
+    fn corrupted_length_and_stale_entries() {
+        let (p, g) = setup();
+        let offs = write_n(&p, &g, 2);
+        // An older log (lower seq) is a clean end, not damage.
+        let s = scan(&p, &g, JournalPos { off: 0, seq: 9 });
+        assert_eq!((s.entries.len(), s.end), (0, End::Clean));
+        p.write(g.journal_offset() + offs[1] + 4, &u32::MAX.to_le_bytes()).unwrap();
+        let s = scan(&p, &g, JournalPos { off: 0, seq: 1 });
+        assert_eq!(s.entries.len(), 1);
+        assert!(matches!(s.end, End::Torn(_)));
+    }
+
+    #[test]
+    fn full_journal_refuses_without_writing() {
+        let (p, g) = setup();
+        let ops: Vec<Op> = (0..20).flat_map(op).collect();
+        let e = encode_entry(1, &ops).unwrap();
+        assert!(e.len() > 64);
+        let at = JournalPos { off: g.journal_bytes() - 64, seq: 1 };
+        assert!(!append(&p, &g, at, &e).unwrap());
+        assert!(p.bytes(g.journal_offset() + at.off, 64).unwrap().iter().all(|&b| b == 0));
+    }
+}

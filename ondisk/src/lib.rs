@@ -1,0 +1,31 @@
+//! pmemfs media layout.
+//!
+//! Everything that is stored on the persistent-memory image, and the rules
+//! that keep it consistent across crashes: the [`superblock`] (two copies),
+//! the metadata [`journal`], [`checkpoint`]s of the whole [`meta`]data, the
+//! page allocator and the persistence domain ([`pmem`]). [`Image`] ties
+//! them together: format, open (with recovery), commit, checkpoint.
+//!
+//! The byte layout of every structure is in `docs/format.md`; each module
+//! also carries the diagram of what it encodes.
+//!
+//! This crate knows nothing of FUSE or of the page cache.
+
+pub mod checkpoint;
+pub mod error;
+pub mod image;
+pub mod journal;
+pub mod layout;
+pub mod lock;
+pub mod meta;
+pub mod pmem;
+pub mod rangemap;
+pub mod superblock;
+
+pub use error::{Corrupt, Error, Result};
+pub use image::{Access, FormatOptions, Image, Recovery};
+pub use layout::{Geometry, MIN_IMAGE_BYTES, PAGE_SIZE};
+pub use meta::{Attr, Body, Ino, Inode, Kind, Meta, NewBody, Op, Time, ROOT_INO};
+pub use pmem::{DomainKind, Pmem};
+pub use rangemap::{RangeMap, Run};
+pub use superblock::Superblock;

@@ -1,0 +1,63 @@
+//! The image lock: whoever has an image open read-write holds an exclusive
+//! `flock` on it, so that two writers (a mount and mkfs, say) never meet.
+//! The kernel drops the lock when the holder's file closes, including when
+//! the process is killed, so a crash never leaves a stale lock behind.
+
+use std::fs::File;
+use std::io;
+use std::os::fd::AsRawFd;
+use std::path::Path;
+
+use crate::error::{Error, Result};
+
+/// Takes the exclusive lock on `file` without waiting.
+pub fn lock_exclusive(file: &File) -> Result<()> {
+    // SAFETY: flock on a valid descriptor has no memory effects.
+    let r = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if r == 0 {
+        return Ok(());
+    }
+    let e = io::Error::last_os_error();
+    if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+        Err(Error::Locked)
+    } else {
+        Err(Error::Io(e))
+    }
+}
+
+/// Whether another process holds the lock on the image at `path`.
+pub fn is_locked(path: &Path) -> io::Result<bool> {
+    let f = File::open(path)?;
+    // SAFETY: as above; a shared lock taken here is dropped with `f`.
+    let r = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) };
+    if r == 0 {
+        return Ok(false);
+    }
+    let e = io::Error::last_os_error();
+    if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+        Ok(true)
+    } else {
+        Err(e)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn second_writer_is_refused_and_lock_dies_with_the_file() {
+        let p = std::env::temp_dir().join(format!("pmemfs-lock-{}", std::process::id()));
+        std::fs::write(&p, b"x").unwrap();
+        let a = File::options().read(true).write(true).open(&p).unwrap();
+        lock_exclusive(&a).unwrap();
+        let b = File::options().read(true).write(true).open(&p).unwrap();
+        assert!(matches!(lock_exclusive(&b), Err(Error::Locked)));
+        assert!(is_locked(&p).unwrap());
+        drop(a);
+        assert!(!is_locked(&p).unwrap());
+        lock_exclusive(&b).unwrap();
+        drop(b);
+        std::fs::remove_file(&p).unwrap();
+    }
+}

@@ -1,0 +1,457 @@
+//! The metadata model: inodes, directories, page maps and share counts.
+//!
+//! A checkpoint is this model encoded whole; a journal entry is a list of
+//! [`Op`]s that change it. Mount, fsck and the crash tests all rebuild the
+//! state the same way, checkpoint then [`Meta::apply`] for each op, so what
+//! an op means is written once, here.
+//!
+//! Invariant kept by `apply`: `shares` counts, for every pfn, the number of
+//! (file, page index) pairs that map it. A pfn with count 0 is free (or a
+//! checkpoint page, which the superblock accounts for).
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::Corrupt;
+use crate::rangemap::{RangeMap, Run};
+
+/// Inode number.
+pub type Ino = u64;
+/// The root directory.
+pub const ROOT_INO: Ino = 1;
+/// Longest name of a directory entry, in bytes.
+pub const MAX_NAME: usize = 255;
+/// Name of the directory fsck puts orphaned inodes in.
+pub const LOST_FOUND: &[u8] = b"lost+found";
+
+/// Stored enums only grow at the end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Kind {
+    File,
+    Dir,
+    Symlink,
+    Fifo,
+    Socket,
+    CharDev,
+    BlockDev,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Time {
+    pub secs: i64,
+    pub nsecs: u32,
+}
+
+/// Attributes of an inode, as stat(2) shows them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attr {
+    pub kind: Kind,
+    /// Permission bits with setuid, setgid and sticky (mode & 0o7777).
+    pub perm: u16,
+    pub uid: u32,
+    pub gid: u32,
+    pub nlink: u32,
+    pub size: u64,
+    pub atime: Time,
+    pub mtime: Time,
+    pub ctime: Time,
+    pub crtime: Time,
+    pub rdev: u32,
+    pub flags: u32,
+}
+
+impl Attr {
+    /// Attributes of a new inode: one link (two for a directory), size 0,
+    /// all times `now`.
+    pub fn new(kind: Kind, perm: u16, uid: u32, gid: u32, now: Time) -> Attr {
+        Attr {
+            kind,
+            perm: perm & 0o7777,
+            uid,
+            gid,
+            nlink: if kind == Kind::Dir { 2 } else { 1 },
+            size: 0,
+            atime: now,
+            mtime: now,
+            ctime: now,
+            crtime: now,
+            rdev: 0,
+            flags: 0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Dir {
+    pub parent: Ino,
+    pub entries: BTreeMap<Vec<u8>, Ino>,
+}
+
+/// What an inode holds besides its attributes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Body {
+    /// Page index -> pfn. Pages not mapped are holes.
+    File(RangeMap<u64>),
+    Dir(Dir),
+    Symlink(Vec<u8>),
+    /// Fifos, sockets and device nodes.
+    Special,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Inode {
+    pub attr: Attr,
+    pub xattrs: BTreeMap<Vec<u8>, Vec<u8>>,
+    pub body: Body,
+}
+
+impl Inode {
+    pub fn pages(&self) -> Option<&RangeMap<u64>> {
+        match &self.body {
+            Body::File(m) => Some(m),
+            _ => None,
+        }
+    }
+
+    pub fn dir(&self) -> Option<&Dir> {
+        match &self.body {
+            Body::Dir(d) => Some(d),
+            _ => None,
+        }
+    }
+}
+
+/// The body a new inode starts with.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum NewBody {
+    File,
+    Dir { parent: Ino },
+    Symlink(Vec<u8>),
+    Special,
+}
+
+/// One change to the metadata. A journal entry holds a list of them that
+/// takes effect together. Variants only grow at the end.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Op {
+    /// A new inode; it has no names until `Link`.
+    Create { ino: Ino, attr: Attr, body: NewBody },
+    /// Replaces the attributes (the kind must not change). Changing the size
+    /// does not unmap pages: that is `Unmap`.
+    SetAttr { ino: Ino, attr: Attr },
+    Link { dir: Ino, name: Vec<u8>, ino: Ino },
+    Unlink { dir: Ino, name: Vec<u8> },
+    /// Removes an inode and drops its pages. A directory must be empty.
+    Delete { ino: Ino },
+    /// Maps `len` pages at `index` to fresh pfns `pfn..pfn + len` (share
+    /// count 0 before), dropping what was mapped there.
+    Map { ino: Ino, index: u64, pfn: u64, len: u64 },
+    /// Turns `len` pages at `index` into a hole.
+    Unmap { ino: Ino, index: u64, len: u64 },
+    /// Makes `dst` pages `dst_index..+len` share the pages (and holes) of
+    /// `src` at `src_index`. Ranges of one file must not overlap.
+    Clone { src: Ino, src_index: u64, dst: Ino, dst_index: u64, len: u64 },
+    SetXattr { ino: Ino, name: Vec<u8>, value: Vec<u8> },
+    RemoveXattr { ino: Ino, name: Vec<u8> },
+    /// Records a directory's new parent after a rename.
+    SetParent { dir: Ino, parent: Ino },
+}
+
+/// The whole metadata of a file system.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Meta {
+    /// Smallest inode number never handed out.
+    pub next_ino: Ino,
+    pub inodes: BTreeMap<Ino, Inode>,
+    /// pfn -> number of page-map references.
+    pub shares: RangeMap<u32>,
+}
+
+/// Whether `name` may be a directory entry.
+pub fn valid_name(name: &[u8]) -> bool {
+    !name.is_empty() && name.len() <= MAX_NAME && name != b"." && name != b".." && !name.contains(&b'/') && !name.contains(&0)
+}
+
+impl Meta {
+    /// A new file system: root directory and lost+found, owned by
+    /// `uid`:`gid`.
+    pub fn new(uid: u32, gid: u32, now: Time) -> Meta {
+        let mut m = Meta { next_ino: ROOT_INO, ..Meta::default() };
+        let root = m.next_ino;
+        let lf = root + 1;
+        let ops = [
+            Op::Create { ino: root, attr: Attr::new(Kind::Dir, 0o755, uid, gid, now), body: NewBody::Dir { parent: root } },
+            Op::Create { ino: lf, attr: Attr::new(Kind::Dir, 0o700, uid, gid, now), body: NewBody::Dir { parent: root } },
+            Op::Link { dir: root, name: LOST_FOUND.to_vec(), ino: lf },
+        ];
+        for op in &ops {
+            m.apply(op).expect("a fresh file system accepts its first ops");
+        }
+        m.inodes.get_mut(&root).expect("just made").attr.nlink = 3;
+        m
+    }
+
+    pub fn get(&self, ino: Ino) -> Option<&Inode> {
+        self.inodes.get(&ino)
+    }
+
+    /// The inode number of lost+found, if the root has one.
+    pub fn lost_found(&self) -> Option<Ino> {
+        self.get(ROOT_INO)?.dir()?.entries.get(LOST_FOUND).copied()
+    }
+
+    fn inode_mut(&mut self, ino: Ino) -> Result<&mut Inode, Corrupt> {
+        self.inodes.get_mut(&ino).ok_or_else(|| bad(format!("inode {ino} does not exist")))
+    }
+
+    fn file_mut(&mut self, ino: Ino) -> Result<&mut RangeMap<u64>, Corrupt> {
+        match &mut self.inode_mut(ino)?.body {
+            Body::File(m) => Ok(m),
+            _ => Err(bad(format!("inode {ino} is not a regular file"))),
+        }
+    }
+
+    fn dir_mut(&mut self, ino: Ino) -> Result<&mut Dir, Corrupt> {
+        match &mut self.inode_mut(ino)?.body {
+            Body::Dir(d) => Ok(d),
+            _ => Err(bad(format!("inode {ino} is not a directory"))),
+        }
+    }
+
+    /// Drops one reference to each page of `runs` (pfn runs); returns the
+    /// pfn runs that became free.
+    fn unshare(&mut self, runs: &[Run<u64>], freed: &mut Vec<Run<u32>>) -> Result<(), Corrupt> {
+        for r in runs {
+            let f = self
+                .shares
+                .add(r.value, r.len, -1)
+                .map_err(|u| bad(format!("share count of pfn {} would go below zero", u.pfn)))?;
+            freed.extend(f);
+        }
+        Ok(())
+    }
+
+    /// Applies one op. Returns the pfn runs whose share count fell to zero.
+    ///
+    /// An op that does not fit the state (a missing inode, a name that
+    /// exists) is refused with `Corrupt`; the checks that can fail come
+    /// before any change, except that a share-count underflow in the middle
+    /// of a multi-run unmap leaves the runs before it dropped. That can only
+    /// happen on a state whose counts are already wrong, which mount refuses
+    /// and fsck rebuilds.
+    pub fn apply(&mut self, op: &Op) -> Result<Vec<Run<u32>>, Corrupt> {
+        let mut freed = Vec::new();
+        match op {
+            Op::Create { ino, attr, body } => {
+                if *ino == 0 || self.inodes.contains_key(ino) {
+                    return Err(bad(format!("create: inode {ino} already exists or is invalid")));
+                }
+                let body = match (attr.kind, body) {
+                    (Kind::File, NewBody::File) => Body::File(RangeMap::new()),
+                    (Kind::Dir, NewBody::Dir { parent }) => Body::Dir(Dir { parent: *parent, entries: BTreeMap::new() }),
+                    (Kind::Symlink, NewBody::Symlink(t)) => Body::Symlink(t.clone()),
+                    (Kind::Fifo | Kind::Socket | Kind::CharDev | Kind::BlockDev, NewBody::Special) => Body::Special,
+                    (k, b) => return Err(bad(format!("create: inode {ino} of kind {k:?} with body {b:?}"))),
+                };
+                self.inodes.insert(*ino, Inode { attr: *attr, xattrs: BTreeMap::new(), body });
+                self.next_ino = self.next_ino.max(ino + 1);
+            }
+            Op::SetAttr { ino, attr } => {
+                let i = self.inode_mut(*ino)?;
+                if i.attr.kind != attr.kind {
+                    return Err(bad(format!("setattr: inode {ino} would change kind")));
+                }
+                i.attr = *attr;
+            }
+            Op::Link { dir, name, ino } => {
+                if !valid_name(name) {
+                    return Err(bad(format!("link: invalid name {:?}", String::from_utf8_lossy(name))));
+                }
+                if !self.inodes.contains_key(ino) {
+                    return Err(bad(format!("link: inode {ino} does not exist")));
+                }
+                let d = self.dir_mut(*dir)?;
+                if d.entries.contains_key(name) {
+                    return Err(bad(format!("link: {:?} exists in directory {dir}", String::from_utf8_lossy(name))));
+                }
+                d.entries.insert(name.clone(), *ino);
+            }
+            Op::Unlink { dir, name } => {
+                if self.dir_mut(*dir)?.entries.remove(name).is_none() {
+                    return Err(bad(format!("unlink: no {:?} in directory {dir}", String::from_utf8_lossy(name))));
+                }
+            }
+            Op::Delete { ino } => {
+                let i = self.inodes.get(ino).ok_or_else(|| bad(format!("delete: inode {ino} does not exist")))?;
+                if i.dir().is_some_and(|d| !d.entries.is_empty()) {
+                    return Err(bad(format!("delete: directory {ino} is not empty")));
+                }
+                if *ino == ROOT_INO {
+                    return Err(bad("delete: the root directory".to_string()));
+                }
+                if let Some(Inode { body: Body::File(m), .. }) = self.inodes.remove(ino) {
+                    let runs: Vec<_> = m.iter().collect();
+                    self.unshare(&runs, &mut freed)?;
+                }
+            }
+            Op::Map { ino, index, pfn, len } => {
+                if index.checked_add(*len).is_none() || pfn.checked_add(*len).is_none() || *len == 0 {
+                    return Err(bad(format!("map: bad range {index}+{len} -> {pfn}")));
+                }
+                if !self.shares.range(*pfn, *len).is_empty() {
+                    return Err(bad(format!("map: pfns {pfn}+{len} are already in use")));
+                }
+                let old = self.file_mut(*ino)?.insert(*index, *len, *pfn);
+                self.shares.add(*pfn, *len, 1).map_err(|_| bad("map: count overflow".to_string()))?;
+                self.unshare(&old, &mut freed)?;
+            }
+            Op::Unmap { ino, index, len } => {
+                let old = self.file_mut(*ino)?.remove(*index, *len);
+                self.unshare(&old, &mut freed)?;
+            }
+            Op::Clone { src, src_index, dst, dst_index, len } => {
+                if src_index.checked_add(*len).is_none() || dst_index.checked_add(*len).is_none() {
+                    return Err(bad(format!("clone: range of {len} pages wraps")));
+                }
+                if src == dst && src_index < &(dst_index + len) && dst_index < &(src_index + len) {
+                    return Err(bad(format!("clone: overlapping ranges in inode {src}")));
+                }
+                self.file_mut(*dst)?;
+                let runs = self.file_mut(*src)?.range(*src_index, *len);
+                // Count the new references first, so that dropping the old
+                // contents of the destination cannot free a page it shares.
+                for r in &runs {
+                    self.shares.add(r.value, r.len, 1).map_err(|_| bad("clone: count overflow".to_string()))?;
+                }
+                let dst_map = self.file_mut(*dst)?;
+                let old = dst_map.remove(*dst_index, *len);
+                for r in &runs {
+                    dst_map.insert(dst_index + (r.start - src_index), r.len, r.value);
+                }
+                self.unshare(&old, &mut freed)?;
+            }
+            Op::SetXattr { ino, name, value } => {
+                self.inode_mut(*ino)?.xattrs.insert(name.clone(), value.clone());
+            }
+            Op::RemoveXattr { ino, name } => {
+                if self.inode_mut(*ino)?.xattrs.remove(name).is_none() {
+                    return Err(bad(format!("removexattr: inode {ino} has no such attribute")));
+                }
+            }
+            Op::SetParent { dir, parent } => {
+                self.dir_mut(*dir)?.parent = *parent;
+            }
+        }
+        Ok(freed)
+    }
+
+    /// Share counts as the page maps say they should be.
+    pub fn counted_shares(&self) -> RangeMap<u32> {
+        let mut c = RangeMap::new();
+        for i in self.inodes.values() {
+            if let Some(m) = i.pages() {
+                for r in m.iter() {
+                    // Counts past u32::MAX saturate; fsck reports them.
+                    let _ = c.add(r.value, r.len, 1);
+                }
+            }
+        }
+        c
+    }
+
+    /// Checks what decoding alone cannot: runs well formed, bodies matching
+    /// kinds. Semantic checks (connectivity, counts) are fsck's.
+    pub fn check_shape(&self) -> Result<(), Corrupt> {
+        self.shares.check().map_err(|e| bad(format!("share counts: {e}")))?;
+        for (ino, i) in &self.inodes {
+            let ok = matches!(
+                (i.attr.kind, &i.body),
+                (Kind::File, Body::File(_))
+                    | (Kind::Dir, Body::Dir(_))
+                    | (Kind::Symlink, Body::Symlink(_))
+                    | (Kind::Fifo | Kind::Socket | Kind::CharDev | Kind::BlockDev, Body::Special)
+            );
+            if !ok || *ino == 0 || *ino >= self.next_ino {
+                return Err(bad(format!("inode {ino}: kind {:?} does not match its body or number", i.attr.kind)));
+            }
+            if let Body::File(m) = &i.body {
+                m.check().map_err(|e| bad(format!("inode {ino} page map: {e}")))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn bad(detail: String) -> Corrupt {
+    Corrupt::new("metadata", detail)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(m: &mut Meta, name: &str) -> Ino {
+        let ino = m.next_ino;
+        m.apply(&Op::Create { ino, attr: Attr::new(Kind::File, 0o644, 0, 0, Time::default()), body: NewBody::File }).unwrap();
+        m.apply(&Op::Link { dir: ROOT_INO, name: name.into(), ino }).unwrap();
+        ino
+    }
+
+    #[test]
+    fn new_fs_has_root_and_lost_found() {
+        let m = Meta::new(0, 0, Time::default());
+        assert_eq!(m.lost_found(), Some(2));
+        assert_eq!(m.get(ROOT_INO).unwrap().attr.nlink, 3);
+        m.check_shape().unwrap();
+    }
+
+    #[test]
+    fn map_clone_unmap_keep_counts_exact() {
+        let mut m = Meta::new(0, 0, Time::default());
+        let a = file(&mut m, "a");
+        let b = file(&mut m, "b");
+        m.apply(&Op::Map { ino: a, index: 0, pfn: 1000, len: 8 }).unwrap();
+        assert!(m.apply(&Op::Map { ino: b, index: 0, pfn: 1004, len: 1 }).is_err(), "in-use pfn");
+        m.apply(&Op::Clone { src: a, src_index: 0, dst: b, dst_index: 2, len: 8 }).unwrap();
+        assert_eq!(m.shares.get(1000), Some(2));
+        assert_eq!(m.counted_shares(), m.shares);
+        // Overwrite one page of b with a fresh one: the old one drops to 1.
+        let freed = m.apply(&Op::Map { ino: b, index: 3, pfn: 2000, len: 1 }).unwrap();
+        assert!(freed.is_empty());
+        assert_eq!(m.shares.get(1001), Some(1));
+        let freed = m.apply(&Op::Delete { ino: a }).unwrap();
+        assert_eq!(freed.iter().map(|r| r.len).sum::<u64>(), 1, "only 1001 was a's alone");
+        m.apply(&Op::Unlink { dir: ROOT_INO, name: b"a".to_vec() }).unwrap();
+        let freed = m.apply(&Op::Unmap { ino: b, index: 0, len: 100 }).unwrap();
+        assert_eq!(freed.iter().map(|r| r.len).sum::<u64>(), 8);
+        assert!(m.shares.is_empty());
+    }
+
+    #[test]
+    fn clone_within_one_file_and_over_itself() {
+        let mut m = Meta::new(0, 0, Time::default());
+        let a = file(&mut m, "a");
+        m.apply(&Op::Map { ino: a, index: 0, pfn: 500, len: 4 }).unwrap();
+        assert!(m.apply(&Op::Clone { src: a, src_index: 0, dst: a, dst_index: 2, len: 4 }).is_err());
+        m.apply(&Op::Clone { src: a, src_index: 0, dst: a, dst_index: 4, len: 4 }).unwrap();
+        assert_eq!(m.counted_shares(), m.shares);
+        // Cloning a's own pages back over themselves' twins frees nothing.
+        let freed = m.apply(&Op::Clone { src: a, src_index: 4, dst: a, dst_index: 0, len: 4 }).unwrap();
+        assert!(freed.is_empty());
+        assert_eq!(m.counted_shares(), m.shares);
+    }
+
+    #[test]
+    fn bad_ops_are_refused() {
+        let mut m = Meta::new(0, 0, Time::default());
+        let a = file(&mut m, "a");
+        assert!(m.apply(&Op::Link { dir: ROOT_INO, name: b"a".to_vec(), ino: a }).is_err());
+        assert!(m.apply(&Op::Link { dir: a, name: b"x".to_vec(), ino: a }).is_err());
+        assert!(m.apply(&Op::Link { dir: ROOT_INO, name: vec![b'x'; 256], ino: a }).is_err());
+        assert!(m.apply(&Op::Unlink { dir: ROOT_INO, name: b"zz".to_vec() }).is_err());
+        assert!(m.apply(&Op::Delete { ino: ROOT_INO }).is_err());
+        assert!(m.apply(&Op::Map { ino: a, index: u64::MAX, pfn: 1, len: 2 }).is_err());
+        assert!(m.apply(&Op::Create { ino: a, attr: m.get(a).unwrap().attr, body: NewBody::File }).is_err());
+    }
+}

@@ -1,0 +1,328 @@
+//! The superblock: identity, geometry and the root of the metadata.
+//!
+//! Two copies, at pfn 0 and pfn 1, each the first 256 bytes of its page
+//! (the rest of the page is zero). A torn write can ruin at most the copy
+//! being written; the reader takes the valid copy with the higher
+//! generation. All integers little-endian.
+//!
+//! ```text
+//! off  size  field
+//!   0     8  magic        "PMEMFS\0\x01"
+//!   8     4  version      FORMAT_VERSION
+//!  12     4  incompat     feature bits a reader must know; none yet (0)
+//!  16    16  uuid
+//!  32    64  label        UTF-8, NUL-padded, at most 63 bytes
+//!  96     4  page_size    4096
+//! 100     4  state        0 clean, 1 in use (opened read-write)
+//! 104     8  total_pages
+//! 112     8  journal_start  pfn
+//! 120     8  journal_pages
+//! 128     8  data_start     pfn
+//! 136     8  generation   +1 on every superblock write
+//! 144     8  created      seconds since the Unix epoch
+//! 152     8  ckpt_pfn     first page of the current checkpoint
+//! 160     8  ckpt_pages   pages in the checkpoint chain
+//! 168     8  ckpt_id      id written in every page of that checkpoint
+//! 176     8  journal_off  byte offset in the journal where replay starts
+//! 184     8  journal_seq  sequence number of the first entry to replay
+//! 192    60  reserved     zero
+//! 252     4  crc32        of bytes 0..252
+//! ```
+
+use zerocopy::little_endian::{U32, U64};
+use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
+
+use crate::error::{Corrupt, Error};
+use crate::layout::{Geometry, PAGE_SIZE, SUPERBLOCK_PFNS};
+use crate::pmem::Pmem;
+
+pub const MAGIC: [u8; 8] = *b"PMEMFS\0\x01";
+/// Version of the on-media format this code reads and writes.
+pub const FORMAT_VERSION: u32 = 1;
+/// Bytes of a superblock copy.
+pub const SUPERBLOCK_BYTES: usize = 256;
+/// Longest label, in bytes.
+pub const MAX_LABEL: usize = 63;
+
+#[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
+#[repr(C)]
+struct RawSuperblock {
+    magic: [u8; 8],
+    version: U32,
+    incompat: U32,
+    uuid: [u8; 16],
+    label: [u8; 64],
+    page_size: U32,
+    state: U32,
+    total_pages: U64,
+    journal_start: U64,
+    journal_pages: U64,
+    data_start: U64,
+    generation: U64,
+    created: U64,
+    ckpt_pfn: U64,
+    ckpt_pages: U64,
+    ckpt_id: U64,
+    journal_off: U64,
+    journal_seq: U64,
+    reserved: [u8; 60],
+    crc: U32,
+}
+
+const _: () = assert!(std::mem::size_of::<RawSuperblock>() == SUPERBLOCK_BYTES);
+
+/// Whether the image was closed cleanly.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    Clean,
+    InUse,
+}
+
+/// Where the current checkpoint lies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CheckpointRef {
+    pub pfn: u64,
+    pub pages: u64,
+    pub id: u64,
+}
+
+/// Where journal replay starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct JournalPos {
+    pub off: u64,
+    pub seq: u64,
+}
+
+/// A decoded superblock.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Superblock {
+    pub uuid: [u8; 16],
+    pub label: String,
+    pub state: State,
+    pub geometry: Geometry,
+    pub generation: u64,
+    pub created: u64,
+    pub checkpoint: CheckpointRef,
+    pub journal: JournalPos,
+}
+
+impl Superblock {
+    /// Encodes into the 256 bytes of a copy.
+    pub fn encode(&self) -> [u8; SUPERBLOCK_BYTES] {
+        let mut label = [0u8; 64];
+        let l = self.label.as_bytes();
+        let n = l.len().min(MAX_LABEL);
+        label[..n].copy_from_slice(&l[..n]);
+        let mut raw = RawSuperblock {
+            magic: MAGIC,
+            version: FORMAT_VERSION.into(),
+            incompat: 0.into(),
+            uuid: self.uuid,
+            label,
+            page_size: (PAGE_SIZE as u32).into(),
+            state: match self.state {
+                State::Clean => 0,
+                State::InUse => 1,
+            }
+            .into(),
+            total_pages: self.geometry.total_pages.into(),
+            journal_start: self.geometry.journal_start.into(),
+            journal_pages: self.geometry.journal_pages.into(),
+            data_start: self.geometry.data_start.into(),
+            generation: self.generation.into(),
+            created: self.created.into(),
+            ckpt_pfn: self.checkpoint.pfn.into(),
+            ckpt_pages: self.checkpoint.pages.into(),
+            ckpt_id: self.checkpoint.id.into(),
+            journal_off: self.journal.off.into(),
+            journal_seq: self.journal.seq.into(),
+            reserved: [0; 60],
+            crc: 0.into(),
+        };
+        raw.crc = crc32fast::hash(&raw.as_bytes()[..SUPERBLOCK_BYTES - 4]).into();
+        let mut out = [0u8; SUPERBLOCK_BYTES];
+        out.copy_from_slice(raw.as_bytes());
+        out
+    }
+
+    /// Decodes and checks one copy. `what` names the copy in errors.
+    pub fn decode(bytes: &[u8], what: &str) -> Result<Superblock, Corrupt> {
+        let bad = |d: String| Corrupt::new(what, d);
+        let raw = bytes
+            .get(..SUPERBLOCK_BYTES)
+            .and_then(|b| RawSuperblock::read_from_bytes(b).ok())
+            .ok_or_else(|| bad("shorter than a superblock".into()))?;
+        if raw.magic != MAGIC {
+            return Err(bad("bad magic number (not a pmemfs superblock)".into()));
+        }
+        let crc = crc32fast::hash(&raw.as_bytes()[..SUPERBLOCK_BYTES - 4]);
+        if crc != raw.crc.get() {
+            return Err(bad(format!("checksum mismatch (stored {:#010x}, computed {crc:#010x})", raw.crc.get())));
+        }
+        if raw.version.get() != FORMAT_VERSION {
+            return Err(bad(format!(
+                "format version {} is not supported (this build reads version {FORMAT_VERSION})",
+                raw.version.get()
+            )));
+        }
+        if raw.incompat.get() != 0 {
+            return Err(bad(format!("unknown incompatible features {:#x}", raw.incompat.get())));
+        }
+        if u64::from(raw.page_size.get()) != PAGE_SIZE {
+            return Err(bad(format!("page size {} is not {PAGE_SIZE}", raw.page_size.get())));
+        }
+        let state = match raw.state.get() {
+            0 => State::Clean,
+            1 => State::InUse,
+            s => return Err(bad(format!("unknown state {s}"))),
+        };
+        let geometry = Geometry {
+            total_pages: raw.total_pages.get(),
+            journal_start: raw.journal_start.get(),
+            journal_pages: raw.journal_pages.get(),
+            data_start: raw.data_start.get(),
+        };
+        let expected = Geometry::for_size(geometry.total_pages.saturating_mul(PAGE_SIZE));
+        if expected != Some(geometry) {
+            return Err(bad(format!("inconsistent geometry {geometry:?}")));
+        }
+        let checkpoint = CheckpointRef {
+            pfn: raw.ckpt_pfn.get(),
+            pages: raw.ckpt_pages.get(),
+            id: raw.ckpt_id.get(),
+        };
+        if checkpoint.pages == 0 || !geometry.in_data(checkpoint.pfn, 1) || checkpoint.pages > geometry.data_pages() {
+            return Err(bad(format!("checkpoint reference {checkpoint:?} lies outside the data area")));
+        }
+        let journal = JournalPos {
+            off: raw.journal_off.get(),
+            seq: raw.journal_seq.get(),
+        };
+        if journal.off > geometry.journal_bytes() {
+            return Err(bad(format!("journal offset {} lies past the journal", journal.off)));
+        }
+        let label_len = raw.label.iter().position(|&b| b == 0).unwrap_or(64);
+        if label_len > MAX_LABEL {
+            return Err(bad("label is not NUL-terminated".into()));
+        }
+        let label = std::str::from_utf8(&raw.label[..label_len])
+            .map_err(|_| bad("label is not UTF-8".into()))?
+            .to_string();
+        Ok(Superblock {
+            uuid: raw.uuid,
+            label,
+            state,
+            geometry,
+            generation: raw.generation.get(),
+            created: raw.created.get(),
+            checkpoint,
+            journal,
+        })
+    }
+
+    /// The UUID in its usual text form.
+    pub fn uuid_string(&self) -> String {
+        format_uuid(&self.uuid)
+    }
+}
+
+/// Formats 16 bytes as `xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx`.
+pub fn format_uuid(u: &[u8; 16]) -> String {
+    let h: String = u.iter().map(|b| format!("{b:02x}")).collect();
+    format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
+}
+
+/// Reads and decodes both copies.
+pub fn read_copies(pmem: &Pmem) -> [Result<Superblock, Corrupt>; 2] {
+    SUPERBLOCK_PFNS.map(|pfn| {
+        let what = format!("superblock copy {pfn} (page {pfn})");
+        match pmem.bytes(pfn * PAGE_SIZE, SUPERBLOCK_BYTES as u64) {
+            Ok(b) => Superblock::decode(b, &what),
+            Err(e) => Err(Corrupt::new(what, e.to_string())),
+        }
+    })
+}
+
+/// The copy to use: the valid one with the higher generation.
+pub fn choose(copies: &[Result<Superblock, Corrupt>; 2]) -> Option<&Superblock> {
+    copies.iter().filter_map(|c| c.as_ref().ok()).max_by_key(|s| s.generation)
+}
+
+/// Whether the first bytes of either copy carry the pmemfs magic, valid or
+/// not: mkfs refuses to format over such an image without -f.
+pub fn has_magic(pmem: &Pmem) -> bool {
+    SUPERBLOCK_PFNS
+        .iter()
+        .any(|pfn| pmem.bytes(pfn * PAGE_SIZE, 8).is_ok_and(|b| b == MAGIC))
+}
+
+/// Writes copy 0, makes it durable, then copy 1: a crash tears at most one.
+pub fn write_copies(pmem: &Pmem, sb: &Superblock) -> Result<(), Error> {
+    let bytes = sb.encode();
+    for pfn in SUPERBLOCK_PFNS {
+        pmem.write(pfn * PAGE_SIZE, &bytes)?;
+        pmem.persist(pfn * PAGE_SIZE, SUPERBLOCK_BYTES as u64)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Superblock {
+        let geometry = Geometry::for_size(1 << 30).unwrap();
+        Superblock {
+            uuid: [7; 16],
+            label: "scratch".into(),
+            state: State::InUse,
+            geometry,
+            generation: 42,
+            created: 1_700_000_000,
+            checkpoint: CheckpointRef { pfn: geometry.data_start, pages: 3, id: 9 },
+            journal: JournalPos { off: 4096, seq: 77 },
+        }
+    }
+
+    #[test]
+    fn round_trip() {
+        let sb = sample();
+        let bytes = sb.encode();
+        assert_eq!(Superblock::decode(&bytes, "sb").unwrap(), sb);
+    }
+
+    #[test]
+    fn every_flipped_byte_is_caught() {
+        let bytes = sample().encode();
+        for i in 0..SUPERBLOCK_BYTES {
+            let mut b = bytes;
+            b[i] ^= 0x40;
+            assert!(Superblock::decode(&b, "sb").is_err(), "flip at {i} went unnoticed");
+        }
+    }
+
+    #[test]
+    fn zeroed_and_short_copies_are_refused() {
+        let e = Superblock::decode(&[0u8; 4096], "superblock copy 0").unwrap_err();
+        assert!(e.to_string().contains("bad magic"), "{e}");
+        assert!(Superblock::decode(&[0u8; 10], "sb").is_err());
+    }
+
+    #[test]
+    fn bad_geometry_with_valid_crc_is_refused() {
+        let mut sb = sample();
+        sb.geometry.journal_pages += 1;
+        assert!(Superblock::decode(&sb.encode(), "sb").is_err());
+        let mut sb = sample();
+        sb.checkpoint.pfn = 1;
+        assert!(Superblock::decode(&sb.encode(), "sb").is_err());
+    }
+
+    #[test]
+    fn uuid_text() {
+        let mut u = [0u8; 16];
+        u[0] = 0xab;
+        u[15] = 0x01;
+        assert_eq!(format_uuid(&u), "ab000000-0000-0000-0000-000000000001");
+    }
+}

@@ -1,0 +1,1 @@
+//! The pmemfs page cache (placeholder until the XArray lands).
