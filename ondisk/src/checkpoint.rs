@@ -103,7 +103,8 @@ pub fn read(pmem: &Pmem, g: &Geometry, r: &CheckpointRef) -> Result<(Meta, Vec<u
         let page = pmem
             .bytes(pfn * PAGE_SIZE, PAGE_SIZE)
             .map_err(|e| Corrupt::new(what(), e.to_string()))?;
-        let h = RawPageHeader::read_from_bytes(&page[..HEADER_BYTES]).map_err(|_| Corrupt::new(what(), "short header"))?;
+        let h = RawPageHeader::read_from_bytes(&page[..HEADER_BYTES])
+            .map_err(|_| Corrupt::new(what(), "short header"))?;
         if h.magic.get() != PAGE_MAGIC {
             return Err(Corrupt::new(what(), "bad magic"));
         }
@@ -118,20 +119,36 @@ pub fn read(pmem: &Pmem, g: &Geometry, r: &CheckpointRef) -> Result<(Meta, Vec<u
         if h.id.get() != r.id || u64::from(h.index.get()) != index {
             return Err(Corrupt::new(
                 what(),
-                format!("belongs to checkpoint {} page {}, not {} page {index}", h.id.get(), h.index.get(), r.id),
+                format!(
+                    "belongs to checkpoint {} page {}, not {} page {index}",
+                    h.id.get(),
+                    h.index.get(),
+                    r.id
+                ),
             ));
         }
         let next = h.next.get();
         let last = index + 1 == r.pages;
         if last != (next == 0) {
-            return Err(Corrupt::new(what(), format!("chain ends after {} pages, the superblock says {}", index + 1, r.pages)));
+            return Err(Corrupt::new(
+                what(),
+                format!(
+                    "chain ends after {} pages, the superblock says {}",
+                    index + 1,
+                    r.pages
+                ),
+            ));
         }
         payload.extend_from_slice(chunk);
         pfns.push(pfn);
         pfn = next;
     }
-    let meta: Meta = postcard::from_bytes(&payload)
-        .map_err(|e| Corrupt::new(format!("checkpoint {}", r.id), format!("metadata does not decode: {e}")))?;
+    let meta: Meta = postcard::from_bytes(&payload).map_err(|e| {
+        Corrupt::new(
+            format!("checkpoint {}", r.id),
+            format!("metadata does not decode: {e}"),
+        )
+    })?;
     meta.check_shape()
         .map_err(|e| Corrupt::new(format!("checkpoint {}", r.id), e.to_string()))?;
     Ok((meta, pfns))
@@ -147,9 +164,25 @@ mod tests {
         let mut m = Meta::new(1000, 1000, Time { secs: 5, nsecs: 6 });
         for i in 0..200u64 {
             let ino = m.next_ino;
-            m.apply(&Op::Create { ino, attr: Attr::new(Kind::File, 0o600, 1, 2, Time::default()), body: NewBody::File }).unwrap();
-            m.apply(&Op::Link { dir: ROOT_INO, name: format!("file-{i:04}-with-a-longish-name").into_bytes(), ino }).unwrap();
-            m.apply(&Op::Map { ino, index: i, pfn: 10_000 + i * 3, len: 2 }).unwrap();
+            m.apply(&Op::Create {
+                ino,
+                attr: Attr::new(Kind::File, 0o600, 1, 2, Time::default()),
+                body: NewBody::File,
+            })
+            .unwrap();
+            m.apply(&Op::Link {
+                dir: ROOT_INO,
+                name: format!("file-{i:04}-with-a-longish-name").into_bytes(),
+                ino,
+            })
+            .unwrap();
+            m.apply(&Op::Map {
+                ino,
+                index: i,
+                pfn: 10_000 + i * 3,
+                len: 2,
+            })
+            .unwrap();
         }
         m
     }
@@ -163,7 +196,15 @@ mod tests {
         // Scatter the chain, last page first, to exercise `next`.
         let pfns: Vec<u64> = (0..n).map(|i| g.data_start + 10 + (n - i) * 2).collect();
         write(&p, 33, &payload, &pfns).unwrap();
-        (p, g, CheckpointRef { pfn: pfns[0], pages: n, id: 33 })
+        (
+            p,
+            g,
+            CheckpointRef {
+                pfn: pfns[0],
+                pages: n,
+                id: 33,
+            },
+        )
     }
 
     #[test]
@@ -189,8 +230,24 @@ mod tests {
         p.write(at, &[b]).unwrap();
         // Wrong id, wrong length, outside the data area.
         assert!(read(&p, &g, &CheckpointRef { id: 34, ..r }).is_err());
-        assert!(read(&p, &g, &CheckpointRef { pages: r.pages + 1, ..r }).is_err());
-        assert!(read(&p, &g, &CheckpointRef { pages: r.pages - 1, ..r }).is_err());
+        assert!(read(
+            &p,
+            &g,
+            &CheckpointRef {
+                pages: r.pages + 1,
+                ..r
+            }
+        )
+        .is_err());
+        assert!(read(
+            &p,
+            &g,
+            &CheckpointRef {
+                pages: r.pages - 1,
+                ..r
+            }
+        )
+        .is_err());
         assert!(read(&p, &g, &CheckpointRef { pfn: 1, ..r }).is_err());
         read(&p, &g, &r).unwrap();
     }

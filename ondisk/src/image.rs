@@ -81,23 +81,36 @@ pub struct Image {
 
 /// Seconds since the Unix epoch.
 pub fn now() -> Time {
-    let d = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-    Time { secs: d.as_secs() as i64, nsecs: d.subsec_nanos() }
+    let d = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    Time {
+        secs: d.as_secs() as i64,
+        nsecs: d.subsec_nanos(),
+    }
 }
 
 /// Formats the whole of `file` (already sized and locked by the caller).
-pub fn format(file: &File, opts: &FormatOptions) -> Result<Superblock> {
+/// Returns the new superblock and the persistence domain in use.
+pub fn format(file: &File, opts: &FormatOptions) -> Result<(Superblock, crate::pmem::DomainKind)> {
     let len = crate::pmem::media_len(file)?;
-    let geometry = Geometry::for_size(len).ok_or(Error::TooSmall { size: len, min: crate::layout::MIN_IMAGE_BYTES })?;
-    discard(file, 0, geometry.data_start * PAGE_SIZE);
-    let pmem = Pmem::map(file, true)?;
+    let geometry = Geometry::for_size(len).ok_or(Error::TooSmall {
+        size: len,
+        min: crate::layout::MIN_IMAGE_BYTES,
+    })?;
     // Superblocks and journal must read as zero, whatever was there: a stale
     // journal entry of an earlier file system must never replay into this one.
-    pmem.zero(0, geometry.data_start * PAGE_SIZE)?;
-    pmem.persist(0, geometry.data_start * PAGE_SIZE)?;
+    let discarded = discard(file, 0, geometry.data_start * PAGE_SIZE);
+    let pmem = Pmem::map(file, true)?;
+    if !discarded {
+        pmem.zero(0, geometry.data_start * PAGE_SIZE)?;
+        pmem.persist(0, geometry.data_start * PAGE_SIZE)?;
+    }
     let meta = Meta::new(opts.uid, opts.gid, opts.now);
     let payload = checkpoint::encode(&meta);
-    let pfns: Vec<u64> = (0..checkpoint::pages_for(payload.len())).map(|i| geometry.data_start + i).collect();
+    let pfns: Vec<u64> = (0..checkpoint::pages_for(payload.len()))
+        .map(|i| geometry.data_start + i)
+        .collect();
     checkpoint::write(&pmem, 1, &payload, &pfns)?;
     pmem.fence()?;
     let sb = Superblock {
@@ -107,28 +120,37 @@ pub fn format(file: &File, opts: &FormatOptions) -> Result<Superblock> {
         geometry,
         generation: 1,
         created: opts.now.secs.max(0) as u64,
-        checkpoint: CheckpointRef { pfn: pfns[0], pages: pfns.len() as u64, id: 1 },
+        checkpoint: CheckpointRef {
+            pfn: pfns[0],
+            pages: pfns.len() as u64,
+            id: 1,
+        },
         journal: JournalPos { off: 0, seq: 1 },
     };
     superblock::write_copies(&pmem, &sb)?;
-    Ok(sb)
+    Ok((sb, pmem.kind()))
 }
 
-/// Gives the byte range back to the file system under a regular file, so
-/// zeroing it costs nothing. Best effort: the caller zeroes it anyway.
-fn discard(file: &File, off: u64, len: u64) {
+/// Zeroes a byte range of a regular file by punching a hole, which costs
+/// nothing and allocates nothing. Returns false where that is not possible
+/// (a device, a file system without hole punching): the caller then writes
+/// zeroes.
+fn discard(file: &File, off: u64, len: u64) -> bool {
     use std::os::fd::AsRawFd;
-    if file.metadata().is_ok_and(|m| m.is_file()) {
-        // SAFETY: fallocate on a valid descriptor has no memory effects.
-        unsafe {
-            libc::fallocate(
-                file.as_raw_fd(),
-                libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
-                off as libc::off_t,
-                len as libc::off_t,
-            )
-        };
+    if !file.metadata().is_ok_and(|m| m.is_file()) {
+        return false;
     }
+    // SAFETY: fallocate on a valid descriptor has no memory effects.
+    let r = unsafe {
+        libc::fallocate(
+            file.as_raw_fd(),
+            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+            off as libc::off_t,
+            len as libc::off_t,
+        )
+    };
+    // The hole must be durable before the superblock that relies on it.
+    r == 0 && file.sync_all().is_ok()
 }
 
 /// Pages kept back from data allocations so that a checkpoint can always be
@@ -140,7 +162,10 @@ fn reserve(ckpt_pages: usize) -> u64 {
 impl Image {
     /// Opens the image at `path`; see [`Image::open_file`].
     pub fn open(path: &Path, access: Access) -> Result<Image> {
-        let file = File::options().read(true).write(access == Access::ReadWrite).open(path)?;
+        let file = File::options()
+            .read(true)
+            .write(access == Access::ReadWrite)
+            .open(path)?;
         Image::open_file(file, access)
     }
 
@@ -158,23 +183,38 @@ impl Image {
         let sb = match superblock::choose(&copies) {
             Some(sb) => sb.clone(),
             None if !superblock::has_magic(&pmem) => {
-                return Err(Error::NotPmemfs("no pmemfs superblock (bad magic in both copies)".into()))
+                return Err(Error::NotPmemfs(
+                    "no pmemfs superblock (bad magic in both copies)".into(),
+                ))
             }
             None => {
-                let e = copies.into_iter().find_map(|c| c.err()).unwrap_or_else(|| Corrupt::new("superblock", "unreadable"));
+                let e = copies
+                    .into_iter()
+                    .find_map(|c| c.err())
+                    .unwrap_or_else(|| Corrupt::new("superblock", "unreadable"));
                 return Err(Error::Corrupt(e));
             }
         };
         if sb.geometry.total_pages * PAGE_SIZE > pmem.len() {
             return Err(Error::Corrupt(Corrupt::new(
                 "superblock",
-                format!("the image is {} bytes, shorter than the {} the superblock records", pmem.len(), sb.geometry.total_pages * PAGE_SIZE),
+                format!(
+                    "the image is {} bytes, shorter than the {} the superblock records",
+                    pmem.len(),
+                    sb.geometry.total_pages * PAGE_SIZE
+                ),
             )));
         }
-        let mut recovery = Recovery { was_in_use: sb.state == State::InUse, ..Recovery::default() };
+        let mut recovery = Recovery {
+            was_in_use: sb.state == State::InUse,
+            ..Recovery::default()
+        };
         if let Some(bad) = copies.iter().find_map(|c| match c {
             Err(e) => Some(e.to_string()),
-            Ok(c) if c != &sb => Some(format!("superblock copy at generation {} is older than {}", c.generation, sb.generation)),
+            Ok(c) if c != &sb => Some(format!(
+                "superblock copy at generation {} is older than {}",
+                c.generation, sb.generation
+            )),
             Ok(_) => None,
         }) {
             recovery.superblock_repaired = Some(bad);
@@ -184,7 +224,10 @@ impl Image {
         for e in &scan.entries {
             for op in &e.ops {
                 meta.apply(op).map_err(|c| {
-                    Error::Corrupt(Corrupt::new(format!("journal entry seq {}", e.seq), format!("{}; run fsck.pmemfs", c.detail)))
+                    Error::Corrupt(Corrupt::new(
+                        format!("journal entry seq {}", e.seq),
+                        format!("{}; run fsck.pmemfs", c.detail),
+                    ))
                 })?;
             }
         }
@@ -193,7 +236,10 @@ impl Image {
             recovery.torn_tail = Some(t.clone());
         }
         if meta.counted_shares() != meta.shares {
-            return Err(Error::Corrupt(Corrupt::new("share counts", "they disagree with the page maps; run fsck.pmemfs -y")));
+            return Err(Error::Corrupt(Corrupt::new(
+                "share counts",
+                "they disagree with the page maps; run fsck.pmemfs -y",
+            )));
         }
         recovery.unlinked_inodes = unlinked_inodes(&meta);
         let mut image = Image::from_parts(file, pmem, sb, meta, ckpt_pfns, scan.next)?;
@@ -207,19 +253,35 @@ impl Image {
     /// Assembles an image from parts a caller has read and checked (fsck,
     /// after repairing them). Derives the free set; fails when page maps
     /// reach outside the data area or into the checkpoint.
-    pub fn from_parts(file: File, pmem: Pmem, sb: Superblock, meta: Meta, ckpt_pfns: Vec<u64>, journal: JournalPos) -> Result<Image> {
+    pub fn from_parts(
+        file: File,
+        pmem: Pmem,
+        sb: Superblock,
+        meta: Meta,
+        ckpt_pfns: Vec<u64>,
+        journal: JournalPos,
+    ) -> Result<Image> {
         let g = sb.geometry;
         let mut free = RangeMap::new();
         free.insert(g.data_start, g.data_pages(), 1u32);
         for r in meta.shares.iter() {
             if !g.in_data(r.start, r.len) {
-                return Err(Error::Corrupt(Corrupt::new("share counts", format!("pfns {}+{} lie outside the data area; run fsck.pmemfs -y", r.start, r.len))));
+                return Err(Error::Corrupt(Corrupt::new(
+                    "share counts",
+                    format!(
+                        "pfns {}+{} lie outside the data area; run fsck.pmemfs -y",
+                        r.start, r.len
+                    ),
+                )));
             }
             free.remove(r.start, r.len);
         }
         for &p in &ckpt_pfns {
             if free.remove(p, 1).is_empty() {
-                return Err(Error::Corrupt(Corrupt::new("checkpoint", format!("page {p} is also mapped by a file; run fsck.pmemfs -y"))));
+                return Err(Error::Corrupt(Corrupt::new(
+                    "checkpoint",
+                    format!("page {p} is also mapped by a file; run fsck.pmemfs -y"),
+                )));
             }
         }
         let free_pages = free.pages();
@@ -244,7 +306,12 @@ impl Image {
         if self.recovery.torn_tail.is_some() {
             journal::cut(&self.pmem, &self.sb.geometry, self.journal.off)?;
         }
-        let deletes: Vec<Op> = self.recovery.unlinked_inodes.iter().map(|&ino| Op::Delete { ino }).collect();
+        let deletes: Vec<Op> = self
+            .recovery
+            .unlinked_inodes
+            .iter()
+            .map(|&ino| Op::Delete { ino })
+            .collect();
         if !deletes.is_empty() {
             self.commit(&deletes)?;
         }
@@ -306,7 +373,11 @@ impl Image {
         self.free.remove(run.start, len);
         self.free_pages -= len;
         self.cursor = run.start + len;
-        Ok(Run { start: run.start, len, value: run.start })
+        Ok(Run {
+            start: run.start,
+            len,
+            value: run.start,
+        })
     }
 
     /// Gives back pages from [`Image::alloc`] that were never mapped.
@@ -341,7 +412,10 @@ impl Image {
         let written = journal::append(&self.pmem, &self.sb.geometry, self.journal, &entry);
         match written {
             Ok(true) => {
-                self.journal = JournalPos { off: self.journal.off + entry.len() as u64, seq: self.journal.seq + 1 };
+                self.journal = JournalPos {
+                    off: self.journal.off + entry.len() as u64,
+                    seq: self.journal.seq + 1,
+                };
             }
             // The journal is full: a checkpoint holds this transaction too.
             Ok(false) => self.checkpoint()?,
@@ -380,8 +454,15 @@ impl Image {
         let mut sb = self.sb.clone();
         sb.generation += 1;
         sb.state = state;
-        sb.checkpoint = CheckpointRef { pfn: pfns[0], pages: n, id: sb.generation };
-        sb.journal = JournalPos { off: 0, seq: self.journal.seq };
+        sb.checkpoint = CheckpointRef {
+            pfn: pfns[0],
+            pages: n,
+            id: sb.generation,
+        };
+        sb.journal = JournalPos {
+            off: 0,
+            seq: self.journal.seq,
+        };
         let written = checkpoint::write(&self.pmem, sb.checkpoint.id, &payload, &pfns)
             .and_then(|()| self.pmem.fence())
             .and_then(|()| superblock::write_copies(&self.pmem, &sb));
@@ -430,7 +511,9 @@ pub fn unlinked_inodes(meta: &Meta) -> Vec<Ino> {
         .collect();
     meta.inodes
         .iter()
-        .filter(|(ino, i)| i.attr.nlink == 0 && **ino != crate::meta::ROOT_INO && !named.contains(ino))
+        .filter(|(ino, i)| {
+            i.attr.nlink == 0 && **ino != crate::meta::ROOT_INO && !named.contains(ino)
+        })
         .map(|(&ino, _)| ino)
         .collect()
 }
@@ -449,26 +532,58 @@ mod tests {
 
     fn fresh(name: &str, size: u64) -> Tmp {
         let p = std::env::temp_dir().join(format!("pmemfs-image-{name}-{}", std::process::id()));
-        let f = File::options().read(true).write(true).create(true).truncate(true).open(&p).unwrap();
+        let f = File::options()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&p)
+            .unwrap();
         f.set_len(size).unwrap();
         lock::lock_exclusive(&f).unwrap();
-        format(&f, &FormatOptions { label: "t".into(), uuid: [1; 16], uid: 0, gid: 0, now: Time::default() }).unwrap();
+        format(
+            &f,
+            &FormatOptions {
+                label: "t".into(),
+                uuid: [1; 16],
+                uid: 0,
+                gid: 0,
+                now: Time::default(),
+            },
+        )
+        .unwrap();
         Tmp(p)
     }
 
     fn add_file(img: &mut Image, name: &str, pages: u64) -> Ino {
         let ino = img.next_ino();
         img.commit(&[
-            Op::Create { ino, attr: Attr::new(Kind::File, 0o644, 0, 0, Time::default()), body: NewBody::File },
-            Op::Link { dir: ROOT_INO, name: name.into(), ino },
+            Op::Create {
+                ino,
+                attr: Attr::new(Kind::File, 0o644, 0, 0, Time::default()),
+                body: NewBody::File,
+            },
+            Op::Link {
+                dir: ROOT_INO,
+                name: name.into(),
+                ino,
+            },
         ])
         .unwrap();
         let mut index = 0;
         while index < pages {
             let r = img.alloc(pages - index).unwrap();
-            img.pmem().write(r.start * PAGE_SIZE, name.as_bytes()).unwrap();
+            img.pmem()
+                .write(r.start * PAGE_SIZE, name.as_bytes())
+                .unwrap();
             img.pmem().persist(r.start * PAGE_SIZE, PAGE_SIZE).unwrap();
-            img.commit(&[Op::Map { ino, index, pfn: r.start, len: r.len }]).unwrap();
+            img.commit(&[Op::Map {
+                ino,
+                index,
+                pfn: r.start,
+                len: r.len,
+            }])
+            .unwrap();
             index += r.len;
         }
         ino
@@ -488,7 +603,10 @@ mod tests {
         let t = fresh("replay", 16 << 20);
         let mut img = Image::open(&t.0, Access::ReadWrite).unwrap();
         let a = add_file(&mut img, "a", 10);
-        assert!(matches!(Image::open(&t.0, Access::ReadWrite), Err(Error::Locked)));
+        assert!(matches!(
+            Image::open(&t.0, Access::ReadWrite),
+            Err(Error::Locked)
+        ));
         let free = img.free_pages();
         drop(img); // a crash: no close
         let img = Image::open(&t.0, Access::ReadWrite).unwrap();
@@ -512,11 +630,21 @@ mod tests {
                 inos.push(add_file(&mut img, &format!("f{round}-{i}"), 1));
             }
             for (i, ino) in inos.into_iter().enumerate() {
-                img.commit(&[Op::Unlink { dir: ROOT_INO, name: format!("f{round}-{i}").into_bytes() }, Op::Delete { ino }]).unwrap();
+                img.commit(&[
+                    Op::Unlink {
+                        dir: ROOT_INO,
+                        name: format!("f{round}-{i}").into_bytes(),
+                    },
+                    Op::Delete { ino },
+                ])
+                .unwrap();
             }
         }
         // Every data page is free again but for the checkpoint's own.
-        assert_eq!(img.free_pages() + img.checkpoint_pfns().len() as u64, img.geometry().data_pages());
+        assert_eq!(
+            img.free_pages() + img.checkpoint_pfns().len() as u64,
+            img.geometry().data_pages()
+        );
         drop(img);
         let img = Image::open(&t.0, Access::ReadOnly).unwrap();
         assert_eq!(img.meta().inodes.len(), 2);
@@ -538,7 +666,14 @@ mod tests {
         }
         assert!(got > 3000);
         // The reserve still lets metadata commit and checkpoint.
-        img.commit(&[Op::Unlink { dir: ROOT_INO, name: b"a".to_vec() }, Op::Delete { ino: a }]).unwrap();
+        img.commit(&[
+            Op::Unlink {
+                dir: ROOT_INO,
+                name: b"a".to_vec(),
+            },
+            Op::Delete { ino: a },
+        ])
+        .unwrap();
         img.close().unwrap();
         let img = Image::open(&t.0, Access::ReadOnly).unwrap();
         assert!(img.meta().get(a).is_none());
@@ -551,7 +686,14 @@ mod tests {
         let a = add_file(&mut img, "a", 3);
         let mut attr = *img.attr(a).unwrap();
         attr.nlink = 0;
-        img.commit(&[Op::Unlink { dir: ROOT_INO, name: b"a".to_vec() }, Op::SetAttr { ino: a, attr }]).unwrap();
+        img.commit(&[
+            Op::Unlink {
+                dir: ROOT_INO,
+                name: b"a".to_vec(),
+            },
+            Op::SetAttr { ino: a, attr },
+        ])
+        .unwrap();
         drop(img);
         let img = Image::open(&t.0, Access::ReadWrite).unwrap();
         assert_eq!(img.recovery().unlinked_inodes, vec![a]);

@@ -65,8 +65,15 @@ pub fn entry_bytes(payload: usize) -> u64 {
 /// Encodes a transaction as one entry with sequence number `seq`.
 pub fn encode_entry(seq: u64, ops: &[Op]) -> Result<Vec<u8>> {
     let payload = postcard::to_allocvec(ops).map_err(|e| Error::Io(std::io::Error::other(e)))?;
-    let len = u32::try_from(payload.len()).map_err(|_| Error::TransactionTooLarge(payload.len()))?;
-    let mut h = RawHeader { magic: ENTRY_MAGIC.into(), len: len.into(), seq: seq.into(), crc: 0.into(), reserved: [0; 12] };
+    let len =
+        u32::try_from(payload.len()).map_err(|_| Error::TransactionTooLarge(payload.len()))?;
+    let mut h = RawHeader {
+        magic: ENTRY_MAGIC.into(),
+        len: len.into(),
+        seq: seq.into(),
+        crc: 0.into(),
+        reserved: [0; 12],
+    };
     h.crc = entry_crc(&h, &payload).into();
     let mut out = Vec::with_capacity(entry_bytes(payload.len()) as usize);
     out.extend_from_slice(h.as_bytes());
@@ -107,12 +114,17 @@ pub fn scan(pmem: &Pmem, g: &Geometry, start: JournalPos) -> Scan {
     let size = g.journal_bytes();
     let mut pos = start;
     let mut entries = Vec::new();
-    let torn = |off: u64, d: String| End::Torn(Corrupt::new(format!("journal entry at offset {off}"), d));
+    let torn =
+        |off: u64, d: String| End::Torn(Corrupt::new(format!("journal entry at offset {off}"), d));
     let end = loop {
         if pos.off % CACHE_LINE != 0 || pos.off + HEADER_BYTES > size {
             break End::Clean;
         }
-        let header = match pmem.bytes(base + pos.off, HEADER_BYTES).ok().and_then(|b| RawHeader::read_from_bytes(b).ok()) {
+        let header = match pmem
+            .bytes(base + pos.off, HEADER_BYTES)
+            .ok()
+            .and_then(|b| RawHeader::read_from_bytes(b).ok())
+        {
             Some(h) => h,
             None => break End::Clean,
         };
@@ -134,10 +146,21 @@ pub fn scan(pmem: &Pmem, g: &Geometry, start: JournalPos) -> Scan {
             Ok(o) => o,
             Err(e) => break torn(pos.off, format!("seq {}: does not decode: {e}", pos.seq)),
         };
-        entries.push(Entry { off: pos.off, seq: pos.seq, ops });
-        pos = JournalPos { off: pos.off + entry_bytes(len as usize), seq: pos.seq + 1 };
+        entries.push(Entry {
+            off: pos.off,
+            seq: pos.seq,
+            ops,
+        });
+        pos = JournalPos {
+            off: pos.off + entry_bytes(len as usize),
+            seq: pos.seq + 1,
+        };
     };
-    Scan { entries, end, next: pos }
+    Scan {
+        entries,
+        end,
+        next: pos,
+    }
 }
 
 /// Writes `entry` (from [`encode_entry`]) at `pos` and makes it durable.
@@ -168,11 +191,21 @@ mod tests {
     use crate::meta::ROOT_INO;
 
     fn setup() -> (Pmem, Geometry) {
-        (Pmem::memory(MIN_IMAGE_BYTES), Geometry::for_size(MIN_IMAGE_BYTES).unwrap())
+        (
+            Pmem::memory(MIN_IMAGE_BYTES),
+            Geometry::for_size(MIN_IMAGE_BYTES).unwrap(),
+        )
     }
 
     fn op(i: u64) -> Vec<Op> {
-        vec![Op::Unmap { ino: ROOT_INO, index: i, len: i + 1 }, Op::SetParent { dir: i, parent: 7 }]
+        vec![
+            Op::Unmap {
+                ino: ROOT_INO,
+                index: i,
+                len: i + 1,
+            },
+            Op::SetParent { dir: i, parent: 7 },
+        ]
     }
 
     fn write_n(p: &Pmem, g: &Geometry, n: u64) -> Vec<u64> {
@@ -182,7 +215,10 @@ mod tests {
             let e = encode_entry(pos.seq, &op(i)).unwrap();
             assert!(append(p, g, pos, &e).unwrap());
             offs.push(pos.off);
-            pos = JournalPos { off: pos.off + e.len() as u64, seq: pos.seq + 1 };
+            pos = JournalPos {
+                off: pos.off + e.len() as u64,
+                seq: pos.seq + 1,
+            };
         }
         offs
     }
@@ -206,7 +242,11 @@ mod tests {
         let (p, g) = setup();
         let offs = write_n(&p, &g, 3);
         // A crash left the last entry's payload half written.
-        p.write(g.journal_offset() + offs[2] + HEADER_BYTES + 1, &[0xff, 0xee]).unwrap();
+        p.write(
+            g.journal_offset() + offs[2] + HEADER_BYTES + 1,
+            &[0xff, 0xee],
+        )
+        .unwrap();
         let s = scan(&p, &g, JournalPos { off: 0, seq: 1 });
         assert_eq!(s.entries.len(), 2);
         assert!(matches!(s.end, End::Torn(_)));
@@ -222,7 +262,8 @@ mod tests {
         // An older log (lower seq) is a clean end, not damage.
         let s = scan(&p, &g, JournalPos { off: 0, seq: 9 });
         assert_eq!((s.entries.len(), s.end), (0, End::Clean));
-        p.write(g.journal_offset() + offs[1] + 4, &u32::MAX.to_le_bytes()).unwrap();
+        p.write(g.journal_offset() + offs[1] + 4, &u32::MAX.to_le_bytes())
+            .unwrap();
         let s = scan(&p, &g, JournalPos { off: 0, seq: 1 });
         assert_eq!(s.entries.len(), 1);
         assert!(matches!(s.end, End::Torn(_)));
@@ -234,8 +275,15 @@ mod tests {
         let ops: Vec<Op> = (0..20).flat_map(op).collect();
         let e = encode_entry(1, &ops).unwrap();
         assert!(e.len() > 64);
-        let at = JournalPos { off: g.journal_bytes() - 64, seq: 1 };
+        let at = JournalPos {
+            off: g.journal_bytes() - 64,
+            seq: 1,
+        };
         assert!(!append(&p, &g, at, &e).unwrap());
-        assert!(p.bytes(g.journal_offset() + at.off, 64).unwrap().iter().all(|&b| b == 0));
+        assert!(p
+            .bytes(g.journal_offset() + at.off, 64)
+            .unwrap()
+            .iter()
+            .all(|&b| b == 0));
     }
 }

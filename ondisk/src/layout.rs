@@ -53,9 +53,7 @@ impl Geometry {
 
     /// Whether `[pfn, pfn + len)` lies inside the data area.
     pub fn in_data(&self, pfn: u64, len: u64) -> bool {
-        pfn >= self.data_start
-            && len <= self.total_pages
-            && pfn <= self.total_pages - len
+        pfn >= self.data_start && len <= self.total_pages && pfn <= self.total_pages - len
     }
 
     /// Byte offset of the journal.

@@ -136,26 +136,67 @@ pub enum NewBody {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Op {
     /// A new inode; it has no names until `Link`.
-    Create { ino: Ino, attr: Attr, body: NewBody },
+    Create {
+        ino: Ino,
+        attr: Attr,
+        body: NewBody,
+    },
     /// Replaces the attributes (the kind must not change). Changing the size
     /// does not unmap pages: that is `Unmap`.
-    SetAttr { ino: Ino, attr: Attr },
-    Link { dir: Ino, name: Vec<u8>, ino: Ino },
-    Unlink { dir: Ino, name: Vec<u8> },
+    SetAttr {
+        ino: Ino,
+        attr: Attr,
+    },
+    Link {
+        dir: Ino,
+        name: Vec<u8>,
+        ino: Ino,
+    },
+    Unlink {
+        dir: Ino,
+        name: Vec<u8>,
+    },
     /// Removes an inode and drops its pages. A directory must be empty.
-    Delete { ino: Ino },
+    Delete {
+        ino: Ino,
+    },
     /// Maps `len` pages at `index` to fresh pfns `pfn..pfn + len` (share
     /// count 0 before), dropping what was mapped there.
-    Map { ino: Ino, index: u64, pfn: u64, len: u64 },
+    Map {
+        ino: Ino,
+        index: u64,
+        pfn: u64,
+        len: u64,
+    },
     /// Turns `len` pages at `index` into a hole.
-    Unmap { ino: Ino, index: u64, len: u64 },
+    Unmap {
+        ino: Ino,
+        index: u64,
+        len: u64,
+    },
     /// Makes `dst` pages `dst_index..+len` share the pages (and holes) of
     /// `src` at `src_index`. Ranges of one file must not overlap.
-    Clone { src: Ino, src_index: u64, dst: Ino, dst_index: u64, len: u64 },
-    SetXattr { ino: Ino, name: Vec<u8>, value: Vec<u8> },
-    RemoveXattr { ino: Ino, name: Vec<u8> },
+    Clone {
+        src: Ino,
+        src_index: u64,
+        dst: Ino,
+        dst_index: u64,
+        len: u64,
+    },
+    SetXattr {
+        ino: Ino,
+        name: Vec<u8>,
+        value: Vec<u8>,
+    },
+    RemoveXattr {
+        ino: Ino,
+        name: Vec<u8>,
+    },
     /// Records a directory's new parent after a rename.
-    SetParent { dir: Ino, parent: Ino },
+    SetParent {
+        dir: Ino,
+        parent: Ino,
+    },
 }
 
 /// The whole metadata of a file system.
@@ -170,23 +211,44 @@ pub struct Meta {
 
 /// Whether `name` may be a directory entry.
 pub fn valid_name(name: &[u8]) -> bool {
-    !name.is_empty() && name.len() <= MAX_NAME && name != b"." && name != b".." && !name.contains(&b'/') && !name.contains(&0)
+    !name.is_empty()
+        && name.len() <= MAX_NAME
+        && name != b"."
+        && name != b".."
+        && !name.contains(&b'/')
+        && !name.contains(&0)
 }
 
 impl Meta {
     /// A new file system: root directory and lost+found, owned by
     /// `uid`:`gid`.
     pub fn new(uid: u32, gid: u32, now: Time) -> Meta {
-        let mut m = Meta { next_ino: ROOT_INO, ..Meta::default() };
+        let mut m = Meta {
+            next_ino: ROOT_INO,
+            ..Meta::default()
+        };
         let root = m.next_ino;
         let lf = root + 1;
         let ops = [
-            Op::Create { ino: root, attr: Attr::new(Kind::Dir, 0o755, uid, gid, now), body: NewBody::Dir { parent: root } },
-            Op::Create { ino: lf, attr: Attr::new(Kind::Dir, 0o700, uid, gid, now), body: NewBody::Dir { parent: root } },
-            Op::Link { dir: root, name: LOST_FOUND.to_vec(), ino: lf },
+            Op::Create {
+                ino: root,
+                attr: Attr::new(Kind::Dir, 0o755, uid, gid, now),
+                body: NewBody::Dir { parent: root },
+            },
+            Op::Create {
+                ino: lf,
+                attr: Attr::new(Kind::Dir, 0o700, uid, gid, now),
+                body: NewBody::Dir { parent: root },
+            },
+            Op::Link {
+                dir: root,
+                name: LOST_FOUND.to_vec(),
+                ino: lf,
+            },
         ];
         for op in &ops {
-            m.apply(op).expect("a fresh file system accepts its first ops");
+            m.apply(op)
+                .expect("a fresh file system accepts its first ops");
         }
         m.inodes.get_mut(&root).expect("just made").attr.nlink = 3;
         m
@@ -202,7 +264,9 @@ impl Meta {
     }
 
     fn inode_mut(&mut self, ino: Ino) -> Result<&mut Inode, Corrupt> {
-        self.inodes.get_mut(&ino).ok_or_else(|| bad(format!("inode {ino} does not exist")))
+        self.inodes
+            .get_mut(&ino)
+            .ok_or_else(|| bad(format!("inode {ino} does not exist")))
     }
 
     fn file_mut(&mut self, ino: Ino) -> Result<&mut RangeMap<u64>, Corrupt> {
@@ -245,16 +309,35 @@ impl Meta {
         match op {
             Op::Create { ino, attr, body } => {
                 if *ino == 0 || self.inodes.contains_key(ino) {
-                    return Err(bad(format!("create: inode {ino} already exists or is invalid")));
+                    return Err(bad(format!(
+                        "create: inode {ino} already exists or is invalid"
+                    )));
                 }
                 let body = match (attr.kind, body) {
                     (Kind::File, NewBody::File) => Body::File(RangeMap::new()),
-                    (Kind::Dir, NewBody::Dir { parent }) => Body::Dir(Dir { parent: *parent, entries: BTreeMap::new() }),
+                    (Kind::Dir, NewBody::Dir { parent }) => Body::Dir(Dir {
+                        parent: *parent,
+                        entries: BTreeMap::new(),
+                    }),
                     (Kind::Symlink, NewBody::Symlink(t)) => Body::Symlink(t.clone()),
-                    (Kind::Fifo | Kind::Socket | Kind::CharDev | Kind::BlockDev, NewBody::Special) => Body::Special,
-                    (k, b) => return Err(bad(format!("create: inode {ino} of kind {k:?} with body {b:?}"))),
+                    (
+                        Kind::Fifo | Kind::Socket | Kind::CharDev | Kind::BlockDev,
+                        NewBody::Special,
+                    ) => Body::Special,
+                    (k, b) => {
+                        return Err(bad(format!(
+                            "create: inode {ino} of kind {k:?} with body {b:?}"
+                        )))
+                    }
                 };
-                self.inodes.insert(*ino, Inode { attr: *attr, xattrs: BTreeMap::new(), body });
+                self.inodes.insert(
+                    *ino,
+                    Inode {
+                        attr: *attr,
+                        xattrs: BTreeMap::new(),
+                        body,
+                    },
+                );
                 self.next_ino = self.next_ino.max(ino + 1);
             }
             Op::SetAttr { ino, attr } => {
@@ -266,51 +349,81 @@ impl Meta {
             }
             Op::Link { dir, name, ino } => {
                 if !valid_name(name) {
-                    return Err(bad(format!("link: invalid name {:?}", String::from_utf8_lossy(name))));
+                    return Err(bad(format!(
+                        "link: invalid name {:?}",
+                        String::from_utf8_lossy(name)
+                    )));
                 }
                 if !self.inodes.contains_key(ino) {
                     return Err(bad(format!("link: inode {ino} does not exist")));
                 }
                 let d = self.dir_mut(*dir)?;
                 if d.entries.contains_key(name) {
-                    return Err(bad(format!("link: {:?} exists in directory {dir}", String::from_utf8_lossy(name))));
+                    return Err(bad(format!(
+                        "link: {:?} exists in directory {dir}",
+                        String::from_utf8_lossy(name)
+                    )));
                 }
                 d.entries.insert(name.clone(), *ino);
             }
             Op::Unlink { dir, name } => {
                 if self.dir_mut(*dir)?.entries.remove(name).is_none() {
-                    return Err(bad(format!("unlink: no {:?} in directory {dir}", String::from_utf8_lossy(name))));
+                    return Err(bad(format!(
+                        "unlink: no {:?} in directory {dir}",
+                        String::from_utf8_lossy(name)
+                    )));
                 }
             }
             Op::Delete { ino } => {
-                let i = self.inodes.get(ino).ok_or_else(|| bad(format!("delete: inode {ino} does not exist")))?;
+                let i = self
+                    .inodes
+                    .get(ino)
+                    .ok_or_else(|| bad(format!("delete: inode {ino} does not exist")))?;
                 if i.dir().is_some_and(|d| !d.entries.is_empty()) {
                     return Err(bad(format!("delete: directory {ino} is not empty")));
                 }
                 if *ino == ROOT_INO {
                     return Err(bad("delete: the root directory".to_string()));
                 }
-                if let Some(Inode { body: Body::File(m), .. }) = self.inodes.remove(ino) {
+                if let Some(Inode {
+                    body: Body::File(m),
+                    ..
+                }) = self.inodes.remove(ino)
+                {
                     let runs: Vec<_> = m.iter().collect();
                     self.unshare(&runs, &mut freed)?;
                 }
             }
-            Op::Map { ino, index, pfn, len } => {
-                if index.checked_add(*len).is_none() || pfn.checked_add(*len).is_none() || *len == 0 {
+            Op::Map {
+                ino,
+                index,
+                pfn,
+                len,
+            } => {
+                if index.checked_add(*len).is_none() || pfn.checked_add(*len).is_none() || *len == 0
+                {
                     return Err(bad(format!("map: bad range {index}+{len} -> {pfn}")));
                 }
                 if !self.shares.range(*pfn, *len).is_empty() {
                     return Err(bad(format!("map: pfns {pfn}+{len} are already in use")));
                 }
                 let old = self.file_mut(*ino)?.insert(*index, *len, *pfn);
-                self.shares.add(*pfn, *len, 1).map_err(|_| bad("map: count overflow".to_string()))?;
+                self.shares
+                    .add(*pfn, *len, 1)
+                    .map_err(|_| bad("map: count overflow".to_string()))?;
                 self.unshare(&old, &mut freed)?;
             }
             Op::Unmap { ino, index, len } => {
                 let old = self.file_mut(*ino)?.remove(*index, *len);
                 self.unshare(&old, &mut freed)?;
             }
-            Op::Clone { src, src_index, dst, dst_index, len } => {
+            Op::Clone {
+                src,
+                src_index,
+                dst,
+                dst_index,
+                len,
+            } => {
                 if src_index.checked_add(*len).is_none() || dst_index.checked_add(*len).is_none() {
                     return Err(bad(format!("clone: range of {len} pages wraps")));
                 }
@@ -322,7 +435,9 @@ impl Meta {
                 // Count the new references first, so that dropping the old
                 // contents of the destination cannot free a page it shares.
                 for r in &runs {
-                    self.shares.add(r.value, r.len, 1).map_err(|_| bad("clone: count overflow".to_string()))?;
+                    self.shares
+                        .add(r.value, r.len, 1)
+                        .map_err(|_| bad("clone: count overflow".to_string()))?;
                 }
                 let dst_map = self.file_mut(*dst)?;
                 let old = dst_map.remove(*dst_index, *len);
@@ -332,11 +447,15 @@ impl Meta {
                 self.unshare(&old, &mut freed)?;
             }
             Op::SetXattr { ino, name, value } => {
-                self.inode_mut(*ino)?.xattrs.insert(name.clone(), value.clone());
+                self.inode_mut(*ino)?
+                    .xattrs
+                    .insert(name.clone(), value.clone());
             }
             Op::RemoveXattr { ino, name } => {
                 if self.inode_mut(*ino)?.xattrs.remove(name).is_none() {
-                    return Err(bad(format!("removexattr: inode {ino} has no such attribute")));
+                    return Err(bad(format!(
+                        "removexattr: inode {ino} has no such attribute"
+                    )));
                 }
             }
             Op::SetParent { dir, parent } => {
@@ -363,20 +482,29 @@ impl Meta {
     /// Checks what decoding alone cannot: runs well formed, bodies matching
     /// kinds. Semantic checks (connectivity, counts) are fsck's.
     pub fn check_shape(&self) -> Result<(), Corrupt> {
-        self.shares.check().map_err(|e| bad(format!("share counts: {e}")))?;
+        self.shares
+            .check()
+            .map_err(|e| bad(format!("share counts: {e}")))?;
         for (ino, i) in &self.inodes {
             let ok = matches!(
                 (i.attr.kind, &i.body),
                 (Kind::File, Body::File(_))
                     | (Kind::Dir, Body::Dir(_))
                     | (Kind::Symlink, Body::Symlink(_))
-                    | (Kind::Fifo | Kind::Socket | Kind::CharDev | Kind::BlockDev, Body::Special)
+                    | (
+                        Kind::Fifo | Kind::Socket | Kind::CharDev | Kind::BlockDev,
+                        Body::Special
+                    )
             );
             if !ok || *ino == 0 || *ino >= self.next_ino {
-                return Err(bad(format!("inode {ino}: kind {:?} does not match its body or number", i.attr.kind)));
+                return Err(bad(format!(
+                    "inode {ino}: kind {:?} does not match its body or number",
+                    i.attr.kind
+                )));
             }
             if let Body::File(m) = &i.body {
-                m.check().map_err(|e| bad(format!("inode {ino} page map: {e}")))?;
+                m.check()
+                    .map_err(|e| bad(format!("inode {ino} page map: {e}")))?;
             }
         }
         Ok(())
@@ -393,8 +521,18 @@ mod tests {
 
     fn file(m: &mut Meta, name: &str) -> Ino {
         let ino = m.next_ino;
-        m.apply(&Op::Create { ino, attr: Attr::new(Kind::File, 0o644, 0, 0, Time::default()), body: NewBody::File }).unwrap();
-        m.apply(&Op::Link { dir: ROOT_INO, name: name.into(), ino }).unwrap();
+        m.apply(&Op::Create {
+            ino,
+            attr: Attr::new(Kind::File, 0o644, 0, 0, Time::default()),
+            body: NewBody::File,
+        })
+        .unwrap();
+        m.apply(&Op::Link {
+            dir: ROOT_INO,
+            name: name.into(),
+            ino,
+        })
+        .unwrap();
         ino
     }
 
@@ -411,19 +549,62 @@ mod tests {
         let mut m = Meta::new(0, 0, Time::default());
         let a = file(&mut m, "a");
         let b = file(&mut m, "b");
-        m.apply(&Op::Map { ino: a, index: 0, pfn: 1000, len: 8 }).unwrap();
-        assert!(m.apply(&Op::Map { ino: b, index: 0, pfn: 1004, len: 1 }).is_err(), "in-use pfn");
-        m.apply(&Op::Clone { src: a, src_index: 0, dst: b, dst_index: 2, len: 8 }).unwrap();
+        m.apply(&Op::Map {
+            ino: a,
+            index: 0,
+            pfn: 1000,
+            len: 8,
+        })
+        .unwrap();
+        assert!(
+            m.apply(&Op::Map {
+                ino: b,
+                index: 0,
+                pfn: 1004,
+                len: 1
+            })
+            .is_err(),
+            "in-use pfn"
+        );
+        m.apply(&Op::Clone {
+            src: a,
+            src_index: 0,
+            dst: b,
+            dst_index: 2,
+            len: 8,
+        })
+        .unwrap();
         assert_eq!(m.shares.get(1000), Some(2));
         assert_eq!(m.counted_shares(), m.shares);
         // Overwrite one page of b with a fresh one: the old one drops to 1.
-        let freed = m.apply(&Op::Map { ino: b, index: 3, pfn: 2000, len: 1 }).unwrap();
+        let freed = m
+            .apply(&Op::Map {
+                ino: b,
+                index: 3,
+                pfn: 2000,
+                len: 1,
+            })
+            .unwrap();
         assert!(freed.is_empty());
         assert_eq!(m.shares.get(1001), Some(1));
         let freed = m.apply(&Op::Delete { ino: a }).unwrap();
-        assert_eq!(freed.iter().map(|r| r.len).sum::<u64>(), 1, "only 1001 was a's alone");
-        m.apply(&Op::Unlink { dir: ROOT_INO, name: b"a".to_vec() }).unwrap();
-        let freed = m.apply(&Op::Unmap { ino: b, index: 0, len: 100 }).unwrap();
+        assert_eq!(
+            freed.iter().map(|r| r.len).sum::<u64>(),
+            1,
+            "only 1001 was a's alone"
+        );
+        m.apply(&Op::Unlink {
+            dir: ROOT_INO,
+            name: b"a".to_vec(),
+        })
+        .unwrap();
+        let freed = m
+            .apply(&Op::Unmap {
+                ino: b,
+                index: 0,
+                len: 100,
+            })
+            .unwrap();
         assert_eq!(freed.iter().map(|r| r.len).sum::<u64>(), 8);
         assert!(m.shares.is_empty());
     }
@@ -432,12 +613,41 @@ mod tests {
     fn clone_within_one_file_and_over_itself() {
         let mut m = Meta::new(0, 0, Time::default());
         let a = file(&mut m, "a");
-        m.apply(&Op::Map { ino: a, index: 0, pfn: 500, len: 4 }).unwrap();
-        assert!(m.apply(&Op::Clone { src: a, src_index: 0, dst: a, dst_index: 2, len: 4 }).is_err());
-        m.apply(&Op::Clone { src: a, src_index: 0, dst: a, dst_index: 4, len: 4 }).unwrap();
+        m.apply(&Op::Map {
+            ino: a,
+            index: 0,
+            pfn: 500,
+            len: 4,
+        })
+        .unwrap();
+        assert!(m
+            .apply(&Op::Clone {
+                src: a,
+                src_index: 0,
+                dst: a,
+                dst_index: 2,
+                len: 4
+            })
+            .is_err());
+        m.apply(&Op::Clone {
+            src: a,
+            src_index: 0,
+            dst: a,
+            dst_index: 4,
+            len: 4,
+        })
+        .unwrap();
         assert_eq!(m.counted_shares(), m.shares);
         // Cloning a's own pages back over themselves' twins frees nothing.
-        let freed = m.apply(&Op::Clone { src: a, src_index: 4, dst: a, dst_index: 0, len: 4 }).unwrap();
+        let freed = m
+            .apply(&Op::Clone {
+                src: a,
+                src_index: 4,
+                dst: a,
+                dst_index: 0,
+                len: 4,
+            })
+            .unwrap();
         assert!(freed.is_empty());
         assert_eq!(m.counted_shares(), m.shares);
     }
@@ -446,12 +656,48 @@ mod tests {
     fn bad_ops_are_refused() {
         let mut m = Meta::new(0, 0, Time::default());
         let a = file(&mut m, "a");
-        assert!(m.apply(&Op::Link { dir: ROOT_INO, name: b"a".to_vec(), ino: a }).is_err());
-        assert!(m.apply(&Op::Link { dir: a, name: b"x".to_vec(), ino: a }).is_err());
-        assert!(m.apply(&Op::Link { dir: ROOT_INO, name: vec![b'x'; 256], ino: a }).is_err());
-        assert!(m.apply(&Op::Unlink { dir: ROOT_INO, name: b"zz".to_vec() }).is_err());
+        assert!(m
+            .apply(&Op::Link {
+                dir: ROOT_INO,
+                name: b"a".to_vec(),
+                ino: a
+            })
+            .is_err());
+        assert!(m
+            .apply(&Op::Link {
+                dir: a,
+                name: b"x".to_vec(),
+                ino: a
+            })
+            .is_err());
+        assert!(m
+            .apply(&Op::Link {
+                dir: ROOT_INO,
+                name: vec![b'x'; 256],
+                ino: a
+            })
+            .is_err());
+        assert!(m
+            .apply(&Op::Unlink {
+                dir: ROOT_INO,
+                name: b"zz".to_vec()
+            })
+            .is_err());
         assert!(m.apply(&Op::Delete { ino: ROOT_INO }).is_err());
-        assert!(m.apply(&Op::Map { ino: a, index: u64::MAX, pfn: 1, len: 2 }).is_err());
-        assert!(m.apply(&Op::Create { ino: a, attr: m.get(a).unwrap().attr, body: NewBody::File }).is_err());
+        assert!(m
+            .apply(&Op::Map {
+                ino: a,
+                index: u64::MAX,
+                pfn: 1,
+                len: 2
+            })
+            .is_err());
+        assert!(m
+            .apply(&Op::Create {
+                ino: a,
+                attr: m.get(a).unwrap().attr,
+                body: NewBody::File
+            })
+            .is_err());
     }
 }

@@ -96,7 +96,10 @@ impl Pmem {
     pub fn map(file: &File, writable: bool) -> io::Result<Pmem> {
         let len = media_len(file)?;
         if len == 0 {
-            return Err(io::Error::new(io::ErrorKind::InvalidInput, "the image is empty"));
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "the image is empty",
+            ));
         }
         let domain: Box<dyn PersistenceDomain> = if writable {
             match MapSync::map(file, len) {
@@ -143,7 +146,10 @@ impl Pmem {
             Some(end) if end <= self.len() => Ok(off as usize),
             _ => Err(Error::Io(io::Error::new(
                 io::ErrorKind::UnexpectedEof,
-                format!("range {off}+{len} lies past the end of the image ({} bytes)", self.len()),
+                format!(
+                    "range {off}+{len} lies past the end of the image ({} bytes)",
+                    self.len()
+                ),
             ))),
         }
     }
@@ -244,7 +250,10 @@ unsafe impl Sync for MapSync {}
 impl MapSync {
     fn map(file: &File, len: u64) -> io::Result<MapSync> {
         if !cfg!(target_arch = "x86_64") {
-            return Err(io::Error::new(io::ErrorKind::Unsupported, "no cache-line flush"));
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "no cache-line flush",
+            ));
         }
         // SAFETY: a fresh shared mapping of the whole file; the kernel
         // refuses MAP_SYNC (EOPNOTSUPP) unless the file is on DAX.
@@ -342,7 +351,9 @@ impl Writeback {
         // SAFETY: p is mapped (caller); these only write the line back.
         unsafe {
             match self {
-                Writeback::Clwb => std::arch::asm!("clwb [{0}]", in(reg) p, options(nostack, preserves_flags)),
+                Writeback::Clwb => {
+                    std::arch::asm!("clwb [{0}]", in(reg) p, options(nostack, preserves_flags))
+                }
                 Writeback::Clflushopt => {
                     std::arch::asm!("clflushopt [{0}]", in(reg) p, options(nostack, preserves_flags))
                 }

@@ -50,7 +50,9 @@ pub struct RangeMap<V> {
 
 impl<V: RunValue> RangeMap<V> {
     pub fn new() -> Self {
-        RangeMap { runs: BTreeMap::new() }
+        RangeMap {
+            runs: BTreeMap::new(),
+        }
     }
 
     pub fn is_empty(&self) -> bool {
@@ -75,18 +77,29 @@ impl<V: RunValue> RangeMap<V> {
 
     /// All runs in order.
     pub fn iter(&self) -> impl Iterator<Item = Run<V>> + '_ {
-        self.runs.iter().map(|(&start, &(len, value))| Run { start, len, value })
+        self.runs
+            .iter()
+            .map(|(&start, &(len, value))| Run { start, len, value })
     }
 
     /// The parts of runs inside `[start, start + len)`, clipped to it.
     pub fn range(&self, start: u64, len: u64) -> Vec<Run<V>> {
         let end = start.saturating_add(len);
         let mut out = Vec::new();
-        let first = self.runs.range(..start).next_back().map(|(&s, _)| s).unwrap_or(start);
+        let first = self
+            .runs
+            .range(..start)
+            .next_back()
+            .map(|(&s, _)| s)
+            .unwrap_or(start);
         for (&s, &(l, v)) in self.runs.range(first..end) {
             let (a, b) = (s.max(start), (s + l).min(end));
             if a < b {
-                out.push(Run { start: a, len: b - a, value: v.advance(a - s) });
+                out.push(Run {
+                    start: a,
+                    len: b - a,
+                    value: v.advance(a - s),
+                });
             }
         }
         out
@@ -97,11 +110,19 @@ impl<V: RunValue> RangeMap<V> {
     pub fn first_at_or_after(&self, from: u64) -> Option<Run<V>> {
         if let Some((&s, &(l, v))) = self.runs.range(..=from).next_back() {
             if from - s < l {
-                return Some(Run { start: from, len: l - (from - s), value: v.advance(from - s) });
+                return Some(Run {
+                    start: from,
+                    len: l - (from - s),
+                    value: v.advance(from - s),
+                });
             }
         }
         let (&s, &(l, v)) = self.runs.range(from..).next()?;
-        Some(Run { start: s, len: l, value: v })
+        Some(Run {
+            start: s,
+            len: l,
+            value: v,
+        })
     }
 
     /// Splits the run covering `at` (if it starts before `at`) in two.
@@ -124,7 +145,13 @@ impl<V: RunValue> RangeMap<V> {
         self.split_at(end);
         let keys: Vec<u64> = self.runs.range(start..end).map(|(&s, _)| s).collect();
         keys.into_iter()
-            .filter_map(|s| self.runs.remove(&s).map(|(len, value)| Run { start: s, len, value }))
+            .filter_map(|s| {
+                self.runs.remove(&s).map(|(len, value)| Run {
+                    start: s,
+                    len,
+                    value,
+                })
+            })
             .collect()
     }
 
@@ -198,7 +225,9 @@ impl RangeMap<u32> {
             let mut next = start;
             for r in self.range(start, len) {
                 if r.start != next || i64::from(r.value) < -delta {
-                    return Err(Underflow { pfn: if r.start != next { next } else { r.start } });
+                    return Err(Underflow {
+                        pfn: if r.start != next { next } else { r.start },
+                    });
                 }
                 next = r.start + r.len;
             }
@@ -212,7 +241,11 @@ impl RangeMap<u32> {
             if c > 0 {
                 map.insert(s, l, c.min(i64::from(u32::MAX)) as u32);
             } else {
-                freed.push(Run { start: s, len: l, value: 0 });
+                freed.push(Run {
+                    start: s,
+                    len: l,
+                    value: 0,
+                });
             }
         };
         let mut next = start;
@@ -243,7 +276,14 @@ mod tests {
         m.insert(4, 4, 104);
         assert_eq!(m.run_count(), 1, "contiguous pfns join");
         let old = m.insert(2, 1, 500);
-        assert_eq!(old, vec![Run { start: 2, len: 1, value: 102 }]);
+        assert_eq!(
+            old,
+            vec![Run {
+                start: 2,
+                len: 1,
+                value: 102
+            }]
+        );
         assert_eq!(m.run_count(), 3);
         assert_eq!(m.get(3), Some(103));
         assert_eq!(m.get(2), Some(500));

@@ -157,7 +157,10 @@ impl Superblock {
         }
         let crc = crc32fast::hash(&raw.as_bytes()[..SUPERBLOCK_BYTES - 4]);
         if crc != raw.crc.get() {
-            return Err(bad(format!("checksum mismatch (stored {:#010x}, computed {crc:#010x})", raw.crc.get())));
+            return Err(bad(format!(
+                "checksum mismatch (stored {:#010x}, computed {crc:#010x})",
+                raw.crc.get()
+            )));
         }
         if raw.version.get() != FORMAT_VERSION {
             return Err(bad(format!(
@@ -166,10 +169,16 @@ impl Superblock {
             )));
         }
         if raw.incompat.get() != 0 {
-            return Err(bad(format!("unknown incompatible features {:#x}", raw.incompat.get())));
+            return Err(bad(format!(
+                "unknown incompatible features {:#x}",
+                raw.incompat.get()
+            )));
         }
         if u64::from(raw.page_size.get()) != PAGE_SIZE {
-            return Err(bad(format!("page size {} is not {PAGE_SIZE}", raw.page_size.get())));
+            return Err(bad(format!(
+                "page size {} is not {PAGE_SIZE}",
+                raw.page_size.get()
+            )));
         }
         let state = match raw.state.get() {
             0 => State::Clean,
@@ -191,15 +200,23 @@ impl Superblock {
             pages: raw.ckpt_pages.get(),
             id: raw.ckpt_id.get(),
         };
-        if checkpoint.pages == 0 || !geometry.in_data(checkpoint.pfn, 1) || checkpoint.pages > geometry.data_pages() {
-            return Err(bad(format!("checkpoint reference {checkpoint:?} lies outside the data area")));
+        if checkpoint.pages == 0
+            || !geometry.in_data(checkpoint.pfn, 1)
+            || checkpoint.pages > geometry.data_pages()
+        {
+            return Err(bad(format!(
+                "checkpoint reference {checkpoint:?} lies outside the data area"
+            )));
         }
         let journal = JournalPos {
             off: raw.journal_off.get(),
             seq: raw.journal_seq.get(),
         };
         if journal.off > geometry.journal_bytes() {
-            return Err(bad(format!("journal offset {} lies past the journal", journal.off)));
+            return Err(bad(format!(
+                "journal offset {} lies past the journal",
+                journal.off
+            )));
         }
         let label_len = raw.label.iter().position(|&b| b == 0).unwrap_or(64);
         if label_len > MAX_LABEL {
@@ -229,7 +246,14 @@ impl Superblock {
 /// Formats 16 bytes as `xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx`.
 pub fn format_uuid(u: &[u8; 16]) -> String {
     let h: String = u.iter().map(|b| format!("{b:02x}")).collect();
-    format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
 }
 
 /// Reads and decodes both copies.
@@ -245,7 +269,10 @@ pub fn read_copies(pmem: &Pmem) -> [Result<Superblock, Corrupt>; 2] {
 
 /// The copy to use: the valid one with the higher generation.
 pub fn choose(copies: &[Result<Superblock, Corrupt>; 2]) -> Option<&Superblock> {
-    copies.iter().filter_map(|c| c.as_ref().ok()).max_by_key(|s| s.generation)
+    copies
+        .iter()
+        .filter_map(|c| c.as_ref().ok())
+        .max_by_key(|s| s.generation)
 }
 
 /// Whether the first bytes of either copy carry the pmemfs magic, valid or
@@ -279,7 +306,11 @@ mod tests {
             geometry,
             generation: 42,
             created: 1_700_000_000,
-            checkpoint: CheckpointRef { pfn: geometry.data_start, pages: 3, id: 9 },
+            checkpoint: CheckpointRef {
+                pfn: geometry.data_start,
+                pages: 3,
+                id: 9,
+            },
             journal: JournalPos { off: 4096, seq: 77 },
         }
     }
@@ -297,7 +328,10 @@ mod tests {
         for i in 0..SUPERBLOCK_BYTES {
             let mut b = bytes;
             b[i] ^= 0x40;
-            assert!(Superblock::decode(&b, "sb").is_err(), "flip at {i} went unnoticed");
+            assert!(
+                Superblock::decode(&b, "sb").is_err(),
+                "flip at {i} went unnoticed"
+            );
         }
     }
 

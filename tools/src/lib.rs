@@ -1,1 +1,10 @@
-//! tools
+//! The pmemfs command-line tools, as a library so that each binary stays a
+//! thin `main` and the tests can reach the parts.
+//!
+//! - [`mkfs`]: `mkfs.pmemfs`, formats an image.
+//! - [`fsck`]: `fsck.pmemfs`, checks and repairs one.
+
+pub mod fsck;
+pub mod mkfs;
+pub mod progress;
+pub mod size;

@@ -1,0 +1,80 @@
+//! Pass 2: the checkpoint chain, then journal replay.
+
+use pmemfs_ondisk::journal::{self, End, Entry};
+use pmemfs_ondisk::superblock::{JournalPos, Superblock};
+use pmemfs_ondisk::{checkpoint, Corrupt, Meta, Pmem};
+
+use super::problem::Code;
+use super::{Check, Loaded};
+
+/// Applies `entries` in order; stops at the first that does not apply and
+/// returns its position and why.
+fn replay(meta: &mut Meta, entries: &[Entry]) -> Option<(usize, Corrupt)> {
+    for (i, e) in entries.iter().enumerate() {
+        for op in &e.ops {
+            if let Err(c) = meta.apply(op) {
+                return Some((i, c));
+            }
+        }
+    }
+    None
+}
+
+pub fn check(c: &mut Check, pmem: &Pmem, sb: Superblock) -> Option<Loaded> {
+    let (mut meta, ckpt_pfns) = match checkpoint::read(pmem, &sb.geometry, &sb.checkpoint) {
+        Ok(x) => x,
+        Err(e) => {
+            c.found(Code::CheckpointBad, e.to_string());
+            return None;
+        }
+    };
+    c.note(format!(
+        "checkpoint {}: {} pages, {} inodes",
+        sb.checkpoint.id,
+        ckpt_pfns.len(),
+        meta.inodes.len()
+    ));
+    let scan = journal::scan(pmem, &sb.geometry, sb.journal);
+    if let Some((i, why)) = replay(&mut meta, &scan.entries) {
+        // The failed entry may have half-applied: start again from the
+        // checkpoint and stop before it.
+        let e = &scan.entries[i];
+        c.found(
+            Code::JournalEntryBad,
+            format!(
+                "entry seq {} at journal offset {} ({} of {} entries): {}",
+                e.seq,
+                e.off,
+                i + 1,
+                scan.entries.len(),
+                why.detail
+            ),
+        );
+        meta = checkpoint::read(pmem, &sb.geometry, &sb.checkpoint).ok()?.0;
+        replay(&mut meta, &scan.entries[..i]);
+    }
+    c.note(format!(
+        "journal: {} entries replayed from offset {}",
+        scan.entries.len(),
+        sb.journal.off
+    ));
+    let mut torn_at = None;
+    if let End::Torn(t) = &scan.end {
+        if c.found(Code::JournalTorn, t.to_string()) {
+            torn_at = Some(scan.next.off);
+        }
+    }
+    // Past the torn entry's seq too: whatever the journal held can never be
+    // mistaken for a later entry.
+    let journal_restart = JournalPos {
+        off: 0,
+        seq: scan.next.seq + 1,
+    };
+    Some(Loaded {
+        sb,
+        meta,
+        ckpt_pfns,
+        journal_restart,
+        torn_at,
+    })
+}

@@ -1,0 +1,284 @@
+//! `fsck.pmemfs [-n|-y|-p] [-f] [-v] IMAGE`: checks an image and repairs it.
+//!
+//! Passes, each in its own module, run in order on the metadata as mount
+//! would see it (checkpoint plus journal replay):
+//! 1. [`superblock`]: both copies, geometry against the image size;
+//! 2. [`journal`]: the checkpoint chain and journal replay;
+//! 3. [`inodes`]: inodes and page maps;
+//! 4. [`dirs`]: directories and connectivity, link counts;
+//! 5. [`shares`]: share counts and free space.
+//!
+//! Repairs are made to the metadata in memory and written as one new
+//! checkpoint at the end, with both superblock copies, so an interrupted
+//! repair leaves the image as it was. Exit codes add up as in fsck(8):
+//! 0 clean, 1 corrected, 4 left uncorrected, 8 operational error, 16 usage.
+
+mod dirs;
+mod inodes;
+mod journal;
+pub mod problem;
+mod shares;
+mod superblock;
+
+use std::fs::File;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use pmemfs_ondisk::superblock::{JournalPos, State, Superblock};
+use pmemfs_ondisk::{lock, Error, Image, Meta, Pmem};
+
+use problem::{Code, Finding};
+
+pub const EXIT_CLEAN: u8 = 0;
+pub const EXIT_CORRECTED: u8 = 1;
+pub const EXIT_UNCORRECTED: u8 = 4;
+pub const EXIT_OPERATIONAL: u8 = 8;
+pub const EXIT_USAGE: u8 = 16;
+
+const USAGE: &str = "\
+usage: fsck.pmemfs [-n|-y|-p] [-f] [-v] IMAGE
+
+  -n   check only; open read-only and change nothing (the default)
+  -y   repair every problem that can be repaired
+  -p   preen: repair what is safe without asking, leave the rest
+  -f   check even when the image was closed cleanly (-p skips clean images)
+  -v   say what each pass found
+
+exit status (bits add): 0 clean, 1 corrected, 4 left uncorrected,
+8 operational error, 16 usage error";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Check,
+    Yes,
+    Preen,
+}
+
+#[derive(Debug)]
+pub struct Options {
+    pub mode: Mode,
+    pub force: bool,
+    pub verbose: bool,
+    pub image: PathBuf,
+}
+
+pub fn parse(args: impl IntoIterator<Item = std::ffi::OsString>) -> Result<Options, String> {
+    use lexopt::prelude::*;
+    let mut p = lexopt::Parser::from_args(args);
+    let (mut mode, mut force, mut verbose, mut image) = (None, false, false, None);
+    let set = |m: Mode, mode: &mut Option<Mode>| match mode {
+        Some(old) if *old != m => Err("-n, -y and -p exclude each other".to_string()),
+        _ => {
+            *mode = Some(m);
+            Ok(())
+        }
+    };
+    while let Some(arg) = p.next().map_err(|e| e.to_string())? {
+        match arg {
+            Short('n') => set(Mode::Check, &mut mode)?,
+            Short('y') => set(Mode::Yes, &mut mode)?,
+            Short('p') | Short('a') => set(Mode::Preen, &mut mode)?,
+            Short('f') => force = true,
+            Short('v') => verbose = true,
+            Short('h') | Long("help") => return Err(String::new()),
+            Value(v) if image.is_none() => image = Some(PathBuf::from(v)),
+            _ => return Err(arg.unexpected().to_string()),
+        }
+    }
+    let image = image.ok_or("missing IMAGE")?;
+    Ok(Options {
+        mode: mode.unwrap_or(Mode::Check),
+        force,
+        verbose,
+        image,
+    })
+}
+
+/// Runs fsck.pmemfs with `args` (without the program name).
+pub fn main(args: impl IntoIterator<Item = std::ffi::OsString>) -> ExitCode {
+    let opts = match parse(args) {
+        Ok(o) => o,
+        Err(e) if e.is_empty() => {
+            println!("{USAGE}");
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            eprintln!("fsck.pmemfs: {e}\n{USAGE}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    ExitCode::from(run(&opts))
+}
+
+/// The state of one check: what was found, and the mode that decides what
+/// gets repaired.
+pub struct Check {
+    name: String,
+    mode: Mode,
+    verbose: bool,
+    pub findings: Vec<Finding>,
+}
+
+impl Check {
+    /// Records a finding and prints it. Returns whether to repair it.
+    pub fn found(&mut self, code: Code, detail: impl Into<String>) -> bool {
+        let p = code.problem();
+        let fixed = match (p.repair, self.mode) {
+            (None, _) | (_, Mode::Check) => false,
+            (Some(_), Mode::Yes) => true,
+            (Some(_), Mode::Preen) => p.preen,
+        };
+        let detail = detail.into();
+        let outcome = match (p.repair, fixed) {
+            (Some(r), true) => r.to_string(),
+            (Some(_), false) if self.mode == Mode::Preen => {
+                "left as is: run fsck.pmemfs -y".to_string()
+            }
+            (Some(_), false) => "left as is: run fsck.pmemfs -y to repair".to_string(),
+            (None, _) => "cannot be repaired".to_string(),
+        };
+        println!(
+            "{}: [{}] {}: {detail}; {outcome}",
+            self.name, p.id, p.summary
+        );
+        self.findings.push(Finding {
+            code,
+            detail,
+            fixed,
+        });
+        fixed
+    }
+
+    fn pass(&self, n: u32, name: &str) {
+        if self.verbose {
+            println!("{}: pass {n}: {name}", self.name);
+        }
+    }
+
+    fn note(&self, text: impl AsRef<str>) {
+        if self.verbose {
+            println!("{}:   {}", self.name, text.as_ref());
+        }
+    }
+
+    fn exit_code(&self) -> u8 {
+        let mut code = EXIT_CLEAN;
+        if self.findings.iter().any(|f| f.fixed) {
+            code |= EXIT_CORRECTED;
+        }
+        if self.findings.iter().any(|f| !f.fixed) {
+            code |= EXIT_UNCORRECTED;
+        }
+        code
+    }
+}
+
+/// What passes 1 and 2 hand on: the image as mount would assemble it.
+pub struct Loaded {
+    pub sb: Superblock,
+    pub meta: Meta,
+    pub ckpt_pfns: Vec<u64>,
+    /// Where the journal must restart after a repair: past every entry
+    /// that was read, so that none of them can ever replay again.
+    pub journal_restart: JournalPos,
+    /// Offset of a torn entry to cut.
+    pub torn_at: Option<u64>,
+}
+
+/// Checks (and repairs) the image; returns the exit code.
+pub fn run(o: &Options) -> u8 {
+    let name = o.image.display().to_string();
+    let writable = o.mode != Mode::Check;
+    let fail = |what: String| {
+        eprintln!("fsck.pmemfs: {name}: {what}");
+        EXIT_OPERATIONAL
+    };
+    let file = match File::options().read(true).write(writable).open(&o.image) {
+        Ok(f) => f,
+        Err(e) => return fail(format!("cannot open: {e}")),
+    };
+    if writable {
+        match lock::lock_exclusive(&file) {
+            Ok(()) => {}
+            Err(Error::Locked) => {
+                return fail("the image is in use (mounted by pmemfs-mount, or open in a tool); unmount it before repairing".into())
+            }
+            Err(e) => return fail(format!("cannot lock: {e}")),
+        }
+    } else if lock::is_locked(&o.image).unwrap_or(false) {
+        eprintln!("fsck.pmemfs: {name}: warning: the image is in use; what is checked may change under the check");
+    }
+    let pmem = match Pmem::map(&file, writable) {
+        Ok(p) => p,
+        Err(e) => return fail(format!("cannot map: {e}")),
+    };
+    let mut check = Check {
+        name: name.clone(),
+        mode: o.mode,
+        verbose: o.verbose,
+        findings: Vec::new(),
+    };
+
+    check.pass(1, "superblock");
+    let sb = match superblock::check(&mut check, &pmem) {
+        superblock::Outcome::Good(sb) => sb,
+        superblock::Outcome::NotPmemfs => {
+            return fail("not a pmemfs image (no superblock magic in either copy)".into())
+        }
+        superblock::Outcome::Fatal => return check.exit_code(),
+    };
+    if o.mode == Mode::Preen && !o.force && sb.state == State::Clean && check.findings.is_empty() {
+        println!("{name}: clean");
+        return EXIT_CLEAN;
+    }
+    check.note(format!("persistence: {}", pmem.kind().describe()));
+
+    check.pass(2, "checkpoint and journal");
+    let Some(mut loaded) = journal::check(&mut check, &pmem, sb) else {
+        return check.exit_code();
+    };
+
+    check.pass(3, "inodes and page maps");
+    inodes::check(&mut check, &mut loaded);
+
+    check.pass(4, "directories and connectivity");
+    if !dirs::check(&mut check, &mut loaded.meta) {
+        return check.exit_code();
+    }
+
+    check.pass(5, "share counts and free space");
+    shares::check(&mut check, &mut loaded);
+
+    let mut code = check.exit_code();
+    if check.findings.iter().any(|f| f.fixed) {
+        if let Err(e) = write_repairs(file, pmem, loaded) {
+            eprintln!("fsck.pmemfs: {name}: the repairs could not be written, the image is as it was: {e}");
+            return (code & !EXIT_CORRECTED) | EXIT_UNCORRECTED | EXIT_OPERATIONAL;
+        }
+    }
+    if code == EXIT_CLEAN {
+        println!("{name}: clean");
+    } else if code & EXIT_UNCORRECTED == 0 {
+        println!("{name}: repaired");
+    } else {
+        code |= EXIT_UNCORRECTED;
+    }
+    code
+}
+
+/// Writes the repaired metadata as a new checkpoint with both superblock
+/// copies, and cuts a torn journal tail.
+fn write_repairs(file: File, pmem: Pmem, loaded: Loaded) -> Result<(), Error> {
+    if let Some(off) = loaded.torn_at {
+        pmemfs_ondisk::journal::cut(&pmem, &loaded.sb.geometry, off)?;
+    }
+    let image = Image::from_parts(
+        file,
+        pmem,
+        loaded.sb,
+        loaded.meta,
+        loaded.ckpt_pfns,
+        loaded.journal_restart,
+    )?;
+    image.close()
+}

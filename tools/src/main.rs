@@ -1,0 +1,48 @@
+//! `pmemfs`: the multi-call binary behind every pmemfs tool. Called as
+//! `mkfs.pmemfs` or `fsck.pmemfs` (links made by the build, or installed),
+//! it is that tool; called as `pmemfs TOOL ARGS...` it runs TOOL.
+
+use std::process::ExitCode;
+
+const USAGE: &str = "\
+usage: pmemfs TOOL [ARGS...]   (or call the tool by its own name)
+
+tools:
+  mkfs   format an image           (mkfs.pmemfs)
+  fsck   check and repair an image (fsck.pmemfs)";
+
+fn main() -> ExitCode {
+    let mut args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let called = args
+        .first()
+        .and_then(|a| std::path::Path::new(a).file_name())
+        .and_then(|n| n.to_str())
+        .unwrap_or("pmemfs")
+        .to_string();
+    let tool = match called.as_str() {
+        "mkfs.pmemfs" => "mkfs".to_string(),
+        "fsck.pmemfs" => "fsck".to_string(),
+        _ => {
+            if args.len() < 2 {
+                eprintln!("{USAGE}");
+                return ExitCode::from(16);
+            }
+            // `pmemfs TOOL ARGS`: drop the program name, TOOL leads.
+            args.remove(0);
+            args[0].to_string_lossy().into_owned()
+        }
+    };
+    let rest = args.into_iter().skip(1);
+    match tool.as_str() {
+        "mkfs" => pmemfs_tools::mkfs::main(rest),
+        "fsck" => pmemfs_tools::fsck::main(rest),
+        "-h" | "--help" | "help" => {
+            println!("{USAGE}");
+            ExitCode::SUCCESS
+        }
+        other => {
+            eprintln!("pmemfs: unknown tool {other:?}\n{USAGE}");
+            ExitCode::from(16)
+        }
+    }
+}
