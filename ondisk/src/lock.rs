@@ -7,21 +7,35 @@ use std::fs::File;
 use std::io;
 use std::os::fd::AsRawFd;
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
 
-/// Takes the exclusive lock on `file` without waiting.
+/// How long to keep trying a held lock before calling the image in use.
+///
+/// A lock outlives its holder's close for a moment when another thread of
+/// the holder forked just before (the child shares the open file until it
+/// execs), and a daemon that was just unmounted may still be exiting; a
+/// short wait rides both out without making a real conflict slow to report.
+const LOCK_PATIENCE: Duration = Duration::from_millis(500);
+
+/// Takes the exclusive lock on `file`, waiting at most [`LOCK_PATIENCE`].
 pub fn lock_exclusive(file: &File) -> Result<()> {
-    // SAFETY: flock on a valid descriptor has no memory effects.
-    let r = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-    if r == 0 {
-        return Ok(());
-    }
-    let e = io::Error::last_os_error();
-    if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
-        Err(Error::Locked)
-    } else {
-        Err(Error::Io(e))
+    let start = Instant::now();
+    loop {
+        // SAFETY: flock on a valid descriptor has no memory effects.
+        let r = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        if r == 0 {
+            return Ok(());
+        }
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EWOULDBLOCK) {
+            return Err(Error::Io(e));
+        }
+        if start.elapsed() >= LOCK_PATIENCE {
+            return Err(Error::Locked);
+        }
+        std::thread::sleep(Duration::from_millis(10));
     }
 }
 

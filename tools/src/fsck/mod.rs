@@ -120,7 +120,7 @@ pub struct Check {
 }
 
 impl Check {
-    /// Records a finding and prints it. Returns whether to repair it.
+    /// Records a finding. Returns whether to repair it.
     pub fn found(&mut self, code: Code, detail: impl Into<String>) -> bool {
         let p = code.problem();
         let fixed = match (p.repair, self.mode) {
@@ -128,25 +128,37 @@ impl Check {
             (Some(_), Mode::Yes) => true,
             (Some(_), Mode::Preen) => p.preen,
         };
-        let detail = detail.into();
-        let outcome = match (p.repair, fixed) {
-            (Some(r), true) => r.to_string(),
-            (Some(_), false) if self.mode == Mode::Preen => {
-                "left as is: run fsck.pmemfs -y".to_string()
-            }
-            (Some(_), false) => "left as is: run fsck.pmemfs -y to repair".to_string(),
-            (None, _) => "cannot be repaired".to_string(),
-        };
-        println!(
-            "{}: [{}] {}: {detail}; {outcome}",
-            self.name, p.id, p.summary
-        );
         self.findings.push(Finding {
             code,
-            detail,
+            detail: detail.into(),
             fixed,
         });
         fixed
+    }
+
+    /// Prints every finding, one line each, with what became of it.
+    /// `stopped` says the check ended early on a problem that cannot be
+    /// repaired, so no repair was written.
+    fn report(&mut self, stopped: bool) {
+        for f in &mut self.findings {
+            let p = f.code.problem();
+            let outcome = match p.repair {
+                Some(r) if f.fixed && !stopped => format!("fixed: {r}"),
+                Some(_) if stopped => {
+                    "NOT fixed: fsck stopped at a problem it cannot repair".to_string()
+                }
+                Some(_) if self.mode == Mode::Check => {
+                    "NOT fixed: run fsck.pmemfs -y to repair".to_string()
+                }
+                Some(_) => "NOT fixed: needs fsck.pmemfs -y".to_string(),
+                None => "NOT fixed: cannot be repaired".to_string(),
+            };
+            f.fixed &= !stopped;
+            println!(
+                "{}: [{}] {}: {}; {outcome}",
+                self.name, p.id, p.summary, f.detail
+            );
+        }
     }
 
     fn pass(&self, n: u32, name: &str) {
@@ -159,6 +171,21 @@ impl Check {
         if self.verbose {
             println!("{}:   {}", self.name, text.as_ref());
         }
+    }
+
+    /// Reports and sums up; returns the exit code.
+    fn finish(&mut self, stopped: bool) -> u8 {
+        self.report(stopped);
+        let code = self.exit_code();
+        match code {
+            EXIT_CLEAN => println!("{}: clean", self.name),
+            EXIT_CORRECTED => println!("{}: repaired", self.name),
+            _ => {
+                let left = self.findings.iter().filter(|f| !f.fixed).count();
+                println!("{}: {left} problem(s) left", self.name);
+            }
+        }
+        code
     }
 
     fn exit_code(&self) -> u8 {
@@ -225,9 +252,10 @@ pub fn run(o: &Options) -> u8 {
         superblock::Outcome::NotPmemfs => {
             return fail("not a pmemfs image (no superblock magic in either copy)".into())
         }
-        superblock::Outcome::Fatal => return check.exit_code(),
+        superblock::Outcome::Fatal => return check.finish(true),
     };
     if o.mode == Mode::Preen && !o.force && sb.state == State::Clean && check.findings.is_empty() {
+        // Like e2fsck -p: a cleanly closed image is trusted unless -f.
         println!("{name}: clean");
         return EXIT_CLEAN;
     }
@@ -235,7 +263,7 @@ pub fn run(o: &Options) -> u8 {
 
     check.pass(2, "checkpoint and journal");
     let Some(mut loaded) = journal::check(&mut check, &pmem, sb) else {
-        return check.exit_code();
+        return check.finish(true);
     };
 
     check.pass(3, "inodes and page maps");
@@ -243,27 +271,20 @@ pub fn run(o: &Options) -> u8 {
 
     check.pass(4, "directories and connectivity");
     if !dirs::check(&mut check, &mut loaded.meta) {
-        return check.exit_code();
+        return check.finish(true);
     }
 
     check.pass(5, "share counts and free space");
     shares::check(&mut check, &mut loaded);
 
-    let mut code = check.exit_code();
     if check.findings.iter().any(|f| f.fixed) {
         if let Err(e) = write_repairs(file, pmem, loaded) {
-            eprintln!("fsck.pmemfs: {name}: the repairs could not be written, the image is as it was: {e}");
-            return (code & !EXIT_CORRECTED) | EXIT_UNCORRECTED | EXIT_OPERATIONAL;
+            let code = check.finish(true);
+            eprintln!("fsck.pmemfs: {name}: the repairs could not be written; the image is as it was: {e}");
+            return code | EXIT_OPERATIONAL;
         }
     }
-    if code == EXIT_CLEAN {
-        println!("{name}: clean");
-    } else if code & EXIT_UNCORRECTED == 0 {
-        println!("{name}: repaired");
-    } else {
-        code |= EXIT_UNCORRECTED;
-    }
-    code
+    check.finish(false)
 }
 
 /// Writes the repaired metadata as a new checkpoint with both superblock

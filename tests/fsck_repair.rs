@@ -1,0 +1,285 @@
+//! Damage-and-repair tests in the e2fsprogs shape: a damaged image;
+//! `fsck.pmemfs -y` exits 1 (corrected); a second `fsck.pmemfs -n` exits 0.
+//! Images with files are built through the ondisk API.
+
+mod util;
+
+use pmemfs_ondisk::journal;
+use pmemfs_ondisk::meta::LOST_FOUND;
+use pmemfs_ondisk::{Access, Body, Image, Op, PAGE_SIZE, ROOT_INO};
+use util::*;
+
+const SIZE: u64 = 32 << 20;
+
+/// An image with a directory, two files and a clone sharing pages.
+fn populated(dir: &TempDir) -> std::path::PathBuf {
+    let path = dir.join("fs.img");
+    format_image(&path, SIZE);
+    let mut b = Builder::open(&path);
+    let d = b.mkdir(ROOT_INO, "docs");
+    b.file(d, "a", 5, 1);
+    let big = b.file(ROOT_INO, "big", 40, 100);
+    b.clone_file(big, "big.clone");
+    b.image.close().expect("close");
+    assert_eq!(fsck("-n", &path).0, 0, "the undamaged image is clean");
+    path
+}
+
+/// The e2fsprogs shape: -n finds it (exit 4), -y fixes it (exit 1), -n
+/// again is clean (exit 0). Returns the -n and -y outputs.
+fn repair_cycle(path: &std::path::Path, expect_id: &str) -> (String, String) {
+    let (code_n, out_n) = fsck("-n", path);
+    assert_eq!(code_n, 4, "fsck -n must report the damage:\n{out_n}");
+    assert!(
+        out_n.contains(expect_id),
+        "expected [{expect_id}] in:\n{out_n}"
+    );
+    let (code_y, out_y) = fsck("-y", path);
+    assert_eq!(code_y, 1, "fsck -y must correct it:\n{out_y}");
+    let (code_again, out_again) = fsck("-n", path);
+    assert_eq!(
+        code_again, 0,
+        "the repaired image must be clean:\n{out_again}"
+    );
+    (out_n, out_y)
+}
+
+#[test]
+fn first_superblock_zeroed() {
+    let dir = TempDir::new("sb0");
+    let path = populated(&dir);
+    let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&f, &[0u8; PAGE_SIZE as usize], 0).unwrap();
+    drop(f);
+    let (out_n, _) = repair_cycle(&path, "SB1");
+    assert!(
+        out_n.contains("superblock copy 0"),
+        "the bad copy is named:\n{out_n}"
+    );
+    let img = Image::open(&path, Access::ReadOnly).unwrap();
+    assert_eq!(img.meta().inodes.len(), 6, "nothing lost");
+}
+
+#[test]
+fn torn_journal_tail() {
+    let dir = TempDir::new("torn");
+    let path = populated(&dir);
+    // A transaction that was being written when the power failed: its
+    // header made it to the media, its payload only partly.
+    let mut b = Builder::open(&path);
+    b.file(ROOT_INO, "committed", 2, 7);
+    let pos = b.image.journal_pos();
+    let g = b.image.geometry();
+    let mut entry = journal::encode_entry(
+        pos.seq,
+        &[Op::Unlink {
+            dir: ROOT_INO,
+            name: b"big".to_vec(),
+        }],
+    )
+    .unwrap();
+    let n = entry.len();
+    // The header and the first payload byte landed; the rest did not.
+    entry[journal::HEADER_BYTES as usize + 1..].fill(0);
+    b.image
+        .pmem()
+        .write(g.journal_offset() + pos.off, &entry)
+        .unwrap();
+    b.image
+        .pmem()
+        .persist(g.journal_offset() + pos.off, n as u64)
+        .unwrap();
+    drop(b); // the crash
+    let (_, out_y) = repair_cycle(&path, "JN1");
+    assert!(out_y.contains("fixed: dropped"), "{out_y}");
+    let img = Image::open(&path, Access::ReadOnly).unwrap();
+    let root = img.meta().get(ROOT_INO).unwrap().dir().unwrap();
+    assert!(
+        root.entries.contains_key(b"committed".as_slice()),
+        "the committed transaction survives"
+    );
+    assert!(
+        root.entries.contains_key(b"big".as_slice()),
+        "the torn one never happened"
+    );
+}
+
+#[test]
+fn wrong_share_count() {
+    let dir = TempDir::new("share");
+    let path = populated(&dir);
+    let img = Image::open(&path, Access::ReadOnly).unwrap();
+    let shared = img
+        .meta()
+        .shares
+        .iter()
+        .find(|r| r.value == 2)
+        .expect("the clone shares pages")
+        .start;
+    drop(img);
+    damage_meta(&path, |m| {
+        m.shares.add(shared, 3, 1).unwrap();
+    });
+    // Mount must refuse an image whose counts are wrong, naming fsck.
+    let e = Image::open(&path, Access::ReadWrite)
+        .err()
+        .expect("refused");
+    assert!(e.to_string().contains("fsck.pmemfs"), "{e}");
+    repair_cycle(&path, "SH1");
+    let img = Image::open(&path, Access::ReadWrite).unwrap();
+    assert_eq!(img.meta().shares.get(shared), Some(2));
+}
+
+#[test]
+fn leaked_page() {
+    let dir = TempDir::new("leak");
+    let path = populated(&dir);
+    let img = Image::open(&path, Access::ReadOnly).unwrap();
+    let free_before = img.free_pages();
+    let far = img.geometry().total_pages - 10;
+    drop(img);
+    damage_meta(&path, |m| {
+        m.shares.add(far, 4, 1).unwrap();
+    });
+    let (out_n, _) = repair_cycle(&path, "SH2");
+    assert!(
+        out_n.contains(&format!("pfns {far}..{}", far + 4)),
+        "{out_n}"
+    );
+    let img = Image::open(&path, Access::ReadOnly).unwrap();
+    assert_eq!(
+        img.free_pages(),
+        free_before,
+        "the leaked pages are free again"
+    );
+}
+
+#[test]
+fn orphaned_inode() {
+    let dir = TempDir::new("orphan");
+    let path = populated(&dir);
+    let img = Image::open(&path, Access::ReadOnly).unwrap();
+    let docs = *img
+        .meta()
+        .get(ROOT_INO)
+        .unwrap()
+        .dir()
+        .unwrap()
+        .entries
+        .get(b"docs".as_slice())
+        .unwrap();
+    let a = *img
+        .meta()
+        .get(docs)
+        .unwrap()
+        .dir()
+        .unwrap()
+        .entries
+        .get(b"a".as_slice())
+        .unwrap();
+    let before = page_of(&img, a, 3).unwrap();
+    drop(img);
+    // The name goes, the inode (with its link count of 1) stays.
+    damage_meta(&path, |m| {
+        if let Body::Dir(d) = &mut m.inodes.get_mut(&docs).unwrap().body {
+            d.entries.remove(b"a".as_slice());
+        }
+    });
+    let (out_n, out_y) = repair_cycle(&path, "DR7");
+    assert!(out_n.contains(&format!("inode {a}")), "{out_n}");
+    assert!(out_y.contains("moved to lost+found"), "{out_y}");
+    let img = Image::open(&path, Access::ReadOnly).unwrap();
+    let lf = img.meta().lost_found().unwrap();
+    let name = format!("#{a}");
+    assert_eq!(
+        img.meta()
+            .get(lf)
+            .unwrap()
+            .dir()
+            .unwrap()
+            .entries
+            .get(name.as_bytes()),
+        Some(&a)
+    );
+    assert_eq!(page_of(&img, a, 3).unwrap(), before, "its data is intact");
+    assert_eq!(
+        img.meta()
+            .get(ROOT_INO)
+            .unwrap()
+            .dir()
+            .unwrap()
+            .entries
+            .get(LOST_FOUND),
+        Some(&lf)
+    );
+}
+
+#[test]
+fn orphaned_directory_tree_and_missing_lost_found() {
+    let dir = TempDir::new("orphandir");
+    let path = populated(&dir);
+    let img = Image::open(&path, Access::ReadOnly).unwrap();
+    let docs = *img
+        .meta()
+        .get(ROOT_INO)
+        .unwrap()
+        .dir()
+        .unwrap()
+        .entries
+        .get(b"docs".as_slice())
+        .unwrap();
+    let lf = img.meta().lost_found().unwrap();
+    drop(img);
+    damage_meta(&path, |m| {
+        if let Body::Dir(d) = &mut m.inodes.get_mut(&ROOT_INO).unwrap().body {
+            d.entries.remove(b"docs".as_slice());
+            d.entries.remove(LOST_FOUND);
+        }
+        m.inodes.remove(&lf);
+    });
+    let (out_n, _) = repair_cycle(&path, "DR6");
+    assert!(out_n.contains("DR7"), "{out_n}");
+    let img = Image::open(&path, Access::ReadOnly).unwrap();
+    let lf = img.meta().lost_found().unwrap();
+    let moved = img
+        .meta()
+        .get(lf)
+        .unwrap()
+        .dir()
+        .unwrap()
+        .entries
+        .get(format!("#{docs}").as_bytes())
+        .copied();
+    assert_eq!(
+        moved,
+        Some(docs),
+        "the directory moved whole, with its file"
+    );
+    assert_eq!(img.meta().get(docs).unwrap().dir().unwrap().parent, lf);
+    assert_eq!(
+        img.meta().get(docs).unwrap().dir().unwrap().entries.len(),
+        1
+    );
+}
+
+#[test]
+fn preen_fixes_safe_problems_only() {
+    let dir = TempDir::new("preen");
+    let path = populated(&dir);
+    damage_meta(&path, |m| {
+        let big = *m
+            .get(ROOT_INO)
+            .unwrap()
+            .dir()
+            .unwrap()
+            .entries
+            .get(b"big".as_slice())
+            .unwrap();
+        m.inodes.get_mut(&big).unwrap().attr.nlink = 5;
+    });
+    // The image was closed cleanly: -p alone would skip it, -f checks.
+    let (code, out) = fsck("-pf", &path);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("DR8"), "{out}");
+    assert_eq!(fsck("-n", &path).0, 0);
+}
