@@ -232,3 +232,4 @@ fn a_thousand_damaged_images() {
     }
     eprintln!("fsck -y exit codes over {n} damaged images: {tally:?}");
 }
+

@@ -95,6 +95,12 @@ pub fn read(pmem: &Pmem, g: &Geometry, r: &CheckpointRef) -> Result<(Meta, Vec<u
     let mut payload = Vec::new();
     let mut pfns = Vec::new();
     let mut pfn = r.pfn;
+    if r.pages > u64::from(u32::MAX) {
+        return Err(Corrupt::new(
+            format!("checkpoint {}", r.id),
+            format!("{} pages is more than a chain can hold", r.pages),
+        ));
+    }
     for index in 0..r.pages {
         let what = || format!("checkpoint page {index} (pfn {pfn})");
         if !g.in_data(pfn, 1) {
@@ -129,6 +135,12 @@ pub fn read(pmem: &Pmem, g: &Geometry, r: &CheckpointRef) -> Result<(Meta, Vec<u
         }
         let next = h.next.get();
         let last = index + 1 == r.pages;
+        if !last && used != PAYLOAD_PER_PAGE {
+            return Err(Corrupt::new(
+                what(),
+                format!("holds {used} bytes, but only the last page may be partly used"),
+            ));
+        }
         if last != (next == 0) {
             return Err(Corrupt::new(
                 what(),

@@ -4,8 +4,9 @@
 //! - A transaction is durable when its journal entry is flushed and fenced.
 //!   Its ops are applied to the in-memory [`Meta`] first (so an op that does
 //!   not fit is refused before anything is written), then journaled.
-//! - Data pages are written and flushed by the caller before the `Map` op
-//!   that makes them reachable is committed.
+//! - Data pages are written, flushed and fenced by the caller before the
+//!   `Map` op that makes them reachable is committed (fenced: under
+//!   MAP_SYNC the entry could otherwise reach the media before the data).
 //! - A pfn freed by a transaction goes back to the allocator only after that
 //!   transaction is durable, and a checkpoint's pages only after the
 //!   superblock no longer names it. Until then nobody can overwrite a page a
@@ -232,8 +233,15 @@ impl Image {
             }
         }
         recovery.entries_replayed = scan.entries.len();
-        if let End::Torn(t) = &scan.end {
-            recovery.torn_tail = Some(t.clone());
+        match &scan.end {
+            End::Clean => {}
+            End::Torn(t) => recovery.torn_tail = Some(t.clone()),
+            End::Damaged { at, lost } => {
+                return Err(Error::Corrupt(Corrupt::new(
+                    at.what.clone(),
+                    format!("{}, and {lost} committed entries follow it; run fsck.pmemfs -y (it drops them)", at.detail),
+                )))
+            }
         }
         if meta.counted_shares() != meta.shares {
             return Err(Error::Corrupt(Corrupt::new(
@@ -418,7 +426,13 @@ impl Image {
                 };
             }
             // The journal is full: a checkpoint holds this transaction too.
-            Ok(false) => self.checkpoint()?,
+            // If it cannot be written, memory is ahead of the media.
+            Ok(false) => {
+                if let Err(e) = self.checkpoint() {
+                    self.pmem.poison();
+                    return Err(e);
+                }
+            }
             Err(e) => {
                 self.pmem.poison();
                 return Err(e);

@@ -96,8 +96,12 @@ pub struct Entry {
 pub enum End {
     /// Zeroes, an older entry, or the end of the region.
     Clean,
-    /// An entry with the expected seq that did not commit (or was damaged).
+    /// An entry with the expected seq that did not commit.
     Torn(Corrupt),
+    /// The log stops at a damaged entry, yet committed entries follow it:
+    /// not a crash (entries are durable one after another), but damage
+    /// that would silently lose `lost` committed transactions.
+    Damaged { at: Corrupt, lost: u64 },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -108,59 +112,134 @@ pub struct Scan {
     pub next: JournalPos,
 }
 
+/// What lies at one offset when an entry with a given seq is expected.
+enum Found {
+    Entry(Entry, u64),
+    /// Not an entry of that seq: zeroes, an older entry.
+    Nothing,
+    /// The entry's header is there but the entry is not whole.
+    Torn(String),
+}
+
+fn read_entry(pmem: &Pmem, g: &Geometry, off: u64, seq: u64) -> Found {
+    let (base, size) = (g.journal_offset(), g.journal_bytes());
+    if off % CACHE_LINE != 0 || off + HEADER_BYTES > size {
+        return Found::Nothing;
+    }
+    let Some(header) = pmem
+        .bytes(base + off, HEADER_BYTES)
+        .ok()
+        .and_then(|b| RawHeader::read_from_bytes(b).ok())
+    else {
+        return Found::Nothing;
+    };
+    if header.magic.get() != ENTRY_MAGIC || header.seq.get() != seq {
+        return Found::Nothing;
+    }
+    let len = u64::from(header.len.get());
+    if HEADER_BYTES + len > size - off {
+        return Found::Torn(format!("seq {seq}: length {len} runs past the journal"));
+    }
+    let payload = match pmem.bytes(base + off + HEADER_BYTES, len) {
+        Ok(p) => p,
+        Err(e) => return Found::Torn(e.to_string()),
+    };
+    if entry_crc(&header, payload) != header.crc.get() {
+        return Found::Torn(format!("seq {seq}: checksum mismatch"));
+    }
+    match postcard::from_bytes::<Vec<Op>>(payload) {
+        Ok(ops) => Found::Entry(Entry { off, seq, ops }, off + entry_bytes(len as usize)),
+        Err(e) => Found::Torn(format!("seq {seq}: does not decode: {e}")),
+    }
+}
+
 /// Reads the committed entries from `start`.
 pub fn scan(pmem: &Pmem, g: &Geometry, start: JournalPos) -> Scan {
-    let base = g.journal_offset();
-    let size = g.journal_bytes();
     let mut pos = start;
     let mut entries = Vec::new();
-    let torn =
-        |off: u64, d: String| End::Torn(Corrupt::new(format!("journal entry at offset {off}"), d));
-    let end = loop {
-        if pos.off % CACHE_LINE != 0 || pos.off + HEADER_BYTES > size {
-            break End::Clean;
+    let torn = loop {
+        match read_entry(pmem, g, pos.off, pos.seq) {
+            Found::Entry(e, next) => {
+                entries.push(e);
+                pos = JournalPos {
+                    off: next,
+                    seq: pos.seq + 1,
+                };
+            }
+            Found::Nothing => break None,
+            Found::Torn(why) => break Some(why),
         }
-        let header = match pmem
-            .bytes(base + pos.off, HEADER_BYTES)
-            .ok()
-            .and_then(|b| RawHeader::read_from_bytes(b).ok())
-        {
-            Some(h) => h,
-            None => break End::Clean,
-        };
-        if header.magic.get() != ENTRY_MAGIC || header.seq.get() != pos.seq {
-            break End::Clean;
-        }
-        let len = u64::from(header.len.get());
-        if HEADER_BYTES + len > size - pos.off {
-            break torn(pos.off, format!("length {len} runs past the journal"));
-        }
-        let payload = match pmem.bytes(base + pos.off + HEADER_BYTES, len) {
-            Ok(p) => p,
-            Err(e) => break torn(pos.off, e.to_string()),
-        };
-        if entry_crc(&header, payload) != header.crc.get() {
-            break torn(pos.off, format!("seq {}: checksum mismatch", pos.seq));
-        }
-        let ops: Vec<Op> = match postcard::from_bytes(payload) {
-            Ok(o) => o,
-            Err(e) => break torn(pos.off, format!("seq {}: does not decode: {e}", pos.seq)),
-        };
-        entries.push(Entry {
-            off: pos.off,
-            seq: pos.seq,
-            ops,
-        });
-        pos = JournalPos {
-            off: pos.off + entry_bytes(len as usize),
-            seq: pos.seq + 1,
-        };
+    };
+    let end = match (later_entries(pmem, g, pos), torn) {
+        (0, None) => End::Clean,
+        (0, Some(why)) => End::Torn(Corrupt::new(
+            format!("journal entry at offset {}", pos.off),
+            why,
+        )),
+        (lost, why) => End::Damaged {
+            at: Corrupt::new(
+                format!("journal entry at offset {}", pos.off),
+                why.unwrap_or_else(|| format!("seq {}: header damaged", pos.seq)),
+            ),
+            lost,
+        },
     };
     Scan {
         entries,
         end,
         next: pos,
     }
+}
+
+/// The highest seq of any whole entry anywhere in the journal region,
+/// current or stale. A journal that restarts after dropping damaged entries
+/// restarts past it, so that none of them can ever replay.
+pub fn highest_seq(pmem: &Pmem, g: &Geometry) -> Option<u64> {
+    let magic = ENTRY_MAGIC.to_le_bytes();
+    let mut best = None;
+    let mut off = 0;
+    while off + HEADER_BYTES <= g.journal_bytes() {
+        let at = g.journal_offset() + off;
+        if pmem.bytes(at, 4).is_ok_and(|b| b == magic) {
+            if let Some(seq) = pmem
+                .bytes(at + 8, 8)
+                .ok()
+                .and_then(|b| b.try_into().ok())
+                .map(u64::from_le_bytes)
+            {
+                if let Found::Entry(..) = read_entry(pmem, g, off, seq) {
+                    best = best.max(Some(seq));
+                }
+            }
+        }
+        off += CACHE_LINE;
+    }
+    best
+}
+
+/// Counts the committed entries that follow a log end at `pos`: a chain
+/// starting with seq `pos.seq + 1` anywhere after it. There are none after
+/// a crash, as each entry is durable before the next is written.
+fn later_entries(pmem: &Pmem, g: &Geometry, pos: JournalPos) -> u64 {
+    let mut off = pos.off + CACHE_LINE;
+    let magic = ENTRY_MAGIC.to_le_bytes();
+    while off + HEADER_BYTES <= g.journal_bytes() {
+        if pmem
+            .bytes(g.journal_offset() + off, 4)
+            .is_ok_and(|b| b == magic)
+        {
+            if let Found::Entry(_, mut next) = read_entry(pmem, g, off, pos.seq + 1) {
+                let mut n = 1;
+                while let Found::Entry(_, after) = read_entry(pmem, g, next, pos.seq + 1 + n) {
+                    n += 1;
+                    next = after;
+                }
+                return n;
+            }
+        }
+        off += CACHE_LINE;
+    }
+    0
 }
 
 /// Writes `entry` (from [`encode_entry`]) at `pos` and makes it durable.
@@ -267,6 +346,25 @@ mod tests {
         let s = scan(&p, &g, JournalPos { off: 0, seq: 1 });
         assert_eq!(s.entries.len(), 1);
         assert!(matches!(s.end, End::Torn(_)));
+    }
+
+    #[test]
+    fn damage_in_the_middle_is_not_a_torn_tail() {
+        let (p, g) = setup();
+        let offs = write_n(&p, &g, 5);
+        // A flipped payload byte in entry 2 of 5.
+        let at = g.journal_offset() + offs[1] + HEADER_BYTES;
+        let b = p.bytes(at, 1).unwrap()[0];
+        p.write(at, &[b ^ 4]).unwrap();
+        let s = scan(&p, &g, JournalPos { off: 0, seq: 1 });
+        assert_eq!(s.entries.len(), 1);
+        assert!(matches!(s.end, End::Damaged { lost: 3, .. }), "{:?}", s.end);
+        assert_eq!(highest_seq(&p, &g), Some(5));
+        // A wiped header hides the rest just the same.
+        p.write(at, &[b]).unwrap();
+        p.zero(g.journal_offset() + offs[1], HEADER_BYTES).unwrap();
+        let s = scan(&p, &g, JournalPos { off: 0, seq: 1 });
+        assert!(matches!(s.end, End::Damaged { lost: 3, .. }), "{:?}", s.end);
     }
 
     #[test]

@@ -434,6 +434,20 @@ impl Meta {
                 let runs = self.file_mut(*src)?.range(*src_index, *len);
                 // Count the new references first, so that dropping the old
                 // contents of the destination cannot free a page it shares.
+                // Refuse before changing anything if a count would overflow.
+                let full = |r: &Run<u64>| {
+                    self.shares
+                        .range(r.value, r.len)
+                        .iter()
+                        .any(|c| c.value == u32::MAX)
+                };
+                if let Some(r) = runs.iter().find(|r| full(r)) {
+                    return Err(bad(format!(
+                        "clone: pfn {} is shared {} times already",
+                        r.value,
+                        u32::MAX
+                    )));
+                }
                 for r in &runs {
                     self.shares
                         .add(r.value, r.len, 1)
@@ -471,8 +485,12 @@ impl Meta {
         for i in self.inodes.values() {
             if let Some(m) = i.pages() {
                 for r in m.iter() {
-                    // Counts past u32::MAX saturate; fsck reports them.
-                    let _ = c.add(r.value, r.len, 1);
+                    // A count past u32::MAX stays at the limit; `apply`
+                    // never lets the stored one get there, so the two differ
+                    // and mount and fsck notice.
+                    if c.add(r.value, r.len, 1).is_err() {
+                        c.insert(r.value, r.len, u32::MAX);
+                    }
                 }
             }
         }
@@ -650,6 +668,49 @@ mod tests {
             .unwrap();
         assert!(freed.is_empty());
         assert_eq!(m.counted_shares(), m.shares);
+    }
+
+    #[test]
+    fn encoding_round_trips_and_shape_errors_are_caught() {
+        let mut m = Meta::new(0, 0, Time::default());
+        let a = file(&mut m, "a");
+        m.apply(&Op::Map {
+            ino: a,
+            index: 3,
+            pfn: 77,
+            len: 2,
+        })
+        .unwrap();
+        m.apply(&Op::SetXattr {
+            ino: a,
+            name: b"user.x".to_vec(),
+            value: vec![1, 2],
+        })
+        .unwrap();
+        let bytes = postcard::to_allocvec(&m).unwrap();
+        let back: Meta = postcard::from_bytes(&bytes).unwrap();
+        assert_eq!(back, m);
+        back.check_shape().unwrap();
+        // A file whose body is a directory, an inode past next_ino.
+        let mut bad = m.clone();
+        bad.inodes.get_mut(&a).unwrap().attr.kind = Kind::Dir;
+        assert!(bad.check_shape().is_err());
+        let mut bad = m.clone();
+        bad.next_ino = a;
+        assert!(bad.check_shape().is_err());
+        // Truncated encodings fail to decode rather than panic.
+        for cut in 0..bytes.len() {
+            let _ = postcard::from_bytes::<Meta>(&bytes[..cut]);
+        }
+        let ops = postcard::to_allocvec(&vec![Op::Delete { ino: 9 }]).unwrap();
+        assert_eq!(
+            postcard::from_bytes::<Vec<Op>>(&ops).unwrap(),
+            vec![Op::Delete { ino: 9 }]
+        );
+        assert!(
+            postcard::from_bytes::<Vec<Op>>(&[1, 200]).is_err(),
+            "unknown op variant"
+        );
     }
 
     #[test]

@@ -209,37 +209,48 @@ impl<V: RunValue> RangeMap<V> {
     }
 }
 
-/// A share count went below zero: a page was dropped more often than it was
-/// referenced.
+/// A count would leave `0..=u32::MAX`: a page dropped more often than it
+/// was referenced, or referenced more than four billion times.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Underflow {
+pub struct CountOutOfRange {
     pub pfn: u64,
 }
 
 impl RangeMap<u32> {
     /// Adds `delta` to the count of every page in `[start, start + len)`;
     /// pages without a run count 0. Returns the runs whose count fell to 0.
-    /// On underflow nothing changes.
-    pub fn add(&mut self, start: u64, len: u64, delta: i64) -> Result<Vec<Run<u32>>, Underflow> {
+    /// When a count would go below 0 or past `u32::MAX`, nothing changes.
+    pub fn add(
+        &mut self,
+        start: u64,
+        len: u64,
+        delta: i64,
+    ) -> Result<Vec<Run<u32>>, CountOutOfRange> {
         if delta < 0 {
             let mut next = start;
             for r in self.range(start, len) {
                 if r.start != next || i64::from(r.value) < -delta {
-                    return Err(Underflow {
+                    return Err(CountOutOfRange {
                         pfn: if r.start != next { next } else { r.start },
                     });
                 }
                 next = r.start + r.len;
             }
             if next != start.saturating_add(len) {
-                return Err(Underflow { pfn: next });
+                return Err(CountOutOfRange { pfn: next });
             }
+        } else if let Some(r) = self
+            .range(start, len)
+            .into_iter()
+            .find(|r| i64::from(r.value) + delta > i64::from(u32::MAX))
+        {
+            return Err(CountOutOfRange { pfn: r.start });
         }
         let old = self.remove(start, len);
         let mut freed = Vec::new();
         let mut put = |s: u64, l: u64, c: i64, map: &mut Self| {
             if c > 0 {
-                map.insert(s, l, c.min(i64::from(u32::MAX)) as u32);
+                map.insert(s, l, c as u32);
             } else {
                 freed.push(Run {
                     start: s,
@@ -313,14 +324,42 @@ mod tests {
         assert_eq!(c.get(14), Some(1));
         assert_eq!(c.get(15), Some(2));
         assert_eq!(c.get(24), Some(1));
-        assert_eq!(c.add(5, 10, -1), Err(Underflow { pfn: 5 }));
+        assert_eq!(c.add(5, 10, -1), Err(CountOutOfRange { pfn: 5 }));
         assert_eq!(c.get(12), Some(1), "failed add changes nothing");
         let freed = c.add(10, 15, -1).unwrap();
         assert_eq!(freed.iter().map(|r| r.len).sum::<u64>(), 10);
         assert_eq!(c.pages(), 5);
         c.add(15, 5, -1).unwrap();
         assert!(c.is_empty());
+        c.add(0, 2, i64::from(u32::MAX)).unwrap();
+        assert_eq!(c.add(1, 1, 1), Err(CountOutOfRange { pfn: 1 }));
+        assert_eq!(c.get(1), Some(u32::MAX));
         c.check().unwrap();
+    }
+
+    #[test]
+    fn encoding_round_trips_and_bad_runs_are_caught_after_decoding() {
+        let mut m: RangeMap<u32> = RangeMap::new();
+        m.add(5, 10, 2).unwrap();
+        m.add(100, 1, 1).unwrap();
+        let bytes = postcard::to_allocvec(&m).unwrap();
+        let back: RangeMap<u32> = postcard::from_bytes(&bytes).unwrap();
+        assert_eq!(back, m);
+        back.check().unwrap();
+        // Runs that overlap, are empty, wrap or should have been merged
+        // decode (postcard cannot know) but fail the check.
+        for bad in [
+            vec![(5u64, (10u64, 1u32)), (8, (2, 1))],
+            vec![(5, (0, 1))],
+            vec![(u64::MAX - 1, (5, 1))],
+            vec![(5, (2, 1)), (7, (2, 1))],
+        ] {
+            let map: BTreeMap<u64, (u64, u32)> = bad.into_iter().collect();
+            let decoded: RangeMap<u32> =
+                postcard::from_bytes(&postcard::to_allocvec(&map).unwrap()).unwrap();
+            assert!(decoded.check().is_err(), "{decoded:?}");
+        }
+        assert!(postcard::from_bytes::<RangeMap<u32>>(&[0xff, 0xff]).is_err());
     }
 
     proptest! {

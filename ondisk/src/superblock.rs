@@ -111,7 +111,12 @@ impl Superblock {
     pub fn encode(&self) -> [u8; SUPERBLOCK_BYTES] {
         let mut label = [0u8; 64];
         let l = self.label.as_bytes();
-        let n = l.len().min(MAX_LABEL);
+        // Cut at a character boundary: a split UTF-8 sequence would make
+        // both copies undecodable.
+        let n = (0..=l.len().min(MAX_LABEL))
+            .rev()
+            .find(|&i| self.label.is_char_boundary(i))
+            .unwrap_or(0);
         label[..n].copy_from_slice(&l[..n]);
         let mut raw = RawSuperblock {
             magic: MAGIC,
@@ -212,9 +217,9 @@ impl Superblock {
             off: raw.journal_off.get(),
             seq: raw.journal_seq.get(),
         };
-        if journal.off > geometry.journal_bytes() {
+        if journal.off > geometry.journal_bytes() || journal.off % crate::pmem::CACHE_LINE != 0 {
             return Err(bad(format!(
-                "journal offset {} lies past the journal",
+                "journal offset {} is not a 64-byte boundary inside the journal",
                 journal.off
             )));
         }
@@ -350,6 +355,14 @@ mod tests {
         let mut sb = sample();
         sb.checkpoint.pfn = 1;
         assert!(Superblock::decode(&sb.encode(), "sb").is_err());
+    }
+
+    #[test]
+    fn long_labels_are_cut_at_a_character_boundary() {
+        let mut sb = sample();
+        sb.label = "é".repeat(40); // 80 bytes, two per character
+        let back = Superblock::decode(&sb.encode(), "sb").unwrap();
+        assert_eq!(back.label, "é".repeat(31));
     }
 
     #[test]

@@ -59,16 +59,27 @@ pub fn check(c: &mut Check, pmem: &Pmem, sb: Superblock) -> Option<Loaded> {
         sb.journal.off
     ));
     let mut torn_at = None;
-    if let End::Torn(t) = &scan.end {
-        if c.found(Code::JournalTorn, t.to_string()) {
-            torn_at = Some(scan.next.off);
+    match &scan.end {
+        End::Clean => {}
+        End::Torn(t) => {
+            if c.found(Code::JournalTorn, t.to_string()) {
+                torn_at = Some(scan.next.off);
+            }
+        }
+        End::Damaged { at, lost } => {
+            if c.found(
+                Code::JournalDamaged,
+                format!("{at}; {lost} committed entries follow it"),
+            ) {
+                torn_at = Some(scan.next.off);
+            }
         }
     }
-    // Past the torn entry's seq too: whatever the journal held can never be
-    // mistaken for a later entry.
+    // Past every seq the journal holds: nothing of it can ever replay again.
+    let past = journal::highest_seq(pmem, &sb.geometry).map_or(0, |s| s.saturating_add(1));
     let journal_restart = JournalPos {
         off: 0,
-        seq: scan.next.seq + 1,
+        seq: past.max(scan.next.seq + 1),
     };
     Some(Loaded {
         sb,

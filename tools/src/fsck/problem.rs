@@ -11,6 +11,7 @@ pub enum Code {
     CheckpointBad,
     JournalTorn,
     JournalEntryBad,
+    JournalDamaged,
     MapOutsideData,
     MapOverCheckpoint,
     SymlinkBad,
@@ -77,6 +78,12 @@ impl Code {
             JournalEntryBad => p(
                 "JN2",
                 "a journal entry does not apply to the metadata",
+                Some("dropped with every entry after it"),
+                false,
+            ),
+            JournalDamaged => p(
+                "JN3",
+                "a damaged journal entry hides committed transactions after it",
                 Some("dropped with every entry after it"),
                 false,
             ),
