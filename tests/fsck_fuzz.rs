@@ -232,4 +232,3 @@ fn a_thousand_damaged_images() {
     }
     eprintln!("fsck -y exit codes over {n} damaged images: {tally:?}");
 }
-

@@ -5,7 +5,7 @@
 
 use std::path::PathBuf;
 
-const NAMES: &[&str] = &["mkfs.pmemfs", "fsck.pmemfs"];
+const NAMES: &[&str] = &["mkfs.pmemfs", "fsck.pmemfs", "pmemfs-mount", "mount.pmemfs"];
 
 fn main() {
     println!("cargo::rerun-if-changed=build.rs");

@@ -1,7 +1,22 @@
-//! The pmemfs FUSE file system: inodes, directories, read, write, copy on
-//! write, reflink, xattrs, statfs, built on `pmemfs-ondisk` for the media
-//! and `pmemfs-pagecache` for the DAX page cache.
+//! The pmemfs FUSE file system.
 //!
-//! Not written yet: issue 4 builds it. The crate exists so that the
-//! workspace has its final shape and the dependency arrows
-//! (`tools -> fs -> pagecache, ondisk`) are fixed from the start.
+//! - [`state`]: the open image and the namespace operations (create, link,
+//!   unlink, rename, xattrs), each one journal transaction;
+//! - [`data`]: file data (read, write with copy on write, truncate,
+//!   fallocate, seek, copy_file_range as a reflink);
+//! - [`fuse`]: the `fuser::Filesystem` methods, thin: decode, call, reply;
+//! - [`attr`]: conversions to FUSE attributes; [`error`]: errno mapping;
+//!   [`options`]: mount options.
+//!
+//! Built on `pmemfs-ondisk` for the media. Reads reply with slices of the
+//! pmem mapping itself where a range lies in one run of pages.
+
+pub mod attr;
+pub mod data;
+pub mod error;
+pub mod fuse;
+pub mod options;
+pub mod state;
+
+pub use fuse::PmemFs;
+pub use options::MountOptions;

@@ -495,6 +495,13 @@ impl Image {
     /// Checkpoints and marks the image clean. Dropping an image without
     /// closing it leaves it as a crash would (in use, journal to replay).
     pub fn close(mut self) -> Result<()> {
+        self.mark_clean()
+    }
+
+    /// Checkpoints and marks the image clean, keeping it open: for owners
+    /// that cannot give the image up by value (a FUSE session's destroy).
+    /// Later commits mark nothing in use again, so call it last.
+    pub fn mark_clean(&mut self) -> Result<()> {
         if self.pmem.is_writable() {
             self.checkpoint_with(State::Clean)?;
         }

@@ -21,10 +21,20 @@ const LOCK_PATIENCE: Duration = Duration::from_millis(500);
 
 /// Takes the exclusive lock on `file`, waiting at most [`LOCK_PATIENCE`].
 pub fn lock_exclusive(file: &File) -> Result<()> {
+    flock_patiently(file, libc::LOCK_EX)
+}
+
+/// Takes a shared lock on `file` (a read-only user: it keeps writers out
+/// and lets other readers in), waiting at most [`LOCK_PATIENCE`].
+pub fn lock_shared(file: &File) -> Result<()> {
+    flock_patiently(file, libc::LOCK_SH)
+}
+
+fn flock_patiently(file: &File, op: libc::c_int) -> Result<()> {
     let start = Instant::now();
     loop {
         // SAFETY: flock on a valid descriptor has no memory effects.
-        let r = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        let r = unsafe { libc::flock(file.as_raw_fd(), op | libc::LOCK_NB) };
         if r == 0 {
             return Ok(());
         }

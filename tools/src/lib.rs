@@ -3,8 +3,10 @@
 //!
 //! - [`mkfs`]: `mkfs.pmemfs`, formats an image.
 //! - [`fsck`]: `fsck.pmemfs`, checks and repairs one.
+//! - [`mount`]: `pmemfs-mount` (and `mount.pmemfs`), serves one over FUSE.
 
 pub mod fsck;
 pub mod mkfs;
+pub mod mount;
 pub mod progress;
 pub mod size;

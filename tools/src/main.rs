@@ -9,7 +9,8 @@ usage: pmemfs TOOL [ARGS...]   (or call the tool by its own name)
 
 tools:
   mkfs   format an image           (mkfs.pmemfs)
-  fsck   check and repair an image (fsck.pmemfs)";
+  fsck   check and repair an image (fsck.pmemfs)
+  mount  mount an image            (pmemfs-mount, mount.pmemfs)";
 
 fn main() -> ExitCode {
     let mut args: Vec<std::ffi::OsString> = std::env::args_os().collect();
@@ -22,6 +23,7 @@ fn main() -> ExitCode {
     let tool = match called.as_str() {
         "mkfs.pmemfs" => "mkfs".to_string(),
         "fsck.pmemfs" => "fsck".to_string(),
+        "pmemfs-mount" | "mount.pmemfs" => "mount".to_string(),
         _ => {
             if args.len() < 2 {
                 eprintln!("{USAGE}");
@@ -36,6 +38,7 @@ fn main() -> ExitCode {
     match tool.as_str() {
         "mkfs" => pmemfs_tools::mkfs::main(rest),
         "fsck" => pmemfs_tools::fsck::main(rest),
+        "mount" => pmemfs_tools::mount::main(rest),
         "-h" | "--help" | "help" => {
             println!("{USAGE}");
             ExitCode::SUCCESS

@@ -1,0 +1,503 @@
+//! File data: read, write, truncate, fallocate, seek, and clone.
+//!
+//! A file's pages are pfns in its page map. Reads copy nothing in the
+//! daemon when the range lies in one run of pages: the reply is a slice of
+//! the pmem mapping itself. A write overwrites a page in place when the file
+//! is its only user, and otherwise (a page shared with a clone, or a hole)
+//! writes a fresh page that a `Map` op then puts in place: copy on write.
+//! New pages are written, flushed and fenced before the transaction that
+//! maps them, so a crash never exposes a page that was not fully written.
+//!
+//! Invariant kept here: bytes of a file's last page past its size are zero,
+//! so growing a file or cloning its last page never exposes old data.
+
+use pmemfs_ondisk::{Body, Ino, Op, RangeMap, Run, PAGE_SIZE};
+
+use crate::error::{fail, FsResult};
+use crate::state::{now, State};
+
+/// The largest file, as the kernel's MAX_LFS_FILESIZE.
+pub const MAX_FILE_SIZE: u64 = i64::MAX as u64;
+/// Longest clone per copy_file_range call: the reply's count is 32 bits, and
+/// ending on a page boundary lets the next call start aligned.
+pub const MAX_CLONE: u64 = (4 << 30) - PAGE_SIZE;
+const PAGE: usize = PAGE_SIZE as usize;
+
+/// Data for a read reply: borrowed straight from pmem when possible.
+pub enum ReadData<'a> {
+    Pmem(&'a [u8]),
+    Copied(Vec<u8>),
+}
+
+impl ReadData<'_> {
+    pub fn as_slice(&self) -> &[u8] {
+        match self {
+            ReadData::Pmem(s) => s,
+            ReadData::Copied(v) => v,
+        }
+    }
+}
+
+fn pages_of(state: &State, ino: Ino) -> FsResult<&RangeMap<u64>> {
+    match &state.inode(ino)?.body {
+        Body::File(m) => Ok(m),
+        Body::Dir(_) => fail(libc::EISDIR),
+        _ => fail(libc::EINVAL),
+    }
+}
+
+/// `Map` ops for (page index, pfn) pairs: consecutive indexes on
+/// consecutive pfns go in one op, which keeps transactions small.
+fn push_maps(ino: Ino, pairs: &[(u64, u64)], ops: &mut Vec<Op>) {
+    let mut i = 0;
+    while i < pairs.len() {
+        let (index, pfn) = pairs[i];
+        let mut len = 1;
+        while i + (len as usize) < pairs.len()
+            && pairs[i + len as usize] == (index + len, pfn + len)
+        {
+            len += 1;
+        }
+        ops.push(Op::Map {
+            ino,
+            index,
+            pfn,
+            len,
+        });
+        i += len as usize;
+    }
+}
+
+/// Pages allocated for a transaction that has not committed yet: given back
+/// if it fails.
+struct Fresh(Vec<Run<u64>>);
+
+impl Fresh {
+    fn give_back(self, state: &mut State) {
+        for r in self.0 {
+            state.image.release(r.start, r.len);
+        }
+    }
+}
+
+impl State {
+    /// Reads up to `size` bytes at `off`.
+    pub fn read(&self, ino: Ino, off: u64, size: u32) -> FsResult<ReadData<'_>> {
+        let map = pages_of(self, ino)?;
+        let file_size = self.attr(ino)?.size;
+        if off >= file_size {
+            return Ok(ReadData::Copied(Vec::new()));
+        }
+        let end = file_size.min(off.saturating_add(u64::from(size)));
+        if end == off {
+            return Ok(ReadData::Copied(Vec::new()));
+        }
+        let pmem = self.image.pmem();
+        let (first, last) = (off / PAGE_SIZE, (end - 1) / PAGE_SIZE);
+        let runs = map.range(first, last - first + 1);
+        // One run covering the whole range: reply from pmem directly.
+        if let [r] = runs.as_slice() {
+            if r.start == first && r.len == last - first + 1 {
+                let at = r.value * PAGE_SIZE + off % PAGE_SIZE;
+                return Ok(ReadData::Pmem(pmem.bytes(at, end - off)?));
+            }
+        }
+        let mut out = vec![0u8; (end - off) as usize];
+        for r in runs {
+            let (a, b) = (
+                (r.start * PAGE_SIZE).max(off),
+                ((r.start + r.len) * PAGE_SIZE).min(end),
+            );
+            let src = r.value * PAGE_SIZE + (a - r.start * PAGE_SIZE);
+            out[(a - off) as usize..(b - off) as usize].copy_from_slice(pmem.bytes(src, b - a)?);
+        }
+        Ok(ReadData::Copied(out))
+    }
+
+    /// Whether the file is the only user of `pfn`.
+    fn exclusive(&self, pfn: u64) -> bool {
+        self.image.meta().shares.get(pfn) == Some(1)
+    }
+
+    /// Stores `data` at byte `off` of the file's pages and returns the `Map`
+    /// ops that must commit with it (fresh pages for holes and shared
+    /// pages). In-place stores to exclusive pages are flushed; fresh pages
+    /// are written whole (old contents or zeros around `data`) and flushed.
+    /// Everything is fenced before returning.
+    fn store(
+        &mut self,
+        ino: Ino,
+        off: u64,
+        data: &[u8],
+        ops: &mut Vec<Op>,
+        fresh: &mut Fresh,
+    ) -> FsResult<()> {
+        if data.is_empty() {
+            return Ok(());
+        }
+        let end = off + data.len() as u64;
+        let (first, last) = (off / PAGE_SIZE, (end - 1) / PAGE_SIZE);
+        // Which pages need a fresh pfn, with what they held before.
+        let mut need: Vec<(u64, Option<u64>)> = Vec::new();
+        let map = pages_of(self, ino)?;
+        for idx in first..=last {
+            match map.get(idx) {
+                Some(pfn) if self.exclusive(pfn) => {
+                    let (a, b) = ((idx * PAGE_SIZE).max(off), ((idx + 1) * PAGE_SIZE).min(end));
+                    let at = pfn * PAGE_SIZE + (a - idx * PAGE_SIZE);
+                    let pmem = self.image.pmem();
+                    pmem.write(at, &data[(a - off) as usize..(b - off) as usize])?;
+                    pmem.flush(at, b - a)?;
+                }
+                old => need.push((idx, old)),
+            }
+        }
+        let mut i = 0;
+        let mut page = vec![0u8; PAGE];
+        while i < need.len() {
+            let run = self.image.alloc((need.len() - i) as u64)?;
+            fresh.0.push(run);
+            for k in 0..run.len {
+                let (idx, old) = need[i + k as usize];
+                match old {
+                    Some(pfn) => self.image.pmem().read(pfn * PAGE_SIZE, &mut page)?,
+                    None => page.fill(0),
+                }
+                let (a, b) = ((idx * PAGE_SIZE).max(off), ((idx + 1) * PAGE_SIZE).min(end));
+                let in_page = (a - idx * PAGE_SIZE) as usize;
+                page[in_page..in_page + (b - a) as usize]
+                    .copy_from_slice(&data[(a - off) as usize..(b - off) as usize]);
+                let at = (run.start + k) * PAGE_SIZE;
+                self.image.pmem().write(at, &page)?;
+                self.image.pmem().flush(at, PAGE_SIZE)?;
+            }
+            let pairs: Vec<(u64, u64)> = (0..run.len)
+                .map(|k| (need[i + k as usize].0, run.start + k))
+                .collect();
+            push_maps(ino, &pairs, ops);
+            i += run.len as usize;
+        }
+        self.image.pmem().fence()?;
+        Ok(())
+    }
+
+    /// Runs `build` to make a transaction's ops, committing them with
+    /// `extra`; fresh pages go back to the allocator if anything fails.
+    fn transact(
+        &mut self,
+        build: impl FnOnce(&mut State, &mut Vec<Op>, &mut Fresh) -> FsResult<()>,
+    ) -> FsResult<()> {
+        if self.is_read_only() {
+            return fail(libc::EROFS);
+        }
+        let mut ops = Vec::new();
+        let mut fresh = Fresh(Vec::new());
+        let r = build(self, &mut ops, &mut fresh).and_then(|()| self.commit(&ops));
+        if r.is_err() {
+            fresh.give_back(self);
+        }
+        r
+    }
+
+    pub fn write(&mut self, ino: Ino, off: u64, data: &[u8]) -> FsResult<u32> {
+        pages_of(self, ino)?;
+        let end = off
+            .checked_add(data.len() as u64)
+            .filter(|&e| e <= MAX_FILE_SIZE);
+        let Some(end) = end else {
+            return fail(libc::EFBIG);
+        };
+        self.transact(|s, ops, fresh| {
+            s.store(ino, off, data, ops, fresh)?;
+            let t = now();
+            ops.push(s.set_attr(ino, |a| {
+                a.size = a.size.max(end);
+                a.mtime = t;
+                a.ctime = t;
+            })?);
+            Ok(())
+        })?;
+        Ok(data.len() as u32)
+    }
+
+    /// Zeroes bytes `[off, end)` of the pages, without touching the size:
+    /// whole pages become holes, partial edges are overwritten with zeros.
+    fn zero(
+        &mut self,
+        ino: Ino,
+        off: u64,
+        end: u64,
+        ops: &mut Vec<Op>,
+        fresh: &mut Fresh,
+    ) -> FsResult<()> {
+        if off >= end {
+            return Ok(());
+        }
+        let first_whole = off.div_ceil(PAGE_SIZE);
+        let end_whole = end / PAGE_SIZE;
+        if first_whole < end_whole {
+            ops.push(Op::Unmap {
+                ino,
+                index: first_whole,
+                len: end_whole - first_whole,
+            });
+        }
+        // Partial pages at either edge, where mapped (a hole reads zero).
+        let mut edges = vec![];
+        if off % PAGE_SIZE != 0 {
+            edges.push((off, end.min(first_whole * PAGE_SIZE)));
+        }
+        let tail = end_whole * PAGE_SIZE;
+        if end % PAGE_SIZE != 0
+            && tail >= off
+            && (off % PAGE_SIZE == 0 || end_whole != off / PAGE_SIZE)
+        {
+            edges.push((tail, end));
+        }
+        for (a, b) in edges {
+            if pages_of(self, ino)?.get(a / PAGE_SIZE).is_some() {
+                self.store(ino, a, &vec![0u8; (b - a) as usize], ops, fresh)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Changes the size; shrinking drops pages past it and zeroes the tail
+    /// of the new last page.
+    fn truncate(
+        &mut self,
+        ino: Ino,
+        size: u64,
+        ops: &mut Vec<Op>,
+        fresh: &mut Fresh,
+    ) -> FsResult<()> {
+        pages_of(self, ino)?;
+        if size > MAX_FILE_SIZE {
+            return fail(libc::EFBIG);
+        }
+        let old = self.attr(ino)?.size;
+        if size < old {
+            let keep = size.div_ceil(PAGE_SIZE);
+            ops.push(Op::Unmap {
+                ino,
+                index: keep,
+                len: u64::MAX - keep,
+            });
+            if size % PAGE_SIZE != 0 {
+                self.zero(ino, size, keep * PAGE_SIZE, ops, fresh)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// setattr's size change as its own transaction.
+    pub fn set_size(
+        &mut self,
+        ino: Ino,
+        size: u64,
+        extra: impl FnOnce(&mut pmemfs_ondisk::Attr),
+    ) -> FsResult<()> {
+        self.transact(|s, ops, fresh| {
+            s.truncate(ino, size, ops, fresh)?;
+            let t = now();
+            ops.push(s.set_attr(ino, |a| {
+                a.size = size;
+                a.mtime = t;
+                a.ctime = t;
+                extra(a);
+            })?);
+            Ok(())
+        })
+    }
+
+    /// fallocate(2): allocate (optionally keeping the size), punch a hole,
+    /// zero a range.
+    pub fn fallocate(&mut self, ino: Ino, off: u64, len: u64, mode: i32) -> FsResult<()> {
+        pages_of(self, ino)?;
+        let end = off
+            .checked_add(len)
+            .filter(|&e| e <= MAX_FILE_SIZE && len > 0);
+        let Some(end) = end else {
+            return fail(if len == 0 { libc::EINVAL } else { libc::EFBIG });
+        };
+        let keep_size = mode & libc::FALLOC_FL_KEEP_SIZE != 0;
+        let known =
+            libc::FALLOC_FL_KEEP_SIZE | libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_ZERO_RANGE;
+        if mode & !known != 0 {
+            return fail(libc::EOPNOTSUPP);
+        }
+        let punch = mode & libc::FALLOC_FL_PUNCH_HOLE != 0;
+        let zero_range = mode & libc::FALLOC_FL_ZERO_RANGE != 0;
+        if punch && (!keep_size || zero_range) {
+            return fail(libc::EOPNOTSUPP);
+        }
+        self.transact(|s, ops, fresh| {
+            let size = s.attr(ino)?.size;
+            if punch || zero_range {
+                s.zero(
+                    ino,
+                    off,
+                    end.min(if punch { size } else { end }),
+                    ops,
+                    fresh,
+                )?;
+            }
+            if !punch {
+                // Zeroed pages for every hole in the range; with ZERO_RANGE
+                // the whole pages just unmapped are holes too.
+                let (first, last) = (off / PAGE_SIZE, (end - 1) / PAGE_SIZE);
+                let unmapped = off.div_ceil(PAGE_SIZE)..end / PAGE_SIZE;
+                let map = pages_of(s, ino)?;
+                let holes: Vec<u64> = (first..=last)
+                    .filter(|i| map.get(*i).is_none() || (zero_range && unmapped.contains(i)))
+                    .collect();
+                let mut i = 0;
+                while i < holes.len() {
+                    let run = s.image.alloc((holes.len() - i) as u64)?;
+                    fresh.0.push(run);
+                    s.image
+                        .pmem()
+                        .zero(run.start * PAGE_SIZE, run.len * PAGE_SIZE)?;
+                    s.image
+                        .pmem()
+                        .flush(run.start * PAGE_SIZE, run.len * PAGE_SIZE)?;
+                    let pairs: Vec<(u64, u64)> = (0..run.len)
+                        .map(|k| (holes[i + k as usize], run.start + k))
+                        .collect();
+                    push_maps(ino, &pairs, ops);
+                    i += run.len as usize;
+                }
+                s.image.pmem().fence()?;
+            }
+            let t = now();
+            ops.push(s.set_attr(ino, |a| {
+                if !keep_size {
+                    a.size = a.size.max(end);
+                }
+                a.ctime = t;
+                if punch || zero_range {
+                    a.mtime = t;
+                }
+            })?);
+            Ok(())
+        })
+    }
+
+    /// lseek(2) with SEEK_DATA or SEEK_HOLE.
+    pub fn seek(&self, ino: Ino, off: u64, whence: i32) -> FsResult<u64> {
+        let map = pages_of(self, ino)?;
+        let size = self.attr(ino)?.size;
+        if off >= size {
+            return fail(libc::ENXIO);
+        }
+        let idx = off / PAGE_SIZE;
+        match whence {
+            libc::SEEK_DATA => match map.first_at_or_after(idx) {
+                Some(r) if r.start * PAGE_SIZE < size => Ok((r.start * PAGE_SIZE).max(off)),
+                _ => fail(libc::ENXIO),
+            },
+            libc::SEEK_HOLE => {
+                let mut at = idx;
+                while let Some(r) = map.first_at_or_after(at) {
+                    if r.start != at {
+                        break;
+                    }
+                    at = r.start + r.len;
+                }
+                Ok((at * PAGE_SIZE).max(off).min(size))
+            }
+            _ => fail(libc::EINVAL),
+        }
+    }
+
+    /// copy_file_range(2): shares whole pages (a reflink) and copies the
+    /// unaligned head and tail. Returns the bytes copied.
+    pub fn copy_range(
+        &mut self,
+        src: Ino,
+        src_off: u64,
+        dst: Ino,
+        dst_off: u64,
+        len: u64,
+    ) -> FsResult<u64> {
+        pages_of(self, src)?;
+        pages_of(self, dst)?;
+        let src_size = self.attr(src)?.size;
+        if src_off >= src_size || len == 0 {
+            return Ok(0);
+        }
+        let mut len = len.min(src_size - src_off);
+        if src_off % PAGE_SIZE != dst_off % PAGE_SIZE {
+            // Nothing can be shared: a plain copy, in bounded pieces.
+            len = len.min(1 << 20);
+        } else if len > MAX_CLONE {
+            // End on a page boundary so that the next call is aligned.
+            len = MAX_CLONE - (src_off + MAX_CLONE) % PAGE_SIZE;
+        }
+        let dst_end = dst_off.checked_add(len).filter(|&e| e <= MAX_FILE_SIZE);
+        let Some(dst_end) = dst_end else {
+            return fail(libc::EFBIG);
+        };
+        if src == dst && src_off < dst_end && dst_off < src_off + len {
+            return fail(libc::EINVAL);
+        }
+        let dst_size = self.attr(dst)?.size;
+        let src_end = src_off + len;
+        // Whole pages can be shared only when both sides sit at the same
+        // offset inside a page.
+        let (mut clone_first, mut clone_pages) = (0, 0);
+        if src_off % PAGE_SIZE == dst_off % PAGE_SIZE {
+            let first = src_off.div_ceil(PAGE_SIZE);
+            let mut end_page = src_end / PAGE_SIZE;
+            // The source's partial last page may go whole when the copy ends
+            // at its EOF and nothing of the destination lies past the end.
+            if src_end == src_size && src_end % PAGE_SIZE != 0 && dst_end >= dst_size {
+                end_page += 1;
+            }
+            if end_page > first {
+                (clone_first, clone_pages) = (first, end_page - first);
+            }
+        }
+        let head_end = if clone_pages > 0 {
+            clone_first * PAGE_SIZE
+        } else {
+            src_end
+        };
+        let tail_start = if clone_pages > 0 {
+            ((clone_first + clone_pages) * PAGE_SIZE).min(src_end)
+        } else {
+            src_end
+        };
+        let head = self
+            .read(src, src_off, (head_end - src_off) as u32)?
+            .as_slice()
+            .to_vec();
+        let tail = self
+            .read(src, tail_start, (src_end - tail_start) as u32)?
+            .as_slice()
+            .to_vec();
+        let delta = dst_off as i128 - src_off as i128;
+        self.transact(|s, ops, fresh| {
+            s.store(dst, dst_off, &head, ops, fresh)?;
+            if clone_pages > 0 {
+                let dst_index = (clone_first as i128 + delta / PAGE_SIZE as i128) as u64;
+                ops.push(Op::Clone {
+                    src,
+                    src_index: clone_first,
+                    dst,
+                    dst_index,
+                    len: clone_pages,
+                });
+            }
+            s.store(dst, (tail_start as i128 + delta) as u64, &tail, ops, fresh)?;
+            let t = now();
+            ops.push(s.set_attr(dst, |a| {
+                a.size = a.size.max(dst_end);
+                a.mtime = t;
+                a.ctime = t;
+            })?);
+            Ok(())
+        })?;
+        Ok(len)
+    }
+}

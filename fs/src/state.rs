@@ -1,0 +1,522 @@
+//! The file system's state and its namespace operations.
+//!
+//! One [`State`] holds the open image (metadata, allocator, pmem) and the
+//! open-file table. The FUSE layer keeps it behind a reader-writer lock:
+//! reads and lookups share it, anything that commits takes it alone. Every
+//! change is one journal transaction built here, so each operation is
+//! atomic across a crash.
+
+use std::collections::HashMap;
+
+use pmemfs_ondisk::meta::{Dir, MAX_NAME};
+use pmemfs_ondisk::{Attr, Body, Image, Ino, Inode, Kind, NewBody, Op, Time, ROOT_INO};
+
+use crate::error::{fail, FsResult};
+
+/// Longest symbolic-link target, as PATH_MAX.
+pub const MAX_SYMLINK: usize = 4095;
+
+pub struct State {
+    pub image: Image,
+    read_only: bool,
+    /// Open handles per inode: an unlinked inode lives until the last
+    /// closes.
+    opens: HashMap<Ino, u32>,
+}
+
+/// Who is asking: for ownership of new inodes.
+#[derive(Debug, Clone, Copy)]
+pub struct Caller {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+pub fn now() -> Time {
+    pmemfs_ondisk::now()
+}
+
+/// Checks a name from the kernel.
+pub fn check_name(name: &[u8]) -> FsResult<()> {
+    if name.len() > MAX_NAME {
+        return fail(libc::ENAMETOOLONG);
+    }
+    if !pmemfs_ondisk::meta::valid_name(name) {
+        return fail(libc::EINVAL);
+    }
+    Ok(())
+}
+
+impl State {
+    pub fn new(image: Image, read_only: bool) -> State {
+        State {
+            image,
+            read_only,
+            opens: HashMap::new(),
+        }
+    }
+
+    pub fn is_read_only(&self) -> bool {
+        self.read_only
+    }
+
+    pub fn inode(&self, ino: Ino) -> FsResult<&Inode> {
+        match self.image.meta().get(ino) {
+            Some(i) => Ok(i),
+            None => fail(libc::ENOENT),
+        }
+    }
+
+    pub fn attr(&self, ino: Ino) -> FsResult<Attr> {
+        Ok(self.inode(ino)?.attr)
+    }
+
+    pub fn dir(&self, ino: Ino) -> FsResult<&Dir> {
+        match self.inode(ino)?.dir() {
+            Some(d) => Ok(d),
+            None => fail(libc::ENOTDIR),
+        }
+    }
+
+    pub fn lookup(&self, parent: Ino, name: &[u8]) -> FsResult<Ino> {
+        if name.len() > MAX_NAME {
+            return fail(libc::ENAMETOOLONG);
+        }
+        match self.dir(parent)?.entries.get(name) {
+            Some(&i) => Ok(i),
+            None => fail(libc::ENOENT),
+        }
+    }
+
+    /// Commits one transaction.
+    pub fn commit(&mut self, ops: &[Op]) -> FsResult<()> {
+        if self.read_only {
+            return fail(libc::EROFS);
+        }
+        Ok(self.image.commit(ops)?)
+    }
+
+    /// A `SetAttr` for `ino` after `f` changed a copy of its attributes.
+    pub fn set_attr(&self, ino: Ino, f: impl FnOnce(&mut Attr)) -> FsResult<Op> {
+        let mut attr = self.attr(ino)?;
+        f(&mut attr);
+        Ok(Op::SetAttr { ino, attr })
+    }
+
+    /// Makes a new inode named `name` in `parent`.
+    pub fn make(
+        &mut self,
+        parent: Ino,
+        name: &[u8],
+        kind: Kind,
+        mode: u32,
+        rdev: u32,
+        target: Option<&[u8]>,
+        who: Caller,
+    ) -> FsResult<Ino> {
+        check_name(name)?;
+        let pattr = self.attr(parent)?;
+        if self.dir(parent)?.entries.contains_key(name) {
+            return fail(libc::EEXIST);
+        }
+        let t = now();
+        let mut perm = (mode & 0o7777) as u16;
+        let mut gid = who.gid;
+        // BSD group semantics on setgid directories, as ext4 and XFS do.
+        if pattr.perm & libc::S_ISGID as u16 != 0 {
+            gid = pattr.gid;
+            if kind == Kind::Dir {
+                perm |= libc::S_ISGID as u16;
+            }
+        }
+        let mut attr = Attr::new(kind, perm, who.uid, gid, t);
+        attr.rdev = rdev;
+        let body = match kind {
+            Kind::File => NewBody::File,
+            Kind::Dir => NewBody::Dir { parent },
+            Kind::Symlink => {
+                let target = target.unwrap_or_default();
+                if target.len() > MAX_SYMLINK {
+                    return fail(libc::ENAMETOOLONG);
+                }
+                if target.is_empty() {
+                    return fail(libc::ENOENT);
+                }
+                attr.size = target.len() as u64;
+                NewBody::Symlink(target.to_vec())
+            }
+            _ => NewBody::Special,
+        };
+        let ino = self.image.next_ino();
+        let parent_op = self.set_attr(parent, |a| {
+            a.mtime = t;
+            a.ctime = t;
+            if kind == Kind::Dir {
+                a.nlink += 1;
+            }
+        })?;
+        self.commit(&[
+            Op::Create { ino, attr, body },
+            Op::Link {
+                dir: parent,
+                name: name.to_vec(),
+                ino,
+            },
+            parent_op,
+        ])?;
+        Ok(ino)
+    }
+
+    /// A new name for an existing inode.
+    pub fn link(&mut self, ino: Ino, parent: Ino, name: &[u8]) -> FsResult<()> {
+        check_name(name)?;
+        if self.attr(ino)?.kind == Kind::Dir {
+            return fail(libc::EPERM);
+        }
+        if self.dir(parent)?.entries.contains_key(name) {
+            return fail(libc::EEXIST);
+        }
+        let t = now();
+        let ops = [
+            Op::Link {
+                dir: parent,
+                name: name.to_vec(),
+                ino,
+            },
+            self.set_attr(ino, |a| {
+                a.nlink += 1;
+                a.ctime = t;
+            })?,
+            self.set_attr(parent, |a| {
+                a.mtime = t;
+                a.ctime = t;
+            })?,
+        ];
+        self.commit(&ops)
+    }
+
+    /// Ops that drop the name `name` (naming `ino`) from `parent`; deletes
+    /// the inode too when that was its last name and nobody has it open.
+    fn drop_name(
+        &self,
+        parent: Ino,
+        name: &[u8],
+        ino: Ino,
+        t: Time,
+        ops: &mut Vec<Op>,
+    ) -> FsResult<()> {
+        let attr = self.attr(ino)?;
+        ops.push(Op::Unlink {
+            dir: parent,
+            name: name.to_vec(),
+        });
+        let is_dir = attr.kind == Kind::Dir;
+        let left = if is_dir {
+            0
+        } else {
+            attr.nlink.saturating_sub(1)
+        };
+        if left == 0 && (is_dir || !self.opens.contains_key(&ino)) {
+            ops.push(Op::Delete { ino });
+        } else {
+            ops.push(Op::SetAttr {
+                ino,
+                attr: Attr {
+                    nlink: left,
+                    ctime: t,
+                    ..attr
+                },
+            });
+        }
+        Ok(())
+    }
+
+    pub fn unlink(&mut self, parent: Ino, name: &[u8], dir_wanted: bool) -> FsResult<()> {
+        let ino = self.lookup(parent, name)?;
+        let is_dir = self.attr(ino)?.kind == Kind::Dir;
+        match (dir_wanted, is_dir) {
+            (false, true) => return fail(libc::EISDIR),
+            (true, false) => return fail(libc::ENOTDIR),
+            _ => {}
+        }
+        if is_dir && !self.dir(ino)?.entries.is_empty() {
+            return fail(libc::ENOTEMPTY);
+        }
+        let t = now();
+        let mut ops = Vec::new();
+        self.drop_name(parent, name, ino, t, &mut ops)?;
+        ops.push(self.set_attr(parent, |a| {
+            a.mtime = t;
+            a.ctime = t;
+            if is_dir {
+                a.nlink = a.nlink.saturating_sub(1);
+            }
+        })?);
+        self.commit(&ops)
+    }
+
+    /// Whether `ancestor` is `ino` or lies on the path from `ino` to the root.
+    fn is_ancestor(&self, ancestor: Ino, mut ino: Ino) -> FsResult<bool> {
+        loop {
+            if ino == ancestor {
+                return Ok(true);
+            }
+            if ino == ROOT_INO {
+                return Ok(false);
+            }
+            ino = self.dir(ino)?.parent;
+        }
+    }
+
+    pub fn rename(
+        &mut self,
+        from: Ino,
+        name: &[u8],
+        to: Ino,
+        newname: &[u8],
+        flags: u32,
+    ) -> FsResult<()> {
+        check_name(newname)?;
+        let noreplace = flags & libc::RENAME_NOREPLACE != 0;
+        let exchange = flags & libc::RENAME_EXCHANGE != 0;
+        if flags & !(libc::RENAME_NOREPLACE | libc::RENAME_EXCHANGE) != 0 || (noreplace && exchange)
+        {
+            return fail(libc::EINVAL);
+        }
+        let ino = self.lookup(from, name)?;
+        self.dir(to)?;
+        let target = match self.lookup(to, newname) {
+            Ok(t) => Some(t),
+            Err(_) => None,
+        };
+        if target == Some(ino) {
+            return Ok(()); // two names of one inode: POSIX says do nothing
+        }
+        let src_dir = self.attr(ino)?.kind == Kind::Dir;
+        // A directory cannot move below itself.
+        if src_dir && from != to && self.is_ancestor(ino, to)? {
+            return fail(libc::EINVAL);
+        }
+        let t = now();
+        let mut ops = Vec::new();
+        let mut nlink_delta: HashMap<Ino, i64> = HashMap::new();
+        match (target, exchange) {
+            (None, true) => return fail(libc::ENOENT),
+            (Some(_), false) if noreplace => return fail(libc::EEXIST),
+            (Some(other), true) => {
+                let other_dir = self.attr(other)?.kind == Kind::Dir;
+                if other_dir && to != from && self.is_ancestor(other, from)? {
+                    return fail(libc::EINVAL);
+                }
+                ops.push(Op::Unlink {
+                    dir: from,
+                    name: name.to_vec(),
+                });
+                ops.push(Op::Unlink {
+                    dir: to,
+                    name: newname.to_vec(),
+                });
+                ops.push(Op::Link {
+                    dir: from,
+                    name: name.to_vec(),
+                    ino: other,
+                });
+                ops.push(Op::Link {
+                    dir: to,
+                    name: newname.to_vec(),
+                    ino,
+                });
+                if other_dir {
+                    ops.push(Op::SetParent {
+                        dir: other,
+                        parent: from,
+                    });
+                    *nlink_delta.entry(from).or_default() += 1;
+                    *nlink_delta.entry(to).or_default() -= 1;
+                }
+                ops.push(self.set_attr(other, |a| a.ctime = t)?);
+            }
+            (Some(other), false) => {
+                let other_attr = self.attr(other)?;
+                let other_dir = other_attr.kind == Kind::Dir;
+                match (src_dir, other_dir) {
+                    (true, false) => return fail(libc::ENOTDIR),
+                    (false, true) => return fail(libc::EISDIR),
+                    (true, true) if !self.dir(other)?.entries.is_empty() => {
+                        return fail(libc::ENOTEMPTY)
+                    }
+                    _ => {}
+                }
+                self.drop_name(to, newname, other, t, &mut ops)?;
+                if other_dir {
+                    *nlink_delta.entry(to).or_default() -= 1;
+                }
+                ops.push(Op::Unlink {
+                    dir: from,
+                    name: name.to_vec(),
+                });
+                ops.push(Op::Link {
+                    dir: to,
+                    name: newname.to_vec(),
+                    ino,
+                });
+            }
+            (None, false) => {
+                ops.push(Op::Unlink {
+                    dir: from,
+                    name: name.to_vec(),
+                });
+                ops.push(Op::Link {
+                    dir: to,
+                    name: newname.to_vec(),
+                    ino,
+                });
+            }
+        }
+        if src_dir {
+            ops.push(Op::SetParent {
+                dir: ino,
+                parent: to,
+            });
+            *nlink_delta.entry(from).or_default() -= 1;
+            *nlink_delta.entry(to).or_default() += 1;
+        }
+        ops.push(self.set_attr(ino, |a| a.ctime = t)?);
+        for d in if from == to {
+            vec![from]
+        } else {
+            vec![from, to]
+        } {
+            let delta = nlink_delta.get(&d).copied().unwrap_or(0);
+            ops.push(self.set_attr(d, |a| {
+                a.mtime = t;
+                a.ctime = t;
+                a.nlink = (i64::from(a.nlink) + delta).max(0) as u32;
+            })?);
+        }
+        self.commit(&ops)
+    }
+
+    pub fn readlink(&self, ino: Ino) -> FsResult<Vec<u8>> {
+        match &self.inode(ino)?.body {
+            Body::Symlink(t) => Ok(t.clone()),
+            _ => fail(libc::EINVAL),
+        }
+    }
+
+    /// Entries of a directory for readdir: `.`, `..`, then the names.
+    pub fn list(&self, ino: Ino) -> FsResult<Vec<(Ino, Kind, Vec<u8>)>> {
+        let d = self.dir(ino)?;
+        let mut out = Vec::with_capacity(d.entries.len() + 2);
+        out.push((ino, Kind::Dir, b".".to_vec()));
+        out.push((d.parent, Kind::Dir, b"..".to_vec()));
+        for (name, &child) in &d.entries {
+            let kind = self
+                .image
+                .meta()
+                .get(child)
+                .map_or(Kind::File, |i| i.attr.kind);
+            out.push((child, kind, name.clone()));
+        }
+        Ok(out)
+    }
+
+    pub fn opened(&mut self, ino: Ino) -> FsResult<()> {
+        self.inode(ino)?;
+        *self.opens.entry(ino).or_default() += 1;
+        Ok(())
+    }
+
+    /// The last close of an unlinked inode deletes it.
+    pub fn closed(&mut self, ino: Ino) -> FsResult<()> {
+        let left = match self.opens.get_mut(&ino) {
+            Some(n) => {
+                *n -= 1;
+                *n
+            }
+            None => return Ok(()),
+        };
+        if left == 0 {
+            self.opens.remove(&ino);
+            if self.attr(ino).is_ok_and(|a| a.nlink == 0) && !self.read_only {
+                self.commit(&[Op::Delete { ino }])?;
+            }
+        }
+        Ok(())
+    }
+
+    pub fn setxattr(&mut self, ino: Ino, name: &[u8], value: &[u8], flags: i32) -> FsResult<()> {
+        check_xattr_name(name)?;
+        if value.len() > XATTR_SIZE_MAX {
+            return fail(libc::E2BIG);
+        }
+        let exists = self.inode(ino)?.xattrs.contains_key(name);
+        if flags & libc::XATTR_CREATE != 0 && exists {
+            return fail(libc::EEXIST);
+        }
+        if flags & libc::XATTR_REPLACE != 0 && !exists {
+            return fail(libc::ENODATA);
+        }
+        let t = now();
+        let ops = [
+            Op::SetXattr {
+                ino,
+                name: name.to_vec(),
+                value: value.to_vec(),
+            },
+            self.set_attr(ino, |a| a.ctime = t)?,
+        ];
+        self.commit(&ops)
+    }
+
+    pub fn getxattr(&self, ino: Ino, name: &[u8]) -> FsResult<Vec<u8>> {
+        check_xattr_name(name)?;
+        match self.inode(ino)?.xattrs.get(name) {
+            Some(v) => Ok(v.clone()),
+            None => fail(libc::ENODATA),
+        }
+    }
+
+    pub fn listxattr(&self, ino: Ino) -> FsResult<Vec<u8>> {
+        let mut out = Vec::new();
+        for name in self.inode(ino)?.xattrs.keys() {
+            out.extend_from_slice(name);
+            out.push(0);
+        }
+        Ok(out)
+    }
+
+    pub fn removexattr(&mut self, ino: Ino, name: &[u8]) -> FsResult<()> {
+        check_xattr_name(name)?;
+        if !self.inode(ino)?.xattrs.contains_key(name) {
+            return fail(libc::ENODATA);
+        }
+        let t = now();
+        let ops = [
+            Op::RemoveXattr {
+                ino,
+                name: name.to_vec(),
+            },
+            self.set_attr(ino, |a| a.ctime = t)?,
+        ];
+        self.commit(&ops)
+    }
+}
+
+/// Largest extended attribute value, as Linux's XATTR_SIZE_MAX.
+pub const XATTR_SIZE_MAX: usize = 65536;
+
+fn check_xattr_name(name: &[u8]) -> FsResult<()> {
+    if name.is_empty() || name.len() > 255 {
+        return fail(libc::ERANGE);
+    }
+    // POSIX ACLs live in system.*; without ACL support they are refused,
+    // so tools fall back to the mode bits.
+    if name.starts_with(b"system.") {
+        return fail(libc::EOPNOTSUPP);
+    }
+    let known = [&b"user."[..], b"trusted.", b"security."];
+    if !known.iter().any(|p| name.starts_with(p)) {
+        return fail(libc::EOPNOTSUPP);
+    }
+    Ok(())
+}

@@ -1,0 +1,234 @@
+//! `pmemfs-mount [-o OPTIONS] [-f] [-d] IMAGE MOUNTPOINT`, also installed
+//! as `mount.pmemfs` for `mount -t pmemfs` and fstab.
+//!
+//! By default it returns once the mount is ready and keeps serving in the
+//! background (a forked daemon reports success or failure through a pipe).
+//! It exits cleanly, writing a final checkpoint first, on umount,
+//! `fusermount3 -u` or SIGTERM/SIGINT/SIGHUP; the image lock goes only then.
+
+use std::ffi::OsString;
+use std::io::{Read, Write};
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use pmemfs_fs::{MountOptions, PmemFs};
+
+const USAGE: &str = "\
+usage: pmemfs-mount [-o OPTIONS] [-f] [-d] IMAGE MOUNTPOINT
+       mount -t pmemfs [-o OPTIONS] IMAGE MOUNTPOINT
+
+  -o OPTIONS  comma-separated: ro, rw, allow_other, default_permissions
+              (on by default), no_default_permissions, threads=N,
+              numa_nodes=N, dram_cache=SIZE
+  -f          stay in the foreground
+  -d          foreground, and report what recovery did";
+
+#[derive(Debug)]
+pub struct Options {
+    pub image: PathBuf,
+    pub mountpoint: PathBuf,
+    pub mount: MountOptions,
+    pub foreground: bool,
+    pub debug: bool,
+}
+
+pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Options, String> {
+    use lexopt::prelude::*;
+    let mut p = lexopt::Parser::from_args(args);
+    let mut mount = MountOptions::default();
+    let (mut foreground, mut debug) = (false, false);
+    let mut paths = Vec::new();
+    while let Some(arg) = p.next().map_err(|e| e.to_string())? {
+        match arg {
+            Short('o') => {
+                let v = p.value().map_err(|e| e.to_string())?;
+                mount.apply(&v.to_string_lossy())?;
+            }
+            Short('f') => foreground = true,
+            Short('d') => (foreground, debug) = (true, true),
+            // mount(8) passes these to helpers: sloppy, fake, verbose,
+            // no-mtab. None changes what a FUSE mount does.
+            Short('s' | 'n' | 'v') => {}
+            Short('t') => {
+                p.value().map_err(|e| e.to_string())?;
+            }
+            Short('h') | Long("help") => return Err(String::new()),
+            Value(v) => paths.push(PathBuf::from(v)),
+            _ => return Err(arg.unexpected().to_string()),
+        }
+    }
+    let [image, mountpoint]: [PathBuf; 2] = paths
+        .try_into()
+        .map_err(|_| "need IMAGE and MOUNTPOINT".to_string())?;
+    Ok(Options {
+        image,
+        mountpoint,
+        mount,
+        foreground,
+        debug,
+    })
+}
+
+/// Runs pmemfs-mount with `args` (without the program name).
+pub fn main(args: impl IntoIterator<Item = OsString>) -> ExitCode {
+    let opts = match parse(args) {
+        Ok(o) => o,
+        Err(e) if e.is_empty() => {
+            println!("{USAGE}");
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            eprintln!("pmemfs-mount: {e}\n{USAGE}");
+            return ExitCode::from(16);
+        }
+    };
+    match run(&opts) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("pmemfs-mount: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn run(o: &Options) -> anyhow::Result<()> {
+    if !o.mountpoint.is_dir() {
+        bail!("{}: not a directory", o.mountpoint.display());
+    }
+    if o.foreground {
+        return serve(o, None);
+    }
+    let mut fds = [0; 2];
+    // SAFETY: pipe fills the two descriptors it returns.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(std::io::Error::last_os_error()).context("pipe");
+    }
+    // SAFETY: the descriptors are fresh and owned here from now on.
+    let (rx, tx) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    // SAFETY: nothing but this thread runs yet, so the child starts sane.
+    match unsafe { libc::fork() } {
+        -1 => Err(std::io::Error::last_os_error()).context("fork"),
+        0 => {
+            drop(rx);
+            // SAFETY: setsid in the child detaches it from the terminal.
+            unsafe { libc::setsid() };
+            let code = match serve(o, Some(tx)) {
+                Ok(()) => 0,
+                Err(_) => 1,
+            };
+            std::process::exit(code);
+        }
+        _ => {
+            drop(tx);
+            let mut msg = String::new();
+            std::fs::File::from(rx).read_to_string(&mut msg)?;
+            match msg.strip_prefix("ready") {
+                Some(_) => Ok(()),
+                None if msg.is_empty() => {
+                    bail!("the file system daemon died before the mount was ready")
+                }
+                None => bail!("{msg}"),
+            }
+        }
+    }
+}
+
+/// Opens, mounts and serves until unmounted or told to stop. `ready` gets
+/// "ready" once the mount is up, or the error that prevented it.
+fn serve(o: &Options, ready: Option<OwnedFd>) -> anyhow::Result<()> {
+    let signals = block_signals();
+    let tell = |ready: Option<OwnedFd>, what: &str| {
+        if let Some(fd) = ready {
+            let _ = std::fs::File::from(fd).write_all(what.as_bytes());
+        }
+    };
+    let fs = match PmemFs::open(&o.image, o.mount.clone()) {
+        Ok(fs) => fs,
+        Err(e) => {
+            let hint = match &e {
+                pmemfs_ondisk::Error::Corrupt(_) => {
+                    format!("; run fsck.pmemfs -y {}", o.image.display())
+                }
+                _ => String::new(),
+            };
+            let msg = format!("cannot mount {}: {e}{hint}", o.image.display());
+            eprintln!("pmemfs-mount: {msg}");
+            tell(ready, &msg);
+            bail!("{msg}");
+        }
+    };
+    if o.debug {
+        eprintln!(
+            "pmemfs-mount: {}: recovery: {:?}",
+            o.image.display(),
+            fs.recovery()
+        );
+    }
+    let config = fs.config();
+    let session = match fuser::spawn_mount(fs, &o.mountpoint, &config) {
+        Ok(s) => s,
+        Err(e) => {
+            let msg = format!("cannot mount on {}: {e}", o.mountpoint.display());
+            eprintln!("pmemfs-mount: {msg}");
+            tell(ready, &msg);
+            bail!("{msg}");
+        }
+    };
+    if ready.is_some() {
+        tell(ready, "ready");
+        detach_stdio();
+    }
+    loop {
+        if wait_signal(&signals, Duration::from_millis(200)) {
+            // Unmounting ends the session; its destroy checkpoints.
+            let _ = session.umount_and_join();
+            return Ok(());
+        }
+        if session.guard.is_finished() {
+            let _ = session.join();
+            return Ok(());
+        }
+    }
+}
+
+/// Blocks the stop signals in this thread and every thread it starts, so
+/// that only [`wait_signal`] sees them.
+fn block_signals() -> libc::sigset_t {
+    // SAFETY: plain signal-set manipulation on a local set.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for s in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
+            libc::sigaddset(&mut set, s);
+        }
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        set
+    }
+}
+
+fn wait_signal(set: &libc::sigset_t, timeout: Duration) -> bool {
+    let ts = libc::timespec {
+        tv_sec: timeout.as_secs() as libc::time_t,
+        tv_nsec: timeout.subsec_nanos() as libc::c_long,
+    };
+    // SAFETY: the set and timespec are valid for the call.
+    unsafe { libc::sigtimedwait(set, std::ptr::null_mut(), &ts) > 0 }
+}
+
+/// A daemon keeps no terminal: its standard streams go to /dev/null.
+fn detach_stdio() {
+    if let Ok(null) = std::fs::File::options()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+    {
+        use std::os::fd::AsRawFd;
+        for fd in 0..3 {
+            // SAFETY: dup2 onto the standard descriptors.
+            unsafe { libc::dup2(null.as_raw_fd(), fd) };
+        }
+    }
+}
