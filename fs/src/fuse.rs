@@ -520,14 +520,15 @@ impl Filesystem for PmemFs {
         let s = self.state.read();
         let g = s.image.geometry();
         let free = s.image.free_pages();
+        let avail = s.image.available_pages();
         let files = s.image.meta().inodes.len() as u64;
         // Inodes take no fixed space: as many more fit as free pages.
         reply.statfs(
             g.data_pages(),
             free,
-            free,
-            files + free,
-            free,
+            avail,
+            files + avail,
+            avail,
             PAGE_SIZE as u32,
             255,
             PAGE_SIZE as u32,

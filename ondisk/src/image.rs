@@ -351,6 +351,13 @@ impl Image {
         self.free_pages
     }
 
+    /// Free data pages that data allocations may take: the free pages less
+    /// the checkpoint reserve.
+    pub fn available_pages(&self) -> u64 {
+        self.free_pages
+            .saturating_sub(reserve(self.ckpt_pfns.len()))
+    }
+
     /// Pages the current checkpoint occupies.
     pub fn checkpoint_pfns(&self) -> &[u64] {
         &self.ckpt_pfns

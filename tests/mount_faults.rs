@@ -1,0 +1,253 @@
+//! Faults through a real mount: the daemon killed with SIGKILL in the middle
+//! of a write workload, and a device that fills up.
+
+mod util;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use util::*;
+
+fn mounted(dir: &Path) -> bool {
+    let want = dir.canonicalize().unwrap_or(dir.to_path_buf());
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .map(|m| {
+            m.lines()
+                .any(|l| l.split(' ').nth(4) == Some(want.to_str().unwrap_or("")))
+        })
+        .unwrap_or(false)
+}
+
+/// Mounts in the foreground as a child we can kill.
+fn mount_foreground(image: &Path, dir: &Path) -> Child {
+    assert!(
+        Path::new("/dev/fuse").exists(),
+        "/dev/fuse is missing: these tests need FUSE"
+    );
+    let mut c = tool("pmemfs-mount");
+    c.arg("-f")
+        .arg(image)
+        .arg(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit());
+    let child = c.spawn().expect("start pmemfs-mount");
+    let start = Instant::now();
+    while !mounted(dir) {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "pmemfs-mount did not mount {}",
+            dir.display()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child
+}
+
+fn unmount(dir: &Path) {
+    let ok = Command::new("umount")
+        .arg(dir)
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        let _ = Command::new("umount").arg("-l").arg(dir).status();
+    }
+}
+
+/// Waits for the image lock to go: the daemon has exited.
+fn wait_released(image: &Path) {
+    let start = Instant::now();
+    while pmemfs_ondisk::lock::is_locked(image).unwrap_or(false) {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "the daemon kept the image locked"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn mkfs(image: &Path, size: &str) {
+    let mut c = tool("mkfs.pmemfs");
+    c.args(["-q", "-s", size]).arg(image);
+    assert_eq!(code(&run(c)), 0);
+}
+
+struct Setup {
+    _tmp: TempDir,
+    image: PathBuf,
+    dir: PathBuf,
+}
+
+fn setup(tag: &str, size: &str) -> Setup {
+    let tmp = TempDir::new(tag);
+    let image = tmp.join("fs.img");
+    let dir = tmp.join("mnt");
+    std::fs::create_dir(&dir).unwrap();
+    mkfs(&image, size);
+    Setup {
+        _tmp: tmp,
+        image,
+        dir,
+    }
+}
+
+impl Drop for Setup {
+    fn drop(&mut self) {
+        if mounted(&self.dir) {
+            unmount(&self.dir);
+        }
+    }
+}
+
+/// Python workload: writes files of known content, fsyncs each, and prints
+/// its name only once fsync returned.
+const WORKLOAD: &str = r#"
+import os, sys, hashlib
+d = sys.argv[1]
+i = 0
+while True:
+    name = f"f{i:05d}"
+    data = hashlib.sha256(name.encode()).digest() * (1 + (i * 97) % 3000)
+    fd = os.open(os.path.join(d, name), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    os.write(fd, data)
+    os.write(fd, b"tail")
+    os.fsync(fd)
+    os.close(fd)
+    if i % 3 == 0:
+        os.rename(os.path.join(d, name), os.path.join(d, name + ".r"))
+        name += ".r"
+        os.fsync(os.open(d, os.O_RDONLY))
+    print(name, flush=True)
+    i += 1
+"#;
+
+fn expected(name: &str) -> Vec<u8> {
+    let base = name.trim_end_matches(".r");
+    let i: usize = base[1..].parse().unwrap();
+    let digest = Command::new("python3")
+        .args([
+            "-c",
+            &format!(
+                "import hashlib,sys; sys.stdout.buffer.write(hashlib.sha256(b'{base}').digest())"
+            ),
+        ])
+        .output()
+        .unwrap()
+        .stdout;
+    let mut v = digest.repeat(1 + (i * 97) % 3000);
+    v.extend_from_slice(b"tail");
+    v
+}
+
+#[test]
+fn kill_9_during_writes_loses_nothing_fsynced() {
+    let s = setup("kill9", "256M");
+    for round in 0..3 {
+        let mut daemon = mount_foreground(&s.image, &s.dir);
+        let sub = s.dir.join(format!("round{round}"));
+        std::fs::create_dir(&sub).unwrap();
+        let mut load = Command::new("python3")
+            .args(["-c", WORKLOAD])
+            .arg(&sub)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(700 + round * 300));
+        daemon.kill().unwrap(); // SIGKILL
+        daemon.wait().unwrap();
+        let _ = load.kill();
+        let out = load.wait_with_output().unwrap();
+        let synced: Vec<String> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(str::to_string)
+            .collect();
+        assert!(
+            synced.len() > 5,
+            "round {round}: the workload made too little progress ({})",
+            synced.len()
+        );
+        unmount(&s.dir);
+        wait_released(&s.image);
+        // The crashed image is consistent before any recovery writes.
+        let (c, out) = fsck("-n", &s.image);
+        assert!(
+            c == 0 || (c == 4 && out.contains("[JN1]")),
+            "round {round}: fsck -n after the kill:\n{out}"
+        );
+        let mut daemon = mount_foreground(&s.image, &s.dir);
+        for name in &synced {
+            let got = std::fs::read(sub.join(name))
+                .unwrap_or_else(|e| panic!("round {round}: {name} lost: {e}"));
+            assert!(
+                got == expected(name),
+                "round {round}: {name} has the wrong contents"
+            );
+        }
+        unmount(&s.dir);
+        daemon.wait().unwrap();
+        wait_released(&s.image);
+        let (c, out) = fsck("-n", &s.image);
+        assert_eq!(c, 0, "round {round}: fsck after remount:\n{out}");
+    }
+}
+
+#[test]
+fn enospc_keeps_earlier_files_and_space_comes_back() {
+    let s = setup("enospc", "32M");
+    let mut daemon = mount_foreground(&s.image, &s.dir);
+    let keep = s.dir.join("keep");
+    let data: Vec<u8> = (0..3 << 20).map(|i: u32| (i * 7 % 251) as u8).collect();
+    std::fs::write(&keep, &data).unwrap();
+    // Fill the device.
+    let mut failed = None;
+    for i in 0..100 {
+        let out = Command::new("dd")
+            .args([
+                "if=/dev/zero",
+                &format!("of={}", s.dir.join(format!("fill{i}")).display()),
+                "bs=1M",
+                "count=4",
+                "conv=fsync",
+                "status=none",
+            ])
+            .output()
+            .unwrap();
+        if !out.status.success() {
+            failed = Some(String::from_utf8_lossy(&out.stderr).into_owned());
+            break;
+        }
+    }
+    let msg = failed.expect("32 MiB filled without an error");
+    assert!(msg.contains("No space left on device"), "dd said: {msg}");
+    assert_eq!(std::fs::read(&keep).unwrap(), data, "earlier file intact");
+    // Less than the 4 MiB that failed is left for data.
+    let avail = available_blocks(&s.dir);
+    assert!(avail < 1024, "available blocks when full: {avail}");
+    // Deleting gives the space back, and it can be written again.
+    for e in std::fs::read_dir(&s.dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with("fill"))
+        {
+            std::fs::remove_file(p).unwrap();
+        }
+    }
+    std::fs::write(s.dir.join("again"), vec![1u8; 8 << 20]).unwrap();
+    assert_eq!(std::fs::read(&keep).unwrap(), data);
+    unmount(&s.dir);
+    daemon.wait().unwrap();
+    wait_released(&s.image);
+    let (c, out) = fsck("-n", &s.image);
+    assert_eq!(c, 0, "{out}");
+}
+
+/// Blocks available to users, as statfs reports them.
+fn available_blocks(dir: &Path) -> u64 {
+    let out = Command::new("stat")
+        .args(["-f", "-c", "%a"])
+        .arg(dir)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+}
