@@ -76,7 +76,11 @@ impl PmemFs {
             state: RwLock::new(State::new(img, opts.read_only)),
             listings: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
-            name: image.display().to_string(),
+            name: image
+                .canonicalize()
+                .unwrap_or_else(|_| image.to_path_buf())
+                .display()
+                .to_string(),
             opts,
         })
     }
@@ -86,11 +90,13 @@ impl PmemFs {
         self.state.read().image.recovery().clone()
     }
 
-    /// The FUSE session configuration for these options.
+    /// The FUSE session configuration for these options. The source shown
+    /// in /proc/mounts and df is `pmemfs:IMAGE`: a direct mount(2) records
+    /// the type as plain `fuse`, so the name is what tells pmemfs apart.
     pub fn config(&self) -> Config {
         let mut c = Config::default();
         c.mount_options = vec![
-            MountOption::FSName(self.name.clone()),
+            MountOption::FSName(format!("pmemfs:{}", self.name)),
             MountOption::Subtype("pmemfs".into()),
         ];
         if self.opts.read_only {
