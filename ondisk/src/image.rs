@@ -65,7 +65,9 @@ pub struct Recovery {
 
 pub struct Image {
     /// Kept open: its flock is the image lock when writable.
-    _file: File,
+    /// Kept open: its flock is the image lock when writable. `None` for an
+    /// image on a persistence domain that is not a file (tests).
+    _file: Option<File>,
     pmem: Pmem,
     sb: Superblock,
     meta: Meta,
@@ -103,7 +105,22 @@ pub fn format(file: &File, opts: &FormatOptions) -> Result<(Superblock, crate::p
     // journal entry of an earlier file system must never replay into this one.
     let discarded = discard(file, 0, geometry.data_start * PAGE_SIZE);
     let pmem = Pmem::map(file, true)?;
-    if !discarded {
+    let sb = format_on(&pmem, opts, !discarded)?;
+    Ok((sb, pmem.kind()))
+}
+
+/// Formats a persistence domain that is not a file (the crash tests').
+pub fn format_pmem(pmem: &Pmem, opts: &FormatOptions) -> Result<Superblock> {
+    format_on(pmem, opts, true)
+}
+
+fn format_on(pmem: &Pmem, opts: &FormatOptions, zero_head: bool) -> Result<Superblock> {
+    let len = pmem.len();
+    let geometry = Geometry::for_size(len).ok_or(Error::TooSmall {
+        size: len,
+        min: crate::layout::MIN_IMAGE_BYTES,
+    })?;
+    if zero_head {
         pmem.zero(0, geometry.data_start * PAGE_SIZE)?;
         pmem.persist(0, geometry.data_start * PAGE_SIZE)?;
     }
@@ -112,7 +129,7 @@ pub fn format(file: &File, opts: &FormatOptions) -> Result<(Superblock, crate::p
     let pfns: Vec<u64> = (0..checkpoint::pages_for(payload.len()))
         .map(|i| geometry.data_start + i)
         .collect();
-    checkpoint::write(&pmem, 1, &payload, &pfns)?;
+    checkpoint::write(pmem, 1, &payload, &pfns)?;
     pmem.fence()?;
     let sb = Superblock {
         uuid: opts.uuid,
@@ -128,8 +145,8 @@ pub fn format(file: &File, opts: &FormatOptions) -> Result<(Superblock, crate::p
         },
         journal: JournalPos { off: 0, seq: 1 },
     };
-    superblock::write_copies(&pmem, &sb)?;
-    Ok((sb, pmem.kind()))
+    superblock::write_copies(pmem, &sb)?;
+    Ok(sb)
 }
 
 /// Zeroes a byte range of a regular file by punching a hole, which costs
@@ -180,6 +197,17 @@ impl Image {
             lock::lock_exclusive(&file)?;
         }
         let pmem = Pmem::map(&file, writable)?;
+        Image::open_on(Some(file), pmem)
+    }
+
+    /// Opens an image on any persistence domain (the crash tests' recording
+    /// one, say); read-write when `pmem` is writable. No lock is taken.
+    pub fn open_pmem(pmem: Pmem) -> Result<Image> {
+        Image::open_on(None, pmem)
+    }
+
+    fn open_on(file: Option<File>, pmem: Pmem) -> Result<Image> {
+        let writable = pmem.is_writable();
         let copies = superblock::read_copies(&pmem);
         let sb = match superblock::choose(&copies) {
             Some(sb) => sb.clone(),
@@ -262,7 +290,7 @@ impl Image {
     /// after repairing them). Derives the free set; fails when page maps
     /// reach outside the data area or into the checkpoint.
     pub fn from_parts(
-        file: File,
+        file: Option<File>,
         pmem: Pmem,
         sb: Superblock,
         meta: Meta,

@@ -23,7 +23,7 @@ pub mod rangemap;
 pub mod superblock;
 
 pub use error::{Corrupt, Error, Result};
-pub use image::{format, now, Access, FormatOptions, Image, Recovery};
+pub use image::{format, format_pmem, now, Access, FormatOptions, Image, Recovery};
 pub use layout::{Geometry, MIN_IMAGE_BYTES, PAGE_SIZE};
 pub use meta::{Attr, Body, Ino, Inode, Kind, Meta, NewBody, Op, Time, ROOT_INO};
 pub use pmem::{DomainKind, Pmem};

@@ -253,7 +253,7 @@ pub fn damage_meta(path: &Path, damage: impl FnOnce(&mut Meta)) {
         pmemfs_ondisk::checkpoint::read(&pmem, &sb.geometry, &sb.checkpoint).expect("checkpoint");
     damage(&mut meta);
     let journal = sb.journal;
-    Image::from_parts(file, pmem, sb, meta, pfns, journal)
+    Image::from_parts(Some(file), pmem, sb, meta, pfns, journal)
         .expect("assemble")
         .close()
         .expect("write damaged checkpoint");
@@ -263,4 +263,308 @@ pub fn damage_meta(path: &Path, damage: impl FnOnce(&mut Meta)) {
 pub fn page_of(img: &Image, ino: Ino, index: u64) -> Option<Vec<u8>> {
     let pfn = img.meta().get(ino)?.pages()?.get(index)?;
     Some(img.pmem().bytes(pfn * PAGE_SIZE, PAGE_SIZE).ok()?.to_vec())
+}
+
+// ---------------------------------------------------------------------------
+// Mounted file systems, for the end-to-end tests through FUSE.
+
+/// Runs a command to completion and returns its output, reading stdout and
+/// stderr while it runs (so a chatty command cannot fill a pipe and hang);
+/// kills it and fails the test past `limit`.
+pub fn run_captured(mut cmd: Command, limit: Duration) -> Output {
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(limit) {
+        Ok(o) => o.expect("wait for command"),
+        Err(_) => {
+            // SAFETY: signalling our own child, which has not been reaped
+            // (the waiting thread is still blocked on it).
+            unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+            panic!("{cmd:?} hung for {limit:?}");
+        }
+    }
+}
+
+/// stdout and stderr of `o`, for failure messages.
+pub fn both(o: &Output) -> String {
+    format!(
+        "status {:?}\n--- stdout:\n{}--- stderr:\n{}",
+        o.status,
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// Runs a shell script (`sh -e -c`), failing the test unless it succeeds;
+/// returns its stdout.
+pub fn sh(script: &str) -> String {
+    let o = sh_output(script);
+    assert!(o.status.success(), "sh -c {script:?} failed: {}", both(&o));
+    stdout(&o)
+}
+
+/// Runs a shell script (`sh -e -c`) and returns its output, whatever the
+/// exit status.
+pub fn sh_output(script: &str) -> Output {
+    let mut c = Command::new("sh");
+    c.arg("-e").arg("-c").arg(script);
+    run_captured(c, Duration::from_secs(60))
+}
+
+/// The Python helpers every [`py`] snippet starts with.
+pub const PY_PRELUDE: &str = include_str!("../e2e/prelude.py");
+
+/// Runs a Python snippet after [`PY_PRELUDE`], with `M` the mount point
+/// `mnt` and `ARGS` the extra arguments, failing the test (with the
+/// traceback) unless it exits 0; returns its stdout.
+pub fn py_args(mnt: &Path, code: &str, args: &[&str]) -> String {
+    let mut c = Command::new("python3");
+    c.arg("-c")
+        .arg(format!("{PY_PRELUDE}\n{}", dedent(code)))
+        .arg(mnt)
+        .args(args);
+    let o = run_captured(c, Duration::from_secs(60));
+    assert!(
+        o.status.success(),
+        "python snippet failed:\n{code}\n{}",
+        both(&o)
+    );
+    stdout(&o)
+}
+
+/// `code` without the indentation all its non-blank lines share, so that
+/// snippets can sit indented in the Rust source.
+pub fn dedent(code: &str) -> String {
+    let indent = code
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| l.len() - l.trim_start().len())
+        .min()
+        .unwrap_or(0);
+    code.lines()
+        .map(|l| l.get(indent..).unwrap_or("").trim_end())
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+pub fn py(mnt: &Path, code: &str) -> String {
+    py_args(mnt, code, &[])
+}
+
+/// Whether some process holds a lock on the image (a read-write mount
+/// holds it exclusive, a read-only one shared): probes with a
+/// non-blocking exclusive lock, dropped at once.
+pub fn image_in_use(image: &Path) -> bool {
+    use std::os::fd::AsRawFd;
+    let Ok(f) = File::open(image) else {
+        return false;
+    };
+    // SAFETY: flock on a valid descriptor; the lock goes with `f`.
+    let r = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    r != 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::EWOULDBLOCK)
+}
+
+/// Waits until no process holds the image's lock; false on timeout.
+pub fn wait_image_released(image: &Path, limit: Duration) -> bool {
+    let start = Instant::now();
+    while image_in_use(image) {
+        if start.elapsed() > limit {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    true
+}
+
+/// Whether `path` is a mount point right now (from /proc/self/mountinfo).
+pub fn is_mount_point(path: &Path) -> bool {
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return false;
+    };
+    let want = path.to_string_lossy().replace(' ', "\\040");
+    info.lines()
+        .any(|l| l.split(' ').nth(4) == Some(want.as_str()))
+}
+
+/// A freshly made image mounted through `pmemfs-mount` in a temporary
+/// directory. Every unmount waits for the daemon to exit (the image lock
+/// goes) and checks the image with `fsck.pmemfs -n`; dropping it unmounts
+/// best-effort (lazily if needed), so a failing test leaves no mount.
+pub struct Mount {
+    dir: TempDir,
+    image: PathBuf,
+    mnt: PathBuf,
+    opts: String,
+    mounted: bool,
+}
+
+/// How long the daemon may take to exit after umount.
+const DAEMON_EXIT_LIMIT: Duration = Duration::from_secs(20);
+
+impl Mount {
+    /// mkfs.pmemfs -q -s SIZE, then pmemfs-mount [-o OPTS] (no -o when
+    /// `opts` is empty). Fails the test, saying what is missing, when it
+    /// cannot mount.
+    pub fn new(tag: &str, size: &str, opts: &str) -> Mount {
+        let dir = TempDir::new(tag);
+        let image = dir.join("img");
+        let mnt = dir.join("mnt");
+        std::fs::create_dir(&mnt).expect("mount point");
+        let mut c = tool("mkfs.pmemfs");
+        c.args(["-q", "-s", size]).arg(&image);
+        let o = run_captured(c, Duration::from_secs(60));
+        assert!(
+            o.status.success(),
+            "mkfs.pmemfs -s {size} failed: {}",
+            both(&o)
+        );
+        let mut m = Mount {
+            dir,
+            image,
+            mnt,
+            opts: opts.to_string(),
+            mounted: false,
+        };
+        m.mount();
+        m
+    }
+
+    /// The mount point.
+    pub fn path(&self) -> &Path {
+        &self.mnt
+    }
+
+    /// A path inside the mount.
+    pub fn p(&self, rel: &str) -> PathBuf {
+        self.mnt.join(rel)
+    }
+
+    pub fn image(&self) -> &Path {
+        &self.image
+    }
+
+    /// The temporary directory holding the image and the mount point.
+    pub fn dir(&self) -> &Path {
+        &self.dir.0
+    }
+
+    fn mount(&mut self) {
+        let fuse = Path::new("/dev/fuse");
+        assert!(
+            fuse.exists(),
+            "cannot mount: /dev/fuse is missing; the end-to-end mount tests need the FUSE \
+             device (load the fuse module, or give the container --device /dev/fuse)"
+        );
+        if let Err(e) = File::options().read(true).write(true).open(fuse) {
+            panic!("cannot mount: /dev/fuse cannot be opened read-write ({e}); the mount tests need it");
+        }
+        let mut c = tool("pmemfs-mount");
+        if !self.opts.is_empty() {
+            c.arg("-o").arg(&self.opts);
+        }
+        c.arg(&self.image).arg(&self.mnt);
+        let o = run_captured(c, Duration::from_secs(30));
+        assert!(
+            o.status.success(),
+            "cannot mount: pmemfs-mount -o {:?} {} {} failed: {}",
+            self.opts,
+            self.image.display(),
+            self.mnt.display(),
+            both(&o)
+        );
+        assert!(
+            is_mount_point(&self.mnt),
+            "pmemfs-mount returned success but {} is not a mount point",
+            self.mnt.display()
+        );
+        self.mounted = true;
+    }
+
+    /// umount, wait for the daemon to exit, and check the image.
+    fn unmount_checked(&mut self) {
+        let mut tries = 0;
+        loop {
+            let o = run_captured(
+                {
+                    let mut c = Command::new("umount");
+                    c.arg(&self.mnt);
+                    c
+                },
+                Duration::from_secs(30),
+            );
+            if o.status.success() {
+                break;
+            }
+            tries += 1;
+            // A process that just closed a file may keep the mount busy a
+            // moment.
+            assert!(
+                tries < 50,
+                "umount {} failed: {}",
+                self.mnt.display(),
+                both(&o)
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        self.mounted = false;
+        assert!(
+            wait_image_released(&self.image, DAEMON_EXIT_LIMIT),
+            "the pmemfs daemon still holds {} {DAEMON_EXIT_LIMIT:?} after umount",
+            self.image.display()
+        );
+        let (c, out) = fsck("-n", &self.image);
+        assert_eq!(c, 0, "fsck.pmemfs -n after unmount is not clean:\n{out}");
+    }
+
+    /// Unmounts (waiting for the daemon, checking the image) and mounts
+    /// again with the same options.
+    pub fn remount(&mut self) {
+        self.unmount_checked();
+        self.mount();
+    }
+
+    /// As [`Mount::remount`], with other options from now on.
+    pub fn remount_with(&mut self, opts: &str) {
+        self.unmount_checked();
+        self.opts = opts.to_string();
+        self.mount();
+    }
+
+    /// Unmounts, waits for the daemon to exit and asserts fsck is clean.
+    pub fn finish(mut self) {
+        self.unmount_checked();
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        if !self.mounted {
+            return;
+        }
+        let quiet = |args: &[&str]| {
+            Command::new("umount")
+                .args(args)
+                .arg(&self.mnt)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        };
+        if !quiet(&[]) {
+            std::thread::sleep(Duration::from_millis(200));
+            if !quiet(&[]) {
+                quiet(&["-l"]);
+            }
+        }
+        let _ = wait_image_released(&self.image, Duration::from_secs(10));
+    }
 }

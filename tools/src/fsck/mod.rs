@@ -294,7 +294,7 @@ fn write_repairs(file: File, pmem: Pmem, loaded: Loaded) -> Result<(), Error> {
         pmemfs_ondisk::journal::cut(&pmem, &loaded.sb.geometry, off)?;
     }
     let image = Image::from_parts(
-        file,
+        Some(file),
         pmem,
         loaded.sb,
         loaded.meta,
