@@ -18,7 +18,7 @@ fn main() {
     };
     for name in NAMES {
         let link = profile_dir.join(name);
-        if std::fs::read_link(&link).is_ok_and(|t| t == PathBuf::from("pmemfs")) {
+        if std::fs::read_link(&link).is_ok_and(|t| t == std::path::Path::new("pmemfs")) {
             continue;
         }
         let _ = std::fs::remove_file(&link);

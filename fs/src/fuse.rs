@@ -23,10 +23,11 @@ use fuser::{
 use parking_lot::{Mutex, RwLock};
 use pmemfs_ondisk::{Access, Image, Ino, Kind, PAGE_SIZE};
 
-use crate::attr::{kind_from_mode, kind_to_fuse, time_from_system, to_fuse};
+use crate::attr::{kind_to_fuse, time_from_system, to_fuse};
 use crate::error::{fail, FsError, FsResult};
+use crate::ioctl::{PMEMFS_IOC_STATS, PMEMFS_IOC_USAGE};
 use crate::options::MountOptions;
-use crate::state::{now, Caller, State};
+use crate::state::{now, Caller, NewInode, State};
 
 /// How long the kernel may trust attributes and entries. Every change goes
 /// through this daemon and the kernel updates its cache on each reply, so
@@ -129,28 +130,11 @@ impl PmemFs {
         }
     }
 
-    fn make(
-        &self,
-        req: &Request,
-        parent: INodeNo,
-        name: &OsStr,
-        mode: u32,
-        rdev: u32,
-        target: Option<&[u8]>,
-        reply: ReplyEntry,
-    ) {
-        let Some(kind) = kind_from_mode(mode) else {
-            return reply.error(Errno::EINVAL);
-        };
-        let made = self.state.write().make(
-            parent.0,
-            name.as_bytes(),
-            kind,
-            mode,
-            rdev,
-            target,
-            caller(req),
-        );
+    fn make(&self, req: &Request, parent: INodeNo, name: &OsStr, new: NewInode, reply: ReplyEntry) {
+        let made = self
+            .state
+            .write()
+            .make(parent.0, name.as_bytes(), new, caller(req));
         match made {
             Ok(ino) => self.entry(ino, reply),
             Err(e) => reply.error(e.errno()),
@@ -277,7 +261,17 @@ impl Filesystem for PmemFs {
         rdev: u32,
         reply: ReplyEntry,
     ) {
-        self.make(req, parent, name, mode, rdev, None, reply)
+        self.make(
+            req,
+            parent,
+            name,
+            NewInode {
+                mode,
+                rdev,
+                target: None,
+            },
+            reply,
+        )
     }
 
     fn mkdir(
@@ -289,13 +283,16 @@ impl Filesystem for PmemFs {
         _umask: u32,
         reply: ReplyEntry,
     ) {
+        let mode = (mode & 0o7777) | libc::S_IFDIR;
         self.make(
             req,
             parent,
             name,
-            (mode & 0o7777) | libc::S_IFDIR,
-            0,
-            None,
+            NewInode {
+                mode,
+                rdev: 0,
+                target: None,
+            },
             reply,
         )
     }
@@ -322,13 +319,16 @@ impl Filesystem for PmemFs {
         target: &Path,
         reply: ReplyEntry,
     ) {
+        let target = Some(target.as_os_str().as_bytes());
         self.make(
             req,
             parent,
             link_name,
-            libc::S_IFLNK | 0o777,
-            0,
-            Some(target.as_os_str().as_bytes()),
+            NewInode {
+                mode: libc::S_IFLNK | 0o777,
+                rdev: 0,
+                target,
+            },
             reply,
         )
     }
@@ -613,12 +613,18 @@ impl Filesystem for PmemFs {
         _flags: i32,
         reply: ReplyCreate,
     ) {
-        let Some(kind) = kind_from_mode(mode) else {
-            return reply.error(Errno::EINVAL);
-        };
         let mut s = self.state.write();
         let r = s
-            .make(parent.0, name.as_bytes(), kind, mode, 0, None, caller(req))
+            .make(
+                parent.0,
+                name.as_bytes(),
+                NewInode {
+                    mode,
+                    rdev: 0,
+                    target: None,
+                },
+                caller(req),
+            )
             .and_then(|ino| s.opened(ino).map(|()| ino));
         match r.and_then(|ino| s.inode(ino).map(|i| to_fuse(ino, i))) {
             Ok(attr) => reply.created(
@@ -662,6 +668,30 @@ impl Filesystem for PmemFs {
         };
         match self.state.read().seek(ino.0, off, whence) {
             Ok(o) => reply.offset(o as i64),
+            Err(e) => reply.error(e.errno()),
+        }
+    }
+
+    fn ioctl(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        _flags: fuser::IoctlFlags,
+        cmd: u32,
+        _in_data: &[u8],
+        out_size: u32,
+        reply: fuser::ReplyIoctl,
+    ) {
+        let s = self.state.read();
+        let out = match cmd {
+            PMEMFS_IOC_USAGE => s.usage(ino.0).map(|u| u.encode()),
+            PMEMFS_IOC_STATS => Ok(s.stats().encode()),
+            _ => fail(libc::ENOTTY),
+        };
+        match out {
+            Ok(v) if v.len() == out_size as usize => reply.ioctl(0, &v),
+            Ok(_) => reply.error(Errno::EINVAL),
             Err(e) => reply.error(e.errno()),
         }
     }

@@ -5,6 +5,7 @@
 //! - [`data`]: file data (read, write with copy on write, truncate,
 //!   fallocate, seek, copy_file_range as a reflink);
 //! - [`fuse`]: the `fuser::Filesystem` methods, thin: decode, call, reply;
+//! - [`ioctl`]: usage and statistics for `pmemfs du` and `pmemfs stat`;
 //! - [`attr`]: conversions to FUSE attributes; [`error`]: errno mapping;
 //!   [`options`]: mount options.
 //!
@@ -15,6 +16,7 @@ pub mod attr;
 pub mod data;
 pub mod error;
 pub mod fuse;
+pub mod ioctl;
 pub mod options;
 pub mod state;
 

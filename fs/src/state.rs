@@ -24,6 +24,15 @@ pub struct State {
     opens: HashMap<Ino, u32>,
 }
 
+/// What a new inode is: the kind is in the mode's S_IFMT bits.
+#[derive(Debug, Clone, Copy)]
+pub struct NewInode<'a> {
+    pub mode: u32,
+    pub rdev: u32,
+    /// A symbolic link's target.
+    pub target: Option<&'a [u8]>,
+}
+
 /// Who is asking: for ownership of new inodes.
 #[derive(Debug, Clone, Copy)]
 pub struct Caller {
@@ -103,16 +112,11 @@ impl State {
     }
 
     /// Makes a new inode named `name` in `parent`.
-    pub fn make(
-        &mut self,
-        parent: Ino,
-        name: &[u8],
-        kind: Kind,
-        mode: u32,
-        rdev: u32,
-        target: Option<&[u8]>,
-        who: Caller,
-    ) -> FsResult<Ino> {
+    pub fn make(&mut self, parent: Ino, name: &[u8], new: NewInode, who: Caller) -> FsResult<Ino> {
+        let NewInode { mode, rdev, target } = new;
+        let Some(kind) = crate::attr::kind_from_mode(mode) else {
+            return fail(libc::EINVAL);
+        };
         check_name(name)?;
         let pattr = self.attr(parent)?;
         if self.dir(parent)?.entries.contains_key(name) {
@@ -284,10 +288,7 @@ impl State {
         }
         let ino = self.lookup(from, name)?;
         self.dir(to)?;
-        let target = match self.lookup(to, newname) {
-            Ok(t) => Some(t),
-            Err(_) => None,
-        };
+        let target = self.lookup(to, newname).ok();
         if target == Some(ino) {
             return Ok(()); // two names of one inode: POSIX says do nothing
         }

@@ -3,8 +3,12 @@
 //!
 //! - [`mkfs`]: `mkfs.pmemfs`, formats an image.
 //! - [`fsck`]: `fsck.pmemfs`, checks and repairs one.
+//! - [`client`]: `pmemfs reflink`, `pmemfs du`, `pmemfs stat`, talking to a
+//!   mount through [`control`].
 //! - [`mount`]: `pmemfs-mount` (and `mount.pmemfs`), serves one over FUSE.
 
+pub mod client;
+pub mod control;
 pub mod fsck;
 pub mod mkfs;
 pub mod mount;

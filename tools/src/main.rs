@@ -10,7 +10,10 @@ usage: pmemfs TOOL [ARGS...]   (or call the tool by its own name)
 tools:
   mkfs   format an image           (mkfs.pmemfs)
   fsck   check and repair an image (fsck.pmemfs)
-  mount  mount an image            (pmemfs-mount, mount.pmemfs)";
+  mount  mount an image            (pmemfs-mount, mount.pmemfs)
+  reflink SRC DST                  clone a file (shares its pages)
+  du [--raw] PATH...               total, exclusive and shared bytes
+  stat MOUNTPOINT                  usage, sharing ratio, page maps";
 
 fn main() -> ExitCode {
     let mut args: Vec<std::ffi::OsString> = std::env::args_os().collect();
@@ -39,6 +42,9 @@ fn main() -> ExitCode {
         "mkfs" => pmemfs_tools::mkfs::main(rest),
         "fsck" => pmemfs_tools::fsck::main(rest),
         "mount" => pmemfs_tools::mount::main(rest),
+        "reflink" => pmemfs_tools::client::reflink(rest),
+        "du" => pmemfs_tools::client::du(rest),
+        "stat" => pmemfs_tools::client::stat(rest),
         "-h" | "--help" | "help" => {
             println!("{USAGE}");
             ExitCode::SUCCESS

@@ -45,13 +45,14 @@ pub fn check(c: &mut Check, l: &mut Loaded) {
             }
             Body::Symlink(target) => {
                 other += 1;
-                if target.is_empty() || target.len() > MAX_SYMLINK {
-                    if c.found(
+                let bad = target.is_empty() || target.len() > MAX_SYMLINK;
+                if bad
+                    && c.found(
                         Code::SymlinkBad,
                         format!("inode {ino}: target of {} bytes", target.len()),
-                    ) {
-                        *target = b"?".to_vec();
-                    }
+                    )
+                {
+                    *target = b"?".to_vec();
                 }
             }
             Body::Dir(_) => dirs += 1,

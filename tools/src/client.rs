@@ -1,0 +1,197 @@
+//! `pmemfs reflink`, `pmemfs du` and `pmemfs stat`: the client side of a
+//! mounted pmemfs.
+
+use std::ffi::OsString;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{bail, Context};
+
+use crate::control;
+use crate::size::human;
+
+const USAGE: &str = "\
+usage: pmemfs reflink [--range SRC_OFF:LEN:DST_OFF] SRC DST
+       pmemfs du [--raw] PATH...
+       pmemfs stat MOUNTPOINT";
+
+fn finish(tool: &str, r: anyhow::Result<()>) -> ExitCode {
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("pmemfs {tool}: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn usage_error(tool: &str, e: impl std::fmt::Display) -> ExitCode {
+    eprintln!("pmemfs {tool}: {e}\n{USAGE}");
+    ExitCode::from(16)
+}
+
+/// `pmemfs reflink [--range SRC_OFF:LEN:DST_OFF] SRC DST`: DST shares SRC's
+/// pages. Without --range DST is created or truncated and becomes a clone
+/// of all of SRC; with it, that range of DST is replaced.
+pub fn reflink(args: impl IntoIterator<Item = OsString>) -> ExitCode {
+    use lexopt::prelude::*;
+    let mut p = lexopt::Parser::from_args(args);
+    let mut range = None;
+    let mut paths = vec![];
+    loop {
+        match p.next() {
+            Ok(Some(Long("range"))) => {
+                let v = match p.value() {
+                    Ok(v) => v.to_string_lossy().into_owned(),
+                    Err(e) => return usage_error("reflink", e),
+                };
+                let parts: Vec<Option<u64>> = v
+                    .split(':')
+                    .map(|x| crate::size::parse_size(x).ok())
+                    .collect();
+                match parts.as_slice() {
+                    [Some(a), Some(b), Some(c)] => range = Some((*a, *b, *c)),
+                    _ => {
+                        return usage_error(
+                            "reflink",
+                            format!("--range {v}: want SRC_OFF:LEN:DST_OFF"),
+                        )
+                    }
+                }
+            }
+            Ok(Some(Value(v))) => paths.push(PathBuf::from(v)),
+            Ok(Some(other)) => return usage_error("reflink", other.unexpected()),
+            Ok(None) => break,
+            Err(e) => return usage_error("reflink", e),
+        }
+    }
+    let [src, dst]: [PathBuf; 2] = match paths.try_into() {
+        Ok(p) => p,
+        Err(_) => return usage_error("reflink", "need SRC and DST"),
+    };
+    finish("reflink", do_reflink(&src, &dst, range))
+}
+
+fn do_reflink(src: &Path, dst: &Path, range: Option<(u64, u64, u64)>) -> anyhow::Result<()> {
+    let s = File::open(src).with_context(|| format!("cannot open {}", src.display()))?;
+    control::stats(src)?; // refuse anything but pmemfs: elsewhere it would copy bytes
+    let d = File::options()
+        .write(true)
+        .create(true)
+        .truncate(range.is_none())
+        .open(dst)
+        .with_context(|| format!("cannot open {}", dst.display()))?;
+    control::stats(dst)?;
+    let (so, len, doff) = match range {
+        Some((a, b, c)) => (a, Some(b), c),
+        None => (0, None, 0),
+    };
+    let n = control::clone_range(&s, so, len, &d, doff)
+        .with_context(|| format!("cannot clone {} to {}", src.display(), dst.display()))?;
+    if len.is_some_and(|l| l != n) {
+        bail!("cloned {n} bytes: {} ends early", src.display());
+    }
+    Ok(())
+}
+
+/// `pmemfs du [--raw] PATH...`: per file, total, exclusive and shared bytes
+/// (as `btrfs filesystem du`), then the sums.
+pub fn du(args: impl IntoIterator<Item = OsString>) -> ExitCode {
+    use lexopt::prelude::*;
+    let mut p = lexopt::Parser::from_args(args);
+    let (mut raw, mut paths) = (false, vec![]);
+    loop {
+        match p.next() {
+            Ok(Some(Long("raw"))) => raw = true,
+            Ok(Some(Value(v))) => paths.push(PathBuf::from(v)),
+            Ok(Some(other)) => return usage_error("du", other.unexpected()),
+            Ok(None) => break,
+            Err(e) => return usage_error("du", e),
+        }
+    }
+    if paths.is_empty() {
+        return usage_error("du", "need at least one PATH");
+    }
+    finish("du", do_du(&paths, raw))
+}
+
+fn walk(path: &Path, out: &mut Vec<PathBuf>) -> anyhow::Result<()> {
+    let md = std::fs::symlink_metadata(path).with_context(|| format!("{}", path.display()))?;
+    if md.is_dir() {
+        let mut entries: Vec<PathBuf> = std::fs::read_dir(path)?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .collect();
+        entries.sort();
+        for e in entries {
+            walk(&e, out)?;
+        }
+    } else if md.is_file() {
+        out.push(path.to_path_buf());
+    }
+    Ok(())
+}
+
+fn do_du(paths: &[PathBuf], raw: bool) -> anyhow::Result<()> {
+    let fmt = |b: u64| if raw { b.to_string() } else { human(b) };
+    println!("{:>14} {:>14} {:>14}  PATH", "TOTAL", "EXCLUSIVE", "SHARED");
+    let (mut t, mut e, mut s) = (0, 0, 0);
+    for p in paths {
+        let mut files = vec![];
+        walk(p, &mut files)?;
+        for f in files {
+            let u = control::usage(&f)?;
+            println!(
+                "{:>14} {:>14} {:>14}  {}",
+                fmt(u.total),
+                fmt(u.exclusive),
+                fmt(u.shared),
+                f.display()
+            );
+            (t, e, s) = (t + u.total, e + u.exclusive, s + u.shared);
+        }
+    }
+    println!("{:>14} {:>14} {:>14}  total", fmt(t), fmt(e), fmt(s));
+    Ok(())
+}
+
+/// `pmemfs stat MOUNTPOINT`: usage, sharing and page-map figures.
+pub fn stat(args: impl IntoIterator<Item = OsString>) -> ExitCode {
+    let paths: Vec<OsString> = args.into_iter().collect();
+    let [mnt] = paths.as_slice() else {
+        return usage_error("stat", "need MOUNTPOINT");
+    };
+    finish("stat", do_stat(Path::new(mnt)))
+}
+
+fn do_stat(mnt: &Path) -> anyhow::Result<()> {
+    let s = control::stats(mnt)?;
+    let pg = |n: u64| human(n * pmemfs_ondisk::PAGE_SIZE);
+    let ratio = if s.used_pages == 0 {
+        1.0
+    } else {
+        s.referenced_pages as f64 / s.used_pages as f64
+    };
+    println!("{}", mnt.display());
+    println!("  data       {} ({} pages)", pg(s.data_pages), s.data_pages);
+    println!(
+        "  used       {} ({} pages), free {} ({} pages)",
+        pg(s.used_pages),
+        s.used_pages,
+        pg(s.free_pages),
+        s.free_pages
+    );
+    println!("  inodes     {}", s.inodes);
+    println!(
+        "  sharing    {} pages shared; files reference {} ({} pages): ratio {ratio:.2}, {} saved",
+        s.shared_pages,
+        pg(s.referenced_pages),
+        s.referenced_pages,
+        pg(s.referenced_pages - s.used_pages)
+    );
+    println!(
+        "  page maps  {} runs for {} mapped pages; checkpoint {} pages",
+        s.map_runs, s.referenced_pages, s.checkpoint_pages
+    );
+    Ok(())
+}
