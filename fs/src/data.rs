@@ -68,6 +68,33 @@ fn push_maps(ino: Ino, pairs: &[(u64, u64)], ops: &mut Vec<Op>) {
     }
 }
 
+/// Pages written and not yet flushed, as one run of consecutive pfns.
+#[derive(Default)]
+struct Dirty {
+    run: Option<(u64, u64)>,
+}
+
+impl Dirty {
+    /// Notes page `pfn`; flushes the run so far when `pfn` does not extend it.
+    fn add(&mut self, pmem: &pmemfs_ondisk::Pmem, pfn: u64) -> FsResult<()> {
+        match &mut self.run {
+            Some((start, len)) if *start + *len == pfn => *len += 1,
+            _ => {
+                self.flush(pmem)?;
+                self.run = Some((pfn, 1));
+            }
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self, pmem: &pmemfs_ondisk::Pmem) -> FsResult<()> {
+        if let Some((start, len)) = self.run.take() {
+            pmem.flush(start * PAGE_SIZE, len * PAGE_SIZE)?;
+        }
+        Ok(())
+    }
+}
+
 /// Pages allocated for a transaction that has not committed yet: given back
 /// if it fails.
 struct Fresh(Vec<Run<u64>>);
@@ -137,17 +164,28 @@ impl State {
         }
         let end = off + data.len() as u64;
         let (first, last) = (off / PAGE_SIZE, (end - 1) / PAGE_SIZE);
+        // The bytes of `data` that land in page `idx`, and where in it.
+        let part = |idx: u64| {
+            let (a, b) = ((idx * PAGE_SIZE).max(off), ((idx + 1) * PAGE_SIZE).min(end));
+            (
+                (a - idx * PAGE_SIZE) as usize,
+                &data[(a - off) as usize..(b - off) as usize],
+            )
+        };
+        // Flushes go out per run of consecutive pfns: with the msync domain
+        // each flush is a system call.
+        let mut dirty = Dirty::default();
         // Which pages need a fresh pfn, with what they held before.
         let mut need: Vec<(u64, Option<u64>)> = Vec::new();
         let map = pages_of(self, ino)?;
         for idx in first..=last {
             match map.get(idx) {
                 Some(pfn) if self.exclusive(pfn) => {
-                    let (a, b) = ((idx * PAGE_SIZE).max(off), ((idx + 1) * PAGE_SIZE).min(end));
-                    let at = pfn * PAGE_SIZE + (a - idx * PAGE_SIZE);
-                    let pmem = self.image.pmem();
-                    pmem.write(at, &data[(a - off) as usize..(b - off) as usize])?;
-                    pmem.flush(at, b - a)?;
+                    let (at, bytes) = part(idx);
+                    self.image
+                        .pmem()
+                        .write(pfn * PAGE_SIZE + at as u64, bytes)?;
+                    dirty.add(self.image.pmem(), pfn)?;
                 }
                 old => need.push((idx, old)),
             }
@@ -159,17 +197,19 @@ impl State {
             fresh.0.push(run);
             for k in 0..run.len {
                 let (idx, old) = need[i + k as usize];
-                match old {
-                    Some(pfn) => self.image.pmem().read(pfn * PAGE_SIZE, &mut page)?,
-                    None => page.fill(0),
+                let (at, bytes) = part(idx);
+                let pfn = run.start + k;
+                if bytes.len() == PAGE {
+                    self.image.pmem().write(pfn * PAGE_SIZE, bytes)?;
+                } else {
+                    match old {
+                        Some(old) => self.image.pmem().read(old * PAGE_SIZE, &mut page)?,
+                        None => page.fill(0),
+                    }
+                    page[at..at + bytes.len()].copy_from_slice(bytes);
+                    self.image.pmem().write(pfn * PAGE_SIZE, &page)?;
                 }
-                let (a, b) = ((idx * PAGE_SIZE).max(off), ((idx + 1) * PAGE_SIZE).min(end));
-                let in_page = (a - idx * PAGE_SIZE) as usize;
-                page[in_page..in_page + (b - a) as usize]
-                    .copy_from_slice(&data[(a - off) as usize..(b - off) as usize]);
-                let at = (run.start + k) * PAGE_SIZE;
-                self.image.pmem().write(at, &page)?;
-                self.image.pmem().flush(at, PAGE_SIZE)?;
+                dirty.add(self.image.pmem(), pfn)?;
             }
             let pairs: Vec<(u64, u64)> = (0..run.len)
                 .map(|k| (need[i + k as usize].0, run.start + k))
@@ -177,7 +217,10 @@ impl State {
             push_maps(ino, &pairs, ops);
             i += run.len as usize;
         }
-        self.image.pmem().fence()?;
+        dirty.flush(self.image.pmem())?;
+        if !pmemfs_ondisk::testing::skip_data_fence() {
+            self.image.pmem().fence()?;
+        }
         Ok(())
     }
 

@@ -159,11 +159,16 @@ fn to_time(t: TimeOrNow) -> pmemfs_ondisk::Time {
 impl Filesystem for PmemFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         // Each capability is optional: an older kernel without it still
-        // mounts, only slower.
-        let want = InitFlags::FUSE_WRITEBACK_CACHE
-            | InitFlags::FUSE_MAX_PAGES
+        // mounts, only slower. The writeback cache is off unless asked for:
+        // with it the kernel holds written data the daemon has not seen, so
+        // SEEK_DATA/SEEK_HOLE would miss it, and stamps mtime from its own
+        // coarser clock.
+        let mut want = InitFlags::FUSE_MAX_PAGES
             | InitFlags::FUSE_PARALLEL_DIROPS
             | InitFlags::FUSE_CACHE_SYMLINKS;
+        if self.opts.writeback_cache {
+            want |= InitFlags::FUSE_WRITEBACK_CACHE;
+        }
         let _ = config.add_capabilities(want);
         let _ = config.set_max_write(MAX_WRITE);
         let _ = config.set_max_readahead(MAX_WRITE);

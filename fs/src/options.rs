@@ -14,6 +14,9 @@ pub struct MountOptions {
     pub numa_nodes: Option<usize>,
     /// Bytes of DRAM copies allowed across nodes; 0 disables the DRAM cache.
     pub dram_cache: u64,
+    /// The kernel's writeback cache: faster small writes, but SEEK_HOLE
+    /// does not see data still in the kernel.
+    pub writeback_cache: bool,
 }
 
 impl Default for MountOptions {
@@ -27,6 +30,7 @@ impl Default for MountOptions {
                 .clamp(2, 16),
             numa_nodes: None,
             dram_cache: 0,
+            writeback_cache: false,
         }
     }
 }
@@ -60,6 +64,8 @@ impl MountOptions {
                     self.numa_nodes = Some(n);
                 }
                 "dram_cache" => self.dram_cache = number(value)?,
+                "writeback_cache" => self.writeback_cache = true,
+                "no_writeback_cache" => self.writeback_cache = false,
                 "defaults" | "auto" | "noauto" | "user" | "nouser" | "dev" | "nodev" | "suid"
                 | "nosuid" | "exec" | "noexec" | "atime" | "noatime" | "relatime" | "_netdev"
                 | "nofail" => {}

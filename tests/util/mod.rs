@@ -323,11 +323,29 @@ pub fn sh_output(script: &str) -> Output {
 /// The Python helpers every [`py`] snippet starts with.
 pub const PY_PRELUDE: &str = include_str!("../e2e/prelude.py");
 
+/// The `python3` interpreter itself, looked up once: a version manager's
+/// shim in PATH can cost more than the snippet it runs.
+pub fn python3() -> &'static Path {
+    static EXE: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    EXE.get_or_init(|| {
+        let o = Command::new("python3")
+            .args(["-c", "import sys; print(sys.executable)"])
+            .output()
+            .unwrap_or_else(|e| panic!("the mount tests need python3: {e}"));
+        let exe = PathBuf::from(String::from_utf8_lossy(&o.stdout).trim());
+        if o.status.success() && exe.is_file() {
+            exe
+        } else {
+            PathBuf::from("python3")
+        }
+    })
+}
+
 /// Runs a Python snippet after [`PY_PRELUDE`], with `M` the mount point
 /// `mnt` and `ARGS` the extra arguments, failing the test (with the
 /// traceback) unless it exits 0; returns its stdout.
 pub fn py_args(mnt: &Path, code: &str, args: &[&str]) -> String {
-    let mut c = Command::new("python3");
+    let mut c = Command::new(python3());
     c.arg("-c")
         .arg(format!("{PY_PRELUDE}\n{}", dedent(code)))
         .arg(mnt)
@@ -395,6 +413,73 @@ pub fn is_mount_point(path: &Path) -> bool {
         .any(|l| l.split(' ').nth(4) == Some(want.as_str()))
 }
 
+/// A process, told apart from a later one with the same pid by its start
+/// time (field 22 of /proc/PID/stat).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Proc {
+    pub pid: u32,
+    pub start: u64,
+}
+
+impl Proc {
+    fn stat(pid: u32) -> Option<(char, u64)> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // The command name may hold spaces and parentheses: fields count
+        // from the last ')'.
+        let rest = &stat[stat.rfind(')')? + 1..];
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let state = fields.first()?.chars().next()?;
+        Some((state, fields.get(19)?.parse().ok()?))
+    }
+
+    /// Whether the process still runs (a zombie has exited).
+    pub fn alive(&self) -> bool {
+        matches!(Proc::stat(self.pid), Some((state, start)) if start == self.start && state != 'Z' && state != 'X')
+    }
+}
+
+/// Processes other than this one that have `path` open.
+pub fn holders(path: &Path) -> Vec<Proc> {
+    let Ok(want) = path.canonicalize() else {
+        return Vec::new();
+    };
+    let me = std::process::id();
+    let mut out = Vec::new();
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    for e in procs.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            continue;
+        };
+        if pid == me {
+            continue;
+        }
+        let Ok(fds) = std::fs::read_dir(e.path().join("fd")) else {
+            continue;
+        };
+        let holds = fds
+            .flatten()
+            .any(|fd| std::fs::read_link(fd.path()).is_ok_and(|t| t == want));
+        if let (true, Some((_, start))) = (holds, Proc::stat(pid)) {
+            out.push(Proc { pid, start });
+        }
+    }
+    out
+}
+
+/// Waits until none of `procs` runs; false on timeout.
+pub fn wait_exited(procs: &[Proc], limit: Duration) -> bool {
+    let start = Instant::now();
+    while procs.iter().any(Proc::alive) {
+        if start.elapsed() > limit {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    true
+}
+
 /// A freshly made image mounted through `pmemfs-mount` in a temporary
 /// directory. Every unmount waits for the daemon to exit (the image lock
 /// goes) and checks the image with `fsck.pmemfs -n`; dropping it unmounts
@@ -405,6 +490,8 @@ pub struct Mount {
     mnt: PathBuf,
     opts: String,
     mounted: bool,
+    /// The daemon serving the mount (the process holding the image open).
+    daemon: Vec<Proc>,
 }
 
 /// How long the daemon may take to exit after umount.
@@ -433,6 +520,7 @@ impl Mount {
             mnt,
             opts: opts.to_string(),
             mounted: false,
+            daemon: Vec::new(),
         };
         m.mount();
         m
@@ -487,6 +575,25 @@ impl Mount {
             self.mnt.display()
         );
         self.mounted = true;
+        let start = Instant::now();
+        loop {
+            self.daemon = holders(&self.image);
+            if !self.daemon.is_empty() {
+                break;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(5),
+                "mounted {}, but no process holds the image {} open",
+                self.mnt.display(),
+                self.image.display()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// The daemon serving the mount.
+    pub fn daemon(&self) -> &[Proc] {
+        &self.daemon
     }
 
     /// umount, wait for the daemon to exit, and check the image.
@@ -520,6 +627,14 @@ impl Mount {
             wait_image_released(&self.image, DAEMON_EXIT_LIMIT),
             "the pmemfs daemon still holds {} {DAEMON_EXIT_LIMIT:?} after umount",
             self.image.display()
+        );
+        // The lock alone does not show the daemon is gone (it may drop the
+        // image before it finishes exiting): wait for the process itself.
+        assert!(
+            wait_exited(&self.daemon, DAEMON_EXIT_LIMIT),
+            "the pmemfs daemon {:?} of {} still runs {DAEMON_EXIT_LIMIT:?} after umount",
+            self.daemon,
+            self.mnt.display()
         );
         let (c, out) = fsck("-n", &self.image);
         assert_eq!(c, 0, "fsck.pmemfs -n after unmount is not clean:\n{out}");
@@ -566,5 +681,6 @@ impl Drop for Mount {
             }
         }
         let _ = wait_image_released(&self.image, Duration::from_secs(10));
+        let _ = wait_exited(&self.daemon, Duration::from_secs(10));
     }
 }

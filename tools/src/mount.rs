@@ -188,7 +188,11 @@ fn serve(o: &Options, ready: Option<OwnedFd>) -> anyhow::Result<()> {
             return Ok(());
         }
         if session.guard.is_finished() {
-            let _ = session.join();
+            // Unmounted from outside (umount, fusermount3 -u): the session
+            // has checkpointed and closed the image. Dropping the session
+            // now would unmount the mount point by path again, and by then
+            // it may hold a new mount of the same image; so forget it.
+            std::mem::forget(session);
             return Ok(());
         }
     }

@@ -246,37 +246,18 @@ pub fn run(o: &Options) -> u8 {
         findings: Vec::new(),
     };
 
-    check.pass(1, "superblock");
-    let sb = match superblock::check(&mut check, &pmem) {
-        superblock::Outcome::Good(sb) => sb,
-        superblock::Outcome::NotPmemfs => {
+    let loaded = match passes(&mut check, &pmem, o.mode == Mode::Preen && !o.force) {
+        Passes::Done(loaded) => loaded,
+        Passes::NotPmemfs => {
             return fail("not a pmemfs image (no superblock magic in either copy)".into())
         }
-        superblock::Outcome::Fatal => return check.finish(true),
+        Passes::Stopped => return check.finish(true),
+        Passes::CleanSkipped => {
+            // Like e2fsck -p: a cleanly closed image is trusted unless -f.
+            println!("{name}: clean");
+            return EXIT_CLEAN;
+        }
     };
-    if o.mode == Mode::Preen && !o.force && sb.state == State::Clean && check.findings.is_empty() {
-        // Like e2fsck -p: a cleanly closed image is trusted unless -f.
-        println!("{name}: clean");
-        return EXIT_CLEAN;
-    }
-    check.note(format!("persistence: {}", pmem.kind().describe()));
-
-    check.pass(2, "checkpoint and journal");
-    let Some(mut loaded) = journal::check(&mut check, &pmem, sb) else {
-        return check.finish(true);
-    };
-
-    check.pass(3, "inodes and page maps");
-    inodes::check(&mut check, &mut loaded);
-
-    check.pass(4, "directories and connectivity");
-    if !dirs::check(&mut check, &mut loaded.meta) {
-        return check.finish(true);
-    }
-
-    check.pass(5, "share counts and free space");
-    shares::check(&mut check, &mut loaded);
-
     if check.findings.iter().any(|f| f.fixed) {
         if let Err(e) = write_repairs(file, pmem, loaded) {
             let code = check.finish(true);
@@ -285,6 +266,76 @@ pub fn run(o: &Options) -> u8 {
         }
     }
     check.finish(false)
+}
+
+/// How the passes ended.
+enum Passes {
+    /// All five ran.
+    Done(Loaded),
+    NotPmemfs,
+    /// A pass found a problem nothing further can be checked past.
+    Stopped,
+    /// The image was closed cleanly and preen trusts it.
+    CleanSkipped,
+}
+
+/// Runs the five passes in order on `pmem`.
+fn passes(check: &mut Check, pmem: &Pmem, skip_clean: bool) -> Passes {
+    check.pass(1, "superblock");
+    let sb = match superblock::check(check, pmem) {
+        superblock::Outcome::Good(sb) => sb,
+        superblock::Outcome::NotPmemfs => return Passes::NotPmemfs,
+        superblock::Outcome::Fatal => return Passes::Stopped,
+    };
+    if skip_clean && sb.state == State::Clean && check.findings.is_empty() {
+        return Passes::CleanSkipped;
+    }
+    check.note(format!("persistence: {}", pmem.kind().describe()));
+
+    check.pass(2, "checkpoint and journal");
+    let Some(mut loaded) = journal::check(check, pmem, sb) else {
+        return Passes::Stopped;
+    };
+
+    check.pass(3, "inodes and page maps");
+    inodes::check(check, &mut loaded);
+
+    check.pass(4, "directories and connectivity");
+    if !dirs::check(check, &mut loaded.meta) {
+        return Passes::Stopped;
+    }
+
+    check.pass(5, "share counts and free space");
+    shares::check(check, &mut loaded);
+    Passes::Done(loaded)
+}
+
+/// Checks an image that is already mapped, as `fsck.pmemfs -n` would, and
+/// prints nothing: for tests that hold images in memory (the crash tests).
+/// Returns every finding; an image with no superblock magic at all is
+/// reported as [`Code::SbNone`].
+pub fn check_pmem(pmem: &Pmem) -> Vec<Finding> {
+    check_pmem_loaded(pmem).0
+}
+
+/// [`check_pmem`], also returning the metadata as mount would load it
+/// (checkpoint plus journal replay), or `None` when a pass stopped early.
+pub fn check_pmem_loaded(pmem: &Pmem) -> (Vec<Finding>, Option<Meta>) {
+    let mut check = Check {
+        name: String::new(),
+        mode: Mode::Check,
+        verbose: false,
+        findings: Vec::new(),
+    };
+    let meta = match passes(&mut check, pmem, false) {
+        Passes::Done(loaded) => Some(loaded.meta),
+        Passes::NotPmemfs => {
+            check.found(Code::SbNone, "no superblock magic in either copy");
+            None
+        }
+        Passes::Stopped | Passes::CleanSkipped => None,
+    };
+    (check.findings, meta)
 }
 
 /// Writes the repaired metadata as a new checkpoint with both superblock
