@@ -15,10 +15,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use fuser::{
-    AccessFlags, BsdFileFlags, Config, CopyFileRangeFlags, Errno, FileHandle, Filesystem,
-    FopenFlags, Generation, INodeNo, InitFlags, KernelConfig, LockOwner, MountOption, OpenFlags,
-    RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry,
-    ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    BsdFileFlags, Config, CopyFileRangeFlags, Errno, FileHandle, Filesystem, FopenFlags,
+    Generation, INodeNo, InitFlags, KernelConfig, LockOwner, MountOption, OpenFlags, RenameFlags,
+    ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyLseek,
+    ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 use parking_lot::{Mutex, RwLock};
 use pmemfs_ondisk::{Access, Image, Ino, Kind, PAGE_SIZE};
@@ -579,33 +579,6 @@ impl Filesystem for PmemFs {
             self.state.write().removexattr(ino.0, name.as_bytes()),
             reply,
         )
-    }
-
-    fn access(&self, req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
-        let s = self.state.read();
-        let r = s.attr(ino.0).and_then(|a| {
-            let want = mask.bits() as u16 & 7;
-            let bits = if req.uid() == 0 {
-                // Root passes everything but execute of a file no one may run.
-                if want & 1 != 0 && a.kind != Kind::Dir && a.perm & 0o111 == 0 {
-                    0
-                } else {
-                    7
-                }
-            } else if req.uid() == a.uid {
-                (a.perm >> 6) & 7
-            } else if req.gid() == a.gid {
-                (a.perm >> 3) & 7
-            } else {
-                a.perm & 7
-            };
-            if want & !bits != 0 {
-                fail(libc::EACCES)
-            } else {
-                Ok(())
-            }
-        });
-        empty(r, reply)
     }
 
     fn create(

@@ -54,7 +54,13 @@ impl MountOptions {
                 "rw" => self.read_only = false,
                 "allow_other" => self.allow_other = true,
                 "default_permissions" => self.default_permissions = true,
-                "no_default_permissions" => self.default_permissions = false,
+                // The kernel does every permission check; the daemon does
+                // none (FUSE does not even tell it the caller's
+                // supplementary groups), so turning the kernel's off would
+                // let anyone do anything.
+                "no_default_permissions" => {
+                    return Err("no_default_permissions is not supported: pmemfs relies on the kernel's permission checks".into())
+                }
                 "threads" => self.threads = (number(value)? as usize).clamp(1, 256),
                 "numa_nodes" => {
                     let n = number(value)? as usize;

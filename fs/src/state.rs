@@ -40,9 +40,26 @@ pub struct Caller {
     pub gid: u32,
 }
 
+/// The time for stamps: the kernel's coarse clock, the one it stamps files
+/// with itself (under the writeback cache, say), so that stamps from both
+/// never run backwards against each other.
 pub fn now() -> Time {
-    pmemfs_ondisk::now()
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime fills the timespec.
+    if unsafe { libc::clock_gettime(libc::CLOCK_REALTIME_COARSE, &mut ts) } != 0 {
+        return pmemfs_ondisk::now();
+    }
+    Time {
+        secs: ts.tv_sec,
+        nsecs: ts.tv_nsec as u32,
+    }
 }
+
+/// Most links an inode may have, as ext4's EXT4_LINK_MAX.
+pub const LINK_MAX: u32 = 65000;
 
 /// Checks a name from the kernel.
 pub fn check_name(name: &[u8]) -> FsResult<()> {
@@ -173,8 +190,12 @@ impl State {
     /// A new name for an existing inode.
     pub fn link(&mut self, ino: Ino, parent: Ino, name: &[u8]) -> FsResult<()> {
         check_name(name)?;
-        if self.attr(ino)?.kind == Kind::Dir {
+        let attr = self.attr(ino)?;
+        if attr.kind == Kind::Dir {
             return fail(libc::EPERM);
+        }
+        if attr.nlink >= LINK_MAX {
+            return fail(libc::EMLINK);
         }
         if self.dir(parent)?.entries.contains_key(name) {
             return fail(libc::EEXIST);

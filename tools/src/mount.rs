@@ -21,8 +21,8 @@ usage: pmemfs-mount [-o OPTIONS] [-f] [-d] IMAGE MOUNTPOINT
        mount -t pmemfs [-o OPTIONS] IMAGE MOUNTPOINT
 
   -o OPTIONS  comma-separated: ro, rw, allow_other, default_permissions
-              (on by default), no_default_permissions, threads=N,
-              numa_nodes=N, dram_cache=SIZE
+              (always on), threads=N, numa_nodes=N, dram_cache=SIZE,
+              writeback_cache
   -f          stay in the foreground
   -d          foreground, and report what recovery did";
 
