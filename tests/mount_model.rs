@@ -1,6 +1,8 @@
 //! A seeded randomized test against an in-memory model, through a real
-//! mount: writes at any offset, reads, truncates, hole punches, mmap writes,
-//! fsyncs, renames, and unmount plus mount, with sizes and the touched bytes
+//! mount, across four files: writes at any offset, reads, truncates, hole
+//! punches, mmap writes, fsyncs, renames, clones (copy_file_range at aligned
+//! and unaligned offsets), unlinks, and unmount plus mount (each followed by
+//! fsck, which checks share counts against references), with sizes and the touched bytes
 //! compared after every step and whole contents every 250 steps and after
 //! every remount.
 //!
@@ -162,7 +164,7 @@ fn run_seed(seed: u64, ops: usize) {
         let i = rng.below(FILES as u64) as usize;
         let p = dir.join(&names[i]);
         let m = &mut model[i];
-        let (what, from, to) = match rng.below(100) {
+        let (what, from, to) = match rng.below(120) {
             0..=34 => {
                 let off = rng.offset(MAX_SIZE - 1);
                 let max_len = if rng.below(4) == 0 { 70_000 } else { 5000 };
@@ -239,7 +241,41 @@ fn run_seed(seed: u64, ops: usize) {
                 names[i] = new;
                 ("rename", 0, 4096)
             }
-            _ => {
+            100..=113 => {
+                // A clone from another file: page-aligned offsets half the
+                // time (shared pages), anywhere otherwise (copied bytes).
+                let j = (i + 1 + rng.below(FILES as u64 - 1) as usize) % FILES;
+                let src_len = model[j].len() as u64;
+                let aligned = rng.below(2) == 0;
+                let mut so = rng.offset(src_len);
+                let mut doff = rng.offset(MAX_SIZE - 1);
+                if aligned {
+                    so -= so % 4096;
+                    doff -= doff % 4096;
+                }
+                let len = rng.below(MAX_SIZE - doff).min(src_len.saturating_sub(so));
+                let src = open(&dir.join(&names[j]));
+                let dst = open(&p);
+                let copied = pmemfs_tools::control::clone_range(&src, so, Some(len), &dst, doff)
+                    .unwrap_or_else(|e| panic!("step {step}: copy_file_range: {e}"));
+                assert_eq!(copied, len, "step {step}: short clone");
+                let bytes = model[j][so as usize..(so + len) as usize].to_vec();
+                let m = &mut model[i];
+                if len > 0 {
+                    if m.len() < (doff + len) as usize {
+                        m.resize((doff + len) as usize, 0);
+                    }
+                    m[doff as usize..(doff + len) as usize].copy_from_slice(&bytes);
+                }
+                ("clone", doff.saturating_sub(4096), doff + len + 4096)
+            }
+            114..=119 => {
+                std::fs::remove_file(&p).unwrap();
+                File::create(&p).unwrap();
+                model[i].clear();
+                ("unlink and create", 0, 4096)
+            }
+            98..=99 => {
                 fs.unmount();
                 fs.mount();
                 for (k, n) in names.iter().enumerate() {
@@ -247,6 +283,8 @@ fn run_seed(seed: u64, ops: usize) {
                 }
                 continue;
             }
+            // An mmap write into an empty file: read instead.
+            _ => ("read", 0, 4096),
         };
         let p = dir.join(&names[i]);
         check_range(step, what, &p, &model[i], from, to);

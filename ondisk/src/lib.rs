@@ -20,7 +20,10 @@ pub mod lock;
 pub mod meta;
 pub mod pmem;
 pub mod rangemap;
+pub mod recording;
 pub mod superblock;
+#[doc(hidden)]
+pub mod testing;
 
 pub use error::{Corrupt, Error, Result};
 pub use image::{format, format_pmem, now, Access, FormatOptions, Image, Recovery};
