@@ -15,26 +15,57 @@ fn du(file: &Path) -> (u64, u64, u64) {
     let o = run(c);
     assert_eq!(code(&o), 0, "pmemfs du: {}", both(&o));
     let out = stdout(&o);
-    let line = out.lines().nth(1).unwrap_or_else(|| panic!("pmemfs du printed:\n{out}"));
-    let f: Vec<u64> = line.split_whitespace().take(3).map(|w| w.parse().expect("a byte count")).collect();
+    let line = out
+        .lines()
+        .nth(1)
+        .unwrap_or_else(|| panic!("pmemfs du printed:\n{out}"));
+    let f: Vec<u64> = line
+        .split_whitespace()
+        .take(3)
+        .map(|w| w.parse().expect("a byte count"))
+        .collect();
     (f[0], f[1], f[2])
 }
 
 fn sha256(file: &Path) -> String {
-    let o = Command::new("sha256sum").arg(file).output().expect("sha256sum");
-    String::from_utf8_lossy(&o.stdout).split_whitespace().next().unwrap_or_default().to_string()
+    let o = Command::new("sha256sum")
+        .arg(file)
+        .output()
+        .expect("sha256sum");
+    String::from_utf8_lossy(&o.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_string()
 }
 
 /// Free bytes as df sees them.
 fn df_free(dir: &Path) -> u64 {
-    let o = Command::new("df").args(["-B1", "--output=avail"]).arg(dir).output().expect("df");
-    String::from_utf8_lossy(&o.stdout).lines().nth(1).unwrap_or("0").trim().parse().expect("df number")
+    let o = Command::new("df")
+        .args(["-B1", "--output=avail"])
+        .arg(dir)
+        .output()
+        .expect("df");
+    String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .nth(1)
+        .unwrap_or("0")
+        .trim()
+        .parse()
+        .expect("df number")
 }
 
 fn preload_library() -> PathBuf {
-    let dir = Path::new(env!("CARGO_BIN_EXE_pmemfs")).parent().expect("profile dir").to_path_buf();
+    let dir = Path::new(env!("CARGO_BIN_EXE_pmemfs"))
+        .parent()
+        .expect("profile dir")
+        .to_path_buf();
     let lib = dir.join("libpmemfs_reflink.so");
-    assert!(lib.exists(), "{} is missing: build it with cargo build --release --workspace", lib.display());
+    assert!(
+        lib.exists(),
+        "{} is missing: build it with cargo build --release --workspace",
+        lib.display()
+    );
     lib
 }
 
@@ -44,18 +75,32 @@ const GIB: u64 = 1 << 30;
 fn a_one_gib_clone_shares_every_page_and_copies_on_write() {
     let m = Mount::new("reflink1g", "3G", "");
     let (src, copy) = (m.p("src"), m.p("copy"));
-    sh(&format!("dd if=/dev/urandom of={} bs=1M count=1024 status=none", src.display()));
+    sh(&format!(
+        "dd if=/dev/urandom of={} bs=1M count=1024 status=none",
+        src.display()
+    ));
     let want = sha256(&src);
     let free = df_free(m.path());
-    sh(&format!("cp --reflink=auto {} {}", src.display(), copy.display()));
+    sh(&format!(
+        "cp --reflink=auto {} {}",
+        src.display(),
+        copy.display()
+    ));
     assert_eq!(sha256(&copy), want, "contents equal");
     assert_eq!(du(&src), (GIB, 0, GIB), "the source is all shared");
     assert_eq!(du(&copy), (GIB, 0, GIB), "the copy is all shared");
     let after = df_free(m.path());
-    assert!(free.abs_diff(after) <= 1 << 20, "df's free space moved by {} bytes", free.abs_diff(after));
+    assert!(
+        free.abs_diff(after) <= 1 << 20,
+        "df's free space moved by {} bytes",
+        free.abs_diff(after)
+    );
 
     // One byte into the copy: one page of each becomes exclusive.
-    sh(&format!("printf x | dd of={} bs=1 seek=123456789 conv=notrunc status=none", copy.display()));
+    sh(&format!(
+        "printf x | dd of={} bs=1 seek=123456789 conv=notrunc status=none",
+        copy.display()
+    ));
     assert_eq!(sha256(&src), want, "the source never changes");
     assert_ne!(sha256(&copy), want);
     assert_eq!(du(&src), (GIB, 4096, GIB - 4096));
@@ -109,10 +154,20 @@ print("ok")
 fn preload_library_clones_on_pmemfs_and_changes_nothing_elsewhere() {
     let lib = preload_library();
     let m = Mount::new("preload", "256M", "");
-    sh(&format!("dd if=/dev/urandom of={} bs=1M count=8 status=none", m.p("a").display()));
+    sh(&format!(
+        "dd if=/dev/urandom of={} bs=1M count=8 status=none",
+        m.p("a").display()
+    ));
     // Without the library the kernel refuses FICLONE on FUSE.
-    let plain = sh_output(&format!("cp --reflink=always {} {}", m.p("a").display(), m.p("b").display()));
-    assert!(!plain.status.success(), "cp --reflink=always cannot work on FUSE without help");
+    let plain = sh_output(&format!(
+        "cp --reflink=always {} {}",
+        m.p("a").display(),
+        m.p("b").display()
+    ));
+    assert!(
+        !plain.status.success(),
+        "cp --reflink=always cannot work on FUSE without help"
+    );
     let o = Command::new("cp")
         .env("LD_PRELOAD", &lib)
         .arg("--reflink=always")
@@ -120,7 +175,11 @@ fn preload_library_clones_on_pmemfs_and_changes_nothing_elsewhere() {
         .arg(m.p("c"))
         .output()
         .unwrap();
-    assert!(o.status.success(), "cp with the preload library: {}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        o.status.success(),
+        "cp with the preload library: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     assert_eq!(sha256(&m.p("a")), sha256(&m.p("c")));
     assert_eq!(du(&m.p("c")), (8 << 20, 0, 8 << 20), "a clone, not a copy");
     m.finish();
@@ -134,8 +193,16 @@ fn preload_library_clones_on_pmemfs_and_changes_nothing_elsewhere() {
         if preload {
             c.env("LD_PRELOAD", &lib);
         }
-        let o = c.arg("--reflink=always").arg(t.join("x")).arg(t.join(dst)).output().unwrap();
-        (o.status.code(), String::from_utf8_lossy(&o.stderr).replace(dst, "DST"))
+        let o = c
+            .arg("--reflink=always")
+            .arg(t.join("x"))
+            .arg(t.join(dst))
+            .output()
+            .unwrap();
+        (
+            o.status.code(),
+            String::from_utf8_lossy(&o.stderr).replace(dst, "DST"),
+        )
     };
     assert_eq!(run_cp(true, "y1"), run_cp(false, "y2"));
     let ok = |preload: bool| {
@@ -143,7 +210,11 @@ fn preload_library_clones_on_pmemfs_and_changes_nothing_elsewhere() {
         if preload {
             c.env("LD_PRELOAD", &lib);
         }
-        c.arg(t.join("x")).arg(t.join("z")).status().unwrap().success()
+        c.arg(t.join("x"))
+            .arg(t.join("z"))
+            .status()
+            .unwrap()
+            .success()
     };
     assert!(ok(true) && ok(false), "plain copies pass through");
 }

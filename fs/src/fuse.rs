@@ -188,6 +188,12 @@ impl Filesystem for PmemFs {
         let found = self.state.read().lookup(parent.0, name.as_bytes());
         match found {
             Ok(ino) => self.entry(ino, reply),
+            // A negative entry the kernel may cache: every create passes
+            // through it, so it never goes stale, and a create then costs
+            // one request less.
+            Err(FsError::Posix(libc::ENOENT)) => {
+                reply.entry(&TTL, &negative_entry(), Generation(0))
+            }
             Err(e) => reply.error(e.errno()),
         }
     }
@@ -437,7 +443,9 @@ impl Filesystem for PmemFs {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        reply.ok()
+        // Nothing is buffered here. ENOSYS tells the kernel so once, and it
+        // stops sending a flush with every close.
+        reply.error(Errno::ENOSYS)
     }
 
     fn release(
@@ -698,6 +706,28 @@ impl Filesystem for PmemFs {
             Ok(n) => reply.written(n as u32),
             Err(e) => reply.error(e.errno()),
         }
+    }
+}
+
+/// The attributes of a negative entry: node id 0 means "no such name".
+fn negative_entry() -> fuser::FileAttr {
+    let epoch = std::time::UNIX_EPOCH;
+    fuser::FileAttr {
+        ino: INodeNo(0),
+        size: 0,
+        blocks: 0,
+        atime: epoch,
+        mtime: epoch,
+        ctime: epoch,
+        crtime: epoch,
+        kind: fuser::FileType::RegularFile,
+        perm: 0,
+        nlink: 0,
+        uid: 0,
+        gid: 0,
+        rdev: 0,
+        blksize: 0,
+        flags: 0,
     }
 }
 
