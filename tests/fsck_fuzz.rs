@@ -17,22 +17,6 @@ use util::*;
 
 const SIZE: u64 = 16 << 20;
 
-/// splitmix64: small, seedable, good enough to pick offsets.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e3779b97f4a7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58476d1ce4e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d049bb133111eb);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-}
-
 /// Where the template keeps its metadata, to aim the damage.
 struct Template {
     pages: Vec<(u64, Vec<u8>)>,

@@ -5,66 +5,17 @@
 mod util;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use util::*;
 
-fn mounted(dir: &Path) -> bool {
-    let want = dir.canonicalize().unwrap_or(dir.to_path_buf());
-    std::fs::read_to_string("/proc/self/mountinfo")
-        .map(|m| {
-            m.lines()
-                .any(|l| l.split(' ').nth(4) == Some(want.to_str().unwrap_or("")))
-        })
-        .unwrap_or(false)
-}
-
-/// Mounts in the foreground as a child we can kill.
-fn mount_foreground(image: &Path, dir: &Path) -> Child {
-    assert!(
-        Path::new("/dev/fuse").exists(),
-        "/dev/fuse is missing: these tests need FUSE"
-    );
-    let mut c = tool("pmemfs-mount");
-    c.arg("-f")
-        .arg(image)
-        .arg(dir)
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit());
-    let child = c.spawn().expect("start pmemfs-mount");
-    let start = Instant::now();
-    while !mounted(dir) {
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "pmemfs-mount did not mount {}",
-            dir.display()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    child
-}
-
-fn unmount(dir: &Path) {
-    let ok = Command::new("umount")
-        .arg(dir)
-        .status()
-        .is_ok_and(|s| s.success());
-    if !ok {
-        let _ = Command::new("umount").arg("-l").arg(dir).status();
-    }
-}
-
-/// Waits for the image lock to go: the daemon has exited.
+/// Waits for the image lock to go: the daemon has let the image go.
 fn wait_released(image: &Path) {
-    let start = Instant::now();
-    while pmemfs_ondisk::lock::is_locked(image).unwrap_or(false) {
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "the daemon kept the image locked"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    assert!(
+        wait_image_released(image, Duration::from_secs(20)),
+        "the daemon kept the image locked"
+    );
 }
 
 fn mkfs(image: &Path, size: &str) {
@@ -94,7 +45,7 @@ fn setup(tag: &str, size: &str) -> Setup {
 
 impl Drop for Setup {
     fn drop(&mut self) {
-        if mounted(&self.dir) {
+        if is_mount_point(&self.dir) {
             unmount(&self.dir);
         }
     }

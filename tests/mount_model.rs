@@ -15,48 +15,13 @@ use std::fs::{File, OpenOptions};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Child, Command};
+use std::time::Instant;
 
 use util::*;
 
 const FILES: usize = 4;
 const MAX_SIZE: u64 = 1 << 20;
-
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e3779b97f4a7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58476d1ce4e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d049bb133111eb);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-    /// Offsets cluster on page boundaries, where the bugs live.
-    fn offset(&mut self, max: u64) -> u64 {
-        match self.below(4) {
-            0 => (self.below(max / 4096 + 1) * 4096).min(max),
-            1 => (self.below(max / 4096 + 1) * 4096)
-                .saturating_sub(self.below(3))
-                .min(max),
-            _ => self.below(max + 1),
-        }
-    }
-}
-
-fn mounted(dir: &Path) -> bool {
-    let want = dir.canonicalize().unwrap_or(dir.to_path_buf());
-    std::fs::read_to_string("/proc/self/mountinfo")
-        .map(|m| {
-            m.lines()
-                .any(|l| l.split(' ').nth(4) == Some(want.to_str().unwrap_or("")))
-        })
-        .unwrap_or(false)
-}
 
 struct Fs {
     image: PathBuf,
@@ -66,21 +31,7 @@ struct Fs {
 
 impl Fs {
     fn mount(&mut self) {
-        assert!(
-            Path::new("/dev/fuse").exists(),
-            "/dev/fuse is missing: this test needs FUSE"
-        );
-        let mut c = tool("pmemfs-mount");
-        c.arg("-f")
-            .arg(&self.image)
-            .arg(&self.dir)
-            .stdout(Stdio::null());
-        self.daemon = Some(c.spawn().expect("pmemfs-mount"));
-        let start = Instant::now();
-        while !mounted(&self.dir) {
-            assert!(start.elapsed() < Duration::from_secs(10), "no mount");
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        self.daemon = Some(mount_foreground(&self.image, &self.dir));
     }
 
     fn unmount(&mut self) {
@@ -99,8 +50,8 @@ impl Fs {
 
 impl Drop for Fs {
     fn drop(&mut self) {
-        if mounted(&self.dir) {
-            let _ = Command::new("umount").arg("-l").arg(&self.dir).status();
+        if is_mount_point(&self.dir) {
+            unmount(&self.dir);
         }
     }
 }

@@ -320,6 +320,18 @@ impl State {
         }
         let t = now();
         let mut ops = Vec::new();
+        // The plain move of `name` to `newname`.
+        let unlink = |dir: Ino, name: &[u8]| Op::Unlink {
+            dir,
+            name: name.to_vec(),
+        };
+        let link = |dir: Ino, name: &[u8], ino: Ino| Op::Link {
+            dir,
+            name: name.to_vec(),
+            ino,
+        };
+        // Directories that change parent: (dir, old parent, new parent).
+        let mut moved_dirs = Vec::new();
         let mut nlink_delta: HashMap<Ino, i64> = HashMap::new();
         match (target, exchange) {
             (None, true) => return fail(libc::ENOENT),
@@ -329,37 +341,19 @@ impl State {
                 if other_dir && to != from && self.is_ancestor(other, from)? {
                     return fail(libc::EINVAL);
                 }
-                ops.push(Op::Unlink {
-                    dir: from,
-                    name: name.to_vec(),
-                });
-                ops.push(Op::Unlink {
-                    dir: to,
-                    name: newname.to_vec(),
-                });
-                ops.push(Op::Link {
-                    dir: from,
-                    name: name.to_vec(),
-                    ino: other,
-                });
-                ops.push(Op::Link {
-                    dir: to,
-                    name: newname.to_vec(),
-                    ino,
-                });
+                ops.extend([
+                    unlink(from, name),
+                    unlink(to, newname),
+                    link(from, name, other),
+                ]);
+                ops.push(link(to, newname, ino));
                 if other_dir {
-                    ops.push(Op::SetParent {
-                        dir: other,
-                        parent: from,
-                    });
-                    *nlink_delta.entry(from).or_default() += 1;
-                    *nlink_delta.entry(to).or_default() -= 1;
+                    moved_dirs.push((other, to, from));
                 }
                 ops.push(self.set_attr(other, |a| a.ctime = t)?);
             }
             (Some(other), false) => {
-                let other_attr = self.attr(other)?;
-                let other_dir = other_attr.kind == Kind::Dir;
+                let other_dir = self.attr(other)?.kind == Kind::Dir;
                 match (src_dir, other_dir) {
                     (true, false) => return fail(libc::ENOTDIR),
                     (false, true) => return fail(libc::EISDIR),
@@ -372,35 +366,17 @@ impl State {
                 if other_dir {
                     *nlink_delta.entry(to).or_default() -= 1;
                 }
-                ops.push(Op::Unlink {
-                    dir: from,
-                    name: name.to_vec(),
-                });
-                ops.push(Op::Link {
-                    dir: to,
-                    name: newname.to_vec(),
-                    ino,
-                });
+                ops.extend([unlink(from, name), link(to, newname, ino)]);
             }
-            (None, false) => {
-                ops.push(Op::Unlink {
-                    dir: from,
-                    name: name.to_vec(),
-                });
-                ops.push(Op::Link {
-                    dir: to,
-                    name: newname.to_vec(),
-                    ino,
-                });
-            }
+            (None, false) => ops.extend([unlink(from, name), link(to, newname, ino)]),
         }
         if src_dir {
-            ops.push(Op::SetParent {
-                dir: ino,
-                parent: to,
-            });
-            *nlink_delta.entry(from).or_default() -= 1;
-            *nlink_delta.entry(to).or_default() += 1;
+            moved_dirs.push((ino, from, to));
+        }
+        for (dir, old, new) in moved_dirs {
+            ops.push(Op::SetParent { dir, parent: new });
+            *nlink_delta.entry(old).or_default() -= 1;
+            *nlink_delta.entry(new).or_default() += 1;
         }
         ops.push(self.set_attr(ino, |a| a.ctime = t)?);
         for d in if from == to {

@@ -684,3 +684,66 @@ impl Drop for Mount {
         let _ = wait_exited(&self.daemon, Duration::from_secs(10));
     }
 }
+
+/// splitmix64: small, seedable, good enough to pick offsets and operations.
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e3779b97f4a7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58476d1ce4e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d049bb133111eb);
+        z ^ (z >> 31)
+    }
+
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+
+    /// An offset in `0..=max` that clusters on page boundaries, where the
+    /// bugs live.
+    pub fn offset(&mut self, max: u64) -> u64 {
+        match self.below(4) {
+            0 => (self.below(max / 4096 + 1) * 4096).min(max),
+            1 => (self.below(max / 4096 + 1) * 4096)
+                .saturating_sub(self.below(3))
+                .min(max),
+            _ => self.below(max + 1),
+        }
+    }
+}
+
+/// Mounts IMAGE on DIR with `pmemfs-mount -f` as a child the test can kill,
+/// and waits until the mount is there.
+pub fn mount_foreground(image: &Path, dir: &Path) -> std::process::Child {
+    assert!(
+        Path::new("/dev/fuse").exists(),
+        "/dev/fuse is missing: this test needs FUSE"
+    );
+    let mut c = tool("pmemfs-mount");
+    c.arg("-f").arg(image).arg(dir).stdout(Stdio::null());
+    let child = c.spawn().expect("start pmemfs-mount");
+    let start = Instant::now();
+    while !is_mount_point(dir) {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "pmemfs-mount did not mount {}",
+            dir.display()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    child
+}
+
+/// umount DIR, lazily when a plain umount fails (a killed daemon).
+pub fn unmount(dir: &Path) -> bool {
+    let ok = Command::new("umount")
+        .arg(dir)
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        let _ = Command::new("umount").arg("-l").arg(dir).status();
+    }
+    ok
+}
