@@ -182,6 +182,26 @@ fn preload_library_clones_on_pmemfs_and_changes_nothing_elsewhere() {
     );
     assert_eq!(sha256(&m.p("a")), sha256(&m.p("c")));
     assert_eq!(du(&m.p("c")), (8 << 20, 0, 8 << 20), "a clone, not a copy");
+
+    // fallocate(FALLOC_FL_UNSHARE_RANGE): the kernel refuses it on FUSE;
+    // through the library it unshares, and the contents stay.
+    let unshare = |preload: bool| {
+        let mut c = Command::new(python3());
+        if preload {
+            c.env("LD_PRELOAD", &lib);
+        }
+        let code = "import ctypes,os,sys\nlibc=ctypes.CDLL(None,use_errno=True)\nfd=os.open(sys.argv[1],os.O_RDWR)\nr=libc.fallocate(fd,0x40,ctypes.c_long(3*4096),ctypes.c_long(10*4096))\nprint(0 if r==0 else ctypes.get_errno())";
+        let o = c.arg("-c").arg(code).arg(m.p("c")).output().unwrap();
+        String::from_utf8_lossy(&o.stdout).trim().to_string()
+    };
+    assert_eq!(
+        unshare(false),
+        libc::EOPNOTSUPP.to_string(),
+        "stock kernels refuse it"
+    );
+    assert_eq!(unshare(true), "0");
+    assert_eq!(du(&m.p("c")), (8 << 20, 10 * 4096, (8 << 20) - 10 * 4096));
+    assert_eq!(sha256(&m.p("a")), sha256(&m.p("c")));
     m.finish();
 
     // Outside any pmemfs mount the library changes nothing: the same

@@ -1,18 +1,29 @@
 //! File data: read, write, truncate, fallocate, seek, and clone.
 //!
-//! A file's pages are pfns in its page map. Reads copy nothing in the
-//! daemon when the range lies in one run of pages: the reply is a slice of
-//! the pmem mapping itself. A write overwrites a page in place when the file
+//! A file's pages are pfns in its page map. Reads find them in the file's
+//! DAX space (see [`crate::cache`]) and copy nothing in the daemon when the
+//! range lies in one run of pages: the reply is a slice of the pmem mapping
+//! itself. With a DRAM cache, pages with a copy on the reader's node are
+//! served from it (a one-page read straight from the copy). A write overwrites a page in place when the file
 //! is its only user, and otherwise (a page shared with a clone, or a hole)
 //! writes a fresh page that a `Map` op then puts in place: copy on write.
 //! New pages are written, flushed and fenced before the transaction that
 //! maps them, so a crash never exposes a page that was not fully written.
 //!
-//! Invariant kept here: bytes of a file's last page past its size are zero,
-//! so growing a file or cloning its last page never exposes old data.
+//! Bytes of a file's pages past its size are normally zero, but not
+//! always: an in-place write past the end that a crash cuts short before
+//! its commit leaves its bytes there, with the size unchanged. So whatever
+//! grows a file first zeroes the bytes it is about to expose
+//! (`State::expose`); reads stop at the size, and a clone of a last page
+//! carries those bytes past the clone's end too.
 
 use pmemfs_ondisk::{Body, Ino, Op, RangeMap, Run, PAGE_SIZE};
 
+use std::sync::Arc;
+
+use pmemfs_pagecache::DramPage;
+
+use crate::cache::Tally;
 use crate::error::{fail, FsResult};
 use crate::state::{now, State};
 
@@ -23,9 +34,12 @@ pub const MAX_FILE_SIZE: u64 = i64::MAX as u64;
 pub const MAX_CLONE: u64 = (4 << 30) - PAGE_SIZE;
 const PAGE: usize = PAGE_SIZE as usize;
 
-/// Data for a read reply: borrowed straight from pmem when possible.
+/// Data for a read reply: borrowed straight from pmem or from one DRAM
+/// copy when possible.
 pub enum ReadData<'a> {
     Pmem(&'a [u8]),
+    /// Bytes `range` of one page's DRAM copy.
+    Dram(Arc<DramPage>, std::ops::Range<usize>),
     Copied(Vec<u8>),
 }
 
@@ -33,6 +47,7 @@ impl ReadData<'_> {
     pub fn as_slice(&self) -> &[u8] {
         match self {
             ReadData::Pmem(s) => s,
+            ReadData::Dram(p, r) => &p.data()[r.clone()],
             ReadData::Copied(v) => v,
         }
     }
@@ -108,8 +123,16 @@ impl Fresh {
 }
 
 impl State {
-    /// Reads up to `size` bytes at `off`.
+    /// Reads up to `size` bytes at `off`; pages with a DRAM copy on this
+    /// thread's node come from it.
     pub fn read(&self, ino: Ino, off: u64, size: u32) -> FsResult<ReadData<'_>> {
+        self.read_pages(ino, off, size, true)
+    }
+
+    /// [`State::read`], from pmem only when `dram` is false (reads of the
+    /// file system itself, which should neither count as hits nor make
+    /// pages hot).
+    fn read_pages(&self, ino: Ino, off: u64, size: u32, dram: bool) -> FsResult<ReadData<'_>> {
         let map = pages_of(self, ino)?;
         let file_size = self.attr(ino)?.size;
         if off >= file_size {
@@ -121,7 +144,12 @@ impl State {
         }
         let pmem = self.image.pmem();
         let (first, last) = (off / PAGE_SIZE, (end - 1) / PAGE_SIZE);
-        let runs = map.range(first, last - first + 1);
+        let runs = self.cache().runs(ino, map, first, last)?;
+        if dram && self.cache().dram_enabled() {
+            if let Some(d) = self.read_dram(&runs, off, end)? {
+                return Ok(d);
+            }
+        }
         // One run covering the whole range: reply from pmem directly.
         if let [r] = runs.as_slice() {
             if r.start == first && r.len == last - first + 1 {
@@ -139,6 +167,55 @@ impl State {
             out[(a - off) as usize..(b - off) as usize].copy_from_slice(pmem.bytes(src, b - a)?);
         }
         Ok(ReadData::Copied(out))
+    }
+
+    /// Bytes `[off, end)` of the pages `runs` from their DRAM copies on
+    /// this node where they have one (or get one now, see
+    /// [`crate::cache`]), from pmem elsewhere. `None` when no page had a
+    /// copy: the caller replies from pmem, without a copy in the daemon.
+    fn read_dram(&self, runs: &[Run<u64>], off: u64, end: u64) -> FsResult<Option<ReadData<'_>>> {
+        let pmem = self.image.pmem();
+        let cache = self.cache();
+        let node = cache.current_node();
+        let mut tally = Tally::default();
+        // (page index, copy) for pages served from DRAM.
+        let mut copies = Vec::new();
+        for r in runs {
+            for k in 0..r.len {
+                let pfn = r.value + k;
+                let page = pmem.bytes(pfn * PAGE_SIZE, PAGE_SIZE)?;
+                if let Some(c) = cache.dram_page(pfn, node, page, &mut tally) {
+                    copies.push((r.start + k, c));
+                }
+            }
+        }
+        cache.record(tally);
+        if copies.is_empty() {
+            return Ok(None);
+        }
+        let (first, last) = (off / PAGE_SIZE, (end - 1) / PAGE_SIZE);
+        if first == last {
+            if let Some((_, c)) = copies.pop() {
+                let at = (off % PAGE_SIZE) as usize;
+                return Ok(Some(ReadData::Dram(c, at..at + (end - off) as usize)));
+            }
+        }
+        let mut out = vec![0u8; (end - off) as usize];
+        let mut copies = copies.into_iter().peekable();
+        for r in runs {
+            for k in 0..r.len {
+                let idx = r.start + k;
+                let (a, b) = ((idx * PAGE_SIZE).max(off), ((idx + 1) * PAGE_SIZE).min(end));
+                let at = (a - idx * PAGE_SIZE) as usize;
+                let dst = &mut out[(a - off) as usize..(b - off) as usize];
+                match copies.next_if(|(i, _)| *i == idx) {
+                    Some((_, c)) => dst.copy_from_slice(&c.data()[at..at + dst.len()]),
+                    None => dst
+                        .copy_from_slice(pmem.bytes((r.value + k) * PAGE_SIZE + at as u64, b - a)?),
+                }
+            }
+        }
+        Ok(Some(ReadData::Copied(out)))
     }
 
     /// Whether the file is the only user of `pfn`.
@@ -182,6 +259,9 @@ impl State {
             match map.get(idx) {
                 Some(pfn) if self.exclusive(pfn) => {
                     let (at, bytes) = part(idx);
+                    // Its DRAM copies would be stale: gone before any
+                    // read can run again (we hold the state alone).
+                    self.cache().drop_copies(pfn, 1);
                     self.image
                         .pmem()
                         .write(pfn * PAGE_SIZE + at as u64, bytes)?;
@@ -242,6 +322,39 @@ impl State {
         r
     }
 
+    /// Zeroes whatever is not zero in bytes `[from, to)` of the file's
+    /// pages, which lie past its size `from`: called before the size grows
+    /// past them. Usually there is nothing to zero and nothing is written;
+    /// otherwise the zeroing is a transaction of its own (harmless if a
+    /// crash stops the growth after it), so that the growth's own stores
+    /// see its pages.
+    fn expose(&mut self, ino: Ino, from: u64, to: u64) -> FsResult<()> {
+        if from >= to {
+            return Ok(());
+        }
+        let (first, last) = (from / PAGE_SIZE, (to - 1) / PAGE_SIZE);
+        let mut dirty = Vec::new();
+        for r in pages_of(self, ino)?.range(first, last - first + 1) {
+            for k in 0..r.len {
+                let idx = r.start + k;
+                let (a, b) = ((idx * PAGE_SIZE).max(from), ((idx + 1) * PAGE_SIZE).min(to));
+                let at = (r.value + k) * PAGE_SIZE + (a - idx * PAGE_SIZE);
+                if self.image.pmem().bytes(at, b - a)?.iter().any(|&x| x != 0) {
+                    dirty.push((a, b));
+                }
+            }
+        }
+        if dirty.is_empty() {
+            return Ok(());
+        }
+        self.transact(|s, ops, fresh| {
+            for (a, b) in dirty {
+                s.store(ino, a, &vec![0u8; (b - a) as usize], ops, fresh)?;
+            }
+            Ok(())
+        })
+    }
+
     pub fn write(&mut self, ino: Ino, off: u64, data: &[u8]) -> FsResult<u32> {
         pages_of(self, ino)?;
         let end = off
@@ -250,6 +363,7 @@ impl State {
         let Some(end) = end else {
             return fail(libc::EFBIG);
         };
+        self.expose(ino, self.attr(ino)?.size, off)?;
         self.transact(|s, ops, fresh| {
             s.store(ino, off, data, ops, fresh)?;
             let t = now();
@@ -340,6 +454,9 @@ impl State {
         size: u64,
         extra: impl FnOnce(&mut pmemfs_ondisk::Attr),
     ) -> FsResult<()> {
+        if pages_of(self, ino).is_ok() {
+            self.expose(ino, self.attr(ino)?.size, size)?;
+        }
         self.transact(|s, ops, fresh| {
             s.truncate(ino, size, ops, fresh)?;
             let t = now();
@@ -364,15 +481,27 @@ impl State {
             return fail(if len == 0 { libc::EINVAL } else { libc::EFBIG });
         };
         let keep_size = mode & libc::FALLOC_FL_KEEP_SIZE != 0;
-        let known =
-            libc::FALLOC_FL_KEEP_SIZE | libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_ZERO_RANGE;
+        let known = libc::FALLOC_FL_KEEP_SIZE
+            | libc::FALLOC_FL_PUNCH_HOLE
+            | libc::FALLOC_FL_ZERO_RANGE
+            | libc::FALLOC_FL_UNSHARE_RANGE;
         if mode & !known != 0 {
             return fail(libc::EOPNOTSUPP);
+        }
+        // As XFS does: unshare, then allocate what is still a hole.
+        if mode & libc::FALLOC_FL_UNSHARE_RANGE != 0 {
+            if mode & (libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_ZERO_RANGE) != 0 {
+                return fail(libc::EINVAL);
+            }
+            self.unshare(ino, off, end)?;
         }
         let punch = mode & libc::FALLOC_FL_PUNCH_HOLE != 0;
         let zero_range = mode & libc::FALLOC_FL_ZERO_RANGE != 0;
         if punch && (!keep_size || zero_range) {
             return fail(libc::EOPNOTSUPP);
+        }
+        if !keep_size {
+            self.expose(ino, self.attr(ino)?.size, end)?;
         }
         self.transact(|s, ops, fresh| {
             let size = s.attr(ino)?.size;
@@ -422,6 +551,41 @@ impl State {
                     a.mtime = t;
                 }
             })?);
+            Ok(())
+        })
+    }
+
+    /// Gives the file its own copy of every shared page in `[off, end)`.
+    fn unshare(&mut self, ino: Ino, off: u64, end: u64) -> FsResult<()> {
+        let (first, last) = (off / PAGE_SIZE, (end - 1) / PAGE_SIZE);
+        let mut shared = Vec::new();
+        for r in pages_of(self, ino)?.range(first, last - first + 1) {
+            for k in 0..r.len {
+                if !self.exclusive(r.value + k) {
+                    shared.push((r.start + k, r.value + k));
+                }
+            }
+        }
+        if shared.is_empty() {
+            return Ok(());
+        }
+        self.transact(|s, ops, fresh| {
+            // Storing a shared page's own bytes copies it on write; pages
+            // go in pieces of consecutive indexes, up to 1 MiB each, so
+            // the fresh pages map in few ops.
+            let mut i = 0;
+            while i < shared.len() {
+                let mut n = 1;
+                while i + n < shared.len() && n < 256 && shared[i + n].0 == shared[i].0 + n as u64 {
+                    n += 1;
+                }
+                let mut bytes = Vec::with_capacity(n * PAGE);
+                for &(_, pfn) in &shared[i..i + n] {
+                    bytes.extend_from_slice(s.image.pmem().bytes(pfn * PAGE_SIZE, PAGE_SIZE)?);
+                }
+                s.store(ino, shared[i].0 * PAGE_SIZE, &bytes, ops, fresh)?;
+                i += n;
+            }
             Ok(())
         })
     }
@@ -512,14 +676,15 @@ impl State {
             src_end
         };
         let head = self
-            .read(src, src_off, (head_end - src_off) as u32)?
+            .read_pages(src, src_off, (head_end - src_off) as u32, false)?
             .as_slice()
             .to_vec();
         let tail = self
-            .read(src, tail_start, (src_end - tail_start) as u32)?
+            .read_pages(src, tail_start, (src_end - tail_start) as u32, false)?
             .as_slice()
             .to_vec();
         let delta = dst_off as i128 - src_off as i128;
+        self.expose(dst, dst_size, dst_off)?;
         self.transact(|s, ops, fresh| {
             s.store(dst, dst_off, &head, ops, fresh)?;
             if clone_pages > 0 {

@@ -11,6 +11,9 @@ pub enum FsError {
     /// The media layer failed.
     #[error(transparent)]
     Media(#[from] pmemfs_ondisk::Error),
+    /// A page map the page cache cannot hold (a pfn out of range).
+    #[error("page cache: {0}")]
+    Cache(#[from] pmemfs_pagecache::xarray::XaError),
 }
 
 pub type FsResult<T> = Result<T, FsError>;
@@ -33,6 +36,7 @@ impl FsError {
             // operation cannot be trusted, and the image refuses writes.
             FsError::Media(E::Poisoned | E::Corrupt(_) | E::Io(_)) => libc::EIO,
             FsError::Media(E::Locked | E::TooSmall { .. } | E::NotPmemfs(_)) => libc::EIO,
+            FsError::Cache(_) => libc::EIO,
         })
     }
 }

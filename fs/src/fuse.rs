@@ -24,8 +24,9 @@ use parking_lot::{Mutex, RwLock};
 use pmemfs_ondisk::{Access, Image, Ino, Kind, PAGE_SIZE};
 
 use crate::attr::{kind_to_fuse, time_from_system, to_fuse};
+use crate::cache::CacheOptions;
 use crate::error::{fail, FsError, FsResult};
-use crate::ioctl::{PMEMFS_IOC_STATS, PMEMFS_IOC_USAGE};
+use crate::ioctl::{PMEMFS_IOC_STATS, PMEMFS_IOC_UNSHARE, PMEMFS_IOC_USAGE};
 use crate::options::MountOptions;
 use crate::state::{now, Caller, NewInode, State};
 
@@ -74,7 +75,11 @@ impl PmemFs {
         }
         let img = Image::open_file(file, access)?;
         Ok(PmemFs {
-            state: RwLock::new(State::new(img, opts.read_only)),
+            state: RwLock::new(State::with_cache(
+                img,
+                opts.read_only,
+                CacheOptions::from_mount(&opts),
+            )),
             listings: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
             name: image
@@ -665,10 +670,21 @@ impl Filesystem for PmemFs {
         _fh: FileHandle,
         _flags: fuser::IoctlFlags,
         cmd: u32,
-        _in_data: &[u8],
+        in_data: &[u8],
         out_size: u32,
         reply: fuser::ReplyIoctl,
     ) {
+        if cmd == PMEMFS_IOC_UNSHARE {
+            let mode = libc::FALLOC_FL_UNSHARE_RANGE | libc::FALLOC_FL_KEEP_SIZE;
+            let r = match crate::ioctl::decode_range(in_data) {
+                Some((off, len)) => self.state.write().fallocate(ino.0, off, len, mode),
+                None => fail(libc::EINVAL),
+            };
+            return match r {
+                Ok(()) => reply.ioctl(0, &[]),
+                Err(e) => reply.error(e.errno()),
+            };
+        }
         let s = self.state.read();
         let out = match cmd {
             PMEMFS_IOC_USAGE => s.usage(ino.0).map(|u| u.encode()),

@@ -6,6 +6,7 @@
 
 use pmemfs_ondisk::{Body, Ino, PAGE_SIZE};
 
+use crate::cache::CacheStats;
 use crate::error::FsResult;
 use crate::state::State;
 
@@ -16,8 +17,25 @@ const fn ior(nr: u32, size: u32) -> u32 {
 /// A file's bytes: [total, exclusive, shared, 0]. Total counts mapped pages;
 /// exclusive those only this file maps (once); shared the rest.
 pub const PMEMFS_IOC_USAGE: u32 = ior(1, 32);
-/// The file system's figures, see [`Stats`]; asked of any inode.
-pub const PMEMFS_IOC_STATS: u32 = ior(2, 64);
+/// The file system's figures, see [`Stats`]; asked of any inode. The
+/// size in the number changes with the figures (it was 64 before the page
+/// cache's), so an old client gets EINVAL rather than a wrong answer.
+pub const PMEMFS_IOC_STATS: u32 = ior(2, Stats::BYTES as u32);
+/// Unshares `[off, off + len)` of a file: its in-data is two little-endian
+/// u64s, offset and length. This is `fallocate(FALLOC_FL_UNSHARE_RANGE)`,
+/// which the kernel refuses on FUSE before the daemon hears of it; the
+/// preload library turns that call into this ioctl.
+pub const PMEMFS_IOC_UNSHARE: u32 = iow(3, 16);
+
+const fn iow(nr: u32, size: u32) -> u32 {
+    (1 << 30) | (size << 16) | ((b'P' as u32) << 8) | nr
+}
+
+/// The (offset, length) of an unshare request.
+pub fn decode_range(bytes: &[u8]) -> Option<(u64, u64)> {
+    let [off, len] = decode::<2>(bytes)?;
+    Some((off, len))
+}
 
 /// A file's usage, in bytes.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -27,7 +45,8 @@ pub struct Usage {
     pub shared: u64,
 }
 
-/// File-system figures, in pages unless named otherwise.
+/// File-system figures, in pages unless named otherwise, then the page
+/// cache's.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Stats {
     pub data_pages: u64,
@@ -43,6 +62,7 @@ pub struct Stats {
     /// Runs in the page maps: page-cache entries after merging.
     pub map_runs: u64,
     pub checkpoint_pages: u64,
+    pub cache: CacheStats,
 }
 
 fn encode(words: &[u64]) -> Vec<u8> {
@@ -75,8 +95,16 @@ impl Usage {
 }
 
 impl Stats {
-    pub fn encode(&self) -> Vec<u8> {
-        encode(&[
+    /// Words in the encoding.
+    pub const WORDS: usize = 21;
+    /// Bytes of the encoding: the ioctl's size.
+    pub const BYTES: usize = Self::WORDS * 8;
+
+    /// The words in their fixed order: the media's figures, then the page
+    /// cache's.
+    fn words(&self) -> [u64; Self::WORDS] {
+        let c = &self.cache;
+        [
             self.data_pages,
             self.free_pages,
             self.used_pages,
@@ -85,10 +113,28 @@ impl Stats {
             self.inodes,
             self.map_runs,
             self.checkpoint_pages,
-        ])
+            c.inodes,
+            c.dax_entries,
+            c.dax_pages,
+            c.xa_nodes,
+            c.xa_bytes,
+            c.dram_copies,
+            c.dram_bytes,
+            c.dram_budget,
+            c.dram_hits,
+            c.dram_misses,
+            c.dram_refused,
+            c.numa_nodes,
+            c.desc_bytes,
+        ]
     }
+
+    pub fn encode(&self) -> Vec<u8> {
+        encode(&self.words())
+    }
+
     pub fn decode(bytes: &[u8]) -> Option<Stats> {
-        let w = decode::<8>(bytes)?;
+        let w = decode::<{ Self::WORDS }>(bytes)?;
         Some(Stats {
             data_pages: w[0],
             free_pages: w[1],
@@ -98,6 +144,21 @@ impl Stats {
             inodes: w[5],
             map_runs: w[6],
             checkpoint_pages: w[7],
+            cache: CacheStats {
+                inodes: w[8],
+                dax_entries: w[9],
+                dax_pages: w[10],
+                xa_nodes: w[11],
+                xa_bytes: w[12],
+                dram_copies: w[13],
+                dram_bytes: w[14],
+                dram_budget: w[15],
+                dram_hits: w[16],
+                dram_misses: w[17],
+                dram_refused: w[18],
+                numa_nodes: w[19],
+                desc_bytes: w[20],
+            },
         })
     }
 }
@@ -128,6 +189,7 @@ impl State {
             free_pages: self.image.free_pages(),
             inodes: meta.inodes.len() as u64,
             checkpoint_pages: self.image.checkpoint_pfns().len() as u64,
+            cache: self.cache().stats(),
             ..Stats::default()
         };
         for r in meta.shares.iter() {
@@ -154,6 +216,12 @@ mod tests {
     #[test]
     fn numbers_and_round_trips() {
         assert_eq!(PMEMFS_IOC_USAGE, 0x8020_5001);
+        // preload/src/lib.rs spells this one out: keep them equal.
+        assert_eq!(PMEMFS_IOC_UNSHARE, 0x4010_5003);
+        assert_eq!(
+            decode_range(&[1, 0, 0, 0, 0, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0]),
+            Some((1, 2))
+        );
         let u = Usage {
             total: 3,
             exclusive: 2,
@@ -161,11 +229,18 @@ mod tests {
         };
         assert_eq!(Usage::decode(&u.encode()), Some(u));
         assert_eq!(Usage::decode(&[0; 31]), None);
-        let s = Stats {
+        assert_eq!(PMEMFS_IOC_STATS, 0x80a8_5002);
+        let mut s = Stats {
             data_pages: 9,
             map_runs: 4,
             ..Stats::default()
         };
-        assert_eq!(Stats::decode(&s.encode()), Some(s));
+        s.cache.dram_hits = 7;
+        s.cache.desc_bytes = 11;
+        let bytes = s.encode();
+        assert_eq!(bytes.len(), Stats::BYTES);
+        assert_eq!(&bytes[16 * 8..17 * 8], &7u64.to_le_bytes());
+        assert_eq!(Stats::decode(&bytes), Some(s));
+        assert_eq!(Stats::decode(&bytes[..64]), None);
     }
 }

@@ -2,6 +2,8 @@
 //!
 //! - [`state`]: the open image and the namespace operations (create, link,
 //!   unlink, rename, xattrs), each one journal transaction;
+//! - [`cache`]: the page cache: per-inode DAX spaces that reads find pfns
+//!   in, kept equal to the page maps, and DRAM copies of hot pages;
 //! - [`data`]: file data (read, write with copy on write, truncate,
 //!   fallocate, seek, copy_file_range as a reflink);
 //! - [`fuse`]: the `fuser::Filesystem` methods, thin: decode, call, reply;
@@ -13,6 +15,7 @@
 //! pmem mapping itself where a range lies in one run of pages.
 
 pub mod attr;
+pub mod cache;
 pub mod data;
 pub mod error;
 pub mod fuse;

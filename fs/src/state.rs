@@ -5,12 +5,17 @@
 //! reads and lookups share it, anything that commits takes it alone. Every
 //! change is one journal transaction built here, so each operation is
 //! atomic across a crash.
+//!
+//! The state also holds the page cache ([`Cache`]): every commit keeps the
+//! DAX spaces equal to the page maps it changed and drops the DRAM copies
+//! of the pages it unmapped or replaced.
 
 use std::collections::HashMap;
 
 use pmemfs_ondisk::meta::{Dir, MAX_NAME};
 use pmemfs_ondisk::{Attr, Body, Image, Ino, Inode, Kind, NewBody, Op, Time, ROOT_INO};
 
+use crate::cache::{Cache, CacheOptions};
 use crate::error::{fail, FsResult};
 
 /// Longest symbolic-link target, as PATH_MAX.
@@ -22,6 +27,28 @@ pub struct State {
     /// Open handles per inode: an unlinked inode lives until the last
     /// closes.
     opens: HashMap<Ino, u32>,
+    cache: Cache,
+}
+
+/// The page range `[first, last]` of a file whose mapping `op` changes;
+/// `Delete` changes all of it.
+fn touched(op: &Op) -> Option<(Ino, u64, u64)> {
+    let span =
+        |ino, index: u64, len: u64| (len > 0).then(|| (ino, index, index.saturating_add(len - 1)));
+    match *op {
+        Op::Map {
+            ino, index, len, ..
+        }
+        | Op::Unmap { ino, index, len } => span(ino, index, len),
+        Op::Clone {
+            dst,
+            dst_index,
+            len,
+            ..
+        } => span(dst, dst_index, len),
+        Op::Delete { ino } => Some((ino, 0, u64::MAX)),
+        _ => None,
+    }
 }
 
 /// What a new inode is: the kind is in the mode's S_IFMT bits.
@@ -73,12 +100,22 @@ pub fn check_name(name: &[u8]) -> FsResult<()> {
 }
 
 impl State {
+    /// A state without DRAM copies, on one node.
     pub fn new(image: Image, read_only: bool) -> State {
+        Self::with_cache(image, read_only, CacheOptions::default())
+    }
+
+    pub fn with_cache(image: Image, read_only: bool, cache: CacheOptions) -> State {
         State {
             image,
             read_only,
             opens: HashMap::new(),
+            cache: Cache::new(cache),
         }
+    }
+
+    pub fn cache(&self) -> &Cache {
+        &self.cache
     }
 
     pub fn is_read_only(&self) -> bool {
@@ -113,12 +150,30 @@ impl State {
         }
     }
 
-    /// Commits one transaction.
+    /// Commits one transaction, and keeps the page cache equal to the page
+    /// maps: DRAM copies of the pages the ops unmap or replace go before
+    /// (the state is ours alone, so no read brings them back), and each DAX
+    /// range the ops touched is synced from the page map after, whether
+    /// the commit worked or failed half way.
     pub fn commit(&mut self, ops: &[Op]) -> FsResult<()> {
         if self.read_only {
             return fail(libc::EROFS);
         }
-        Ok(self.image.commit(ops)?)
+        if self.cache.has_copies() {
+            for (ino, first, last) in ops.iter().filter_map(touched) {
+                if let Some(map) = self.image.meta().get(ino).and_then(|i| i.pages()) {
+                    for r in map.range(first, (last - first).saturating_add(1)) {
+                        self.cache.drop_copies(r.value, r.len);
+                    }
+                }
+            }
+        }
+        let r = self.image.commit(ops);
+        for (ino, first, last) in ops.iter().filter_map(touched) {
+            let map = self.image.meta().get(ino).and_then(|i| i.pages());
+            self.cache.resync(ino, map, first, last);
+        }
+        Ok(r?)
     }
 
     /// A `SetAttr` for `ino` after `f` changed a copy of its attributes.
@@ -435,6 +490,8 @@ impl State {
         };
         if left == 0 {
             self.opens.remove(&ino);
+            // Spaces are made again by the next read; DRAM copies stay.
+            self.cache.forget(ino);
             if self.attr(ino).is_ok_and(|a| a.nlink == 0) && !self.read_only {
                 self.commit(&[Op::Delete { ino }])?;
             }

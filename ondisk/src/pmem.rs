@@ -12,6 +12,9 @@
 //! - [`DomainKind::Msync`]: anything else; a flush is `msync(MS_SYNC)` of the
 //!   pages touched, which is durable once it returns, so the fence is empty.
 //! - [`DomainKind::Memory`]: a heap buffer for tests; nothing is durable.
+//! - [`DomainKind::Recording`]: a heap buffer that records every store,
+//!   flush and fence, so that crash tests can build the image of a crash at
+//!   any fence ([`crate::recording`]).
 //!
 //! What the format assumes of any domain (docs/format.md): aligned 8-byte
 //! stores are atomic; nothing else is, and stores may reach the media in any

@@ -266,6 +266,43 @@ impl Trace {
             scratch,
         })
     }
+
+    /// [`Trace::replayer`] in the buffers of a replayer done with
+    /// ([`Replayer::into_buffers`], of any trace): no allocation and no page
+    /// faults when many recordings are replayed one after another.
+    pub fn replayer_in(&self, bufs: ReplayBuffers, at_fence: u64) -> Result<Replayer<'_>> {
+        self.check_fence(at_fence)?;
+        let ReplayBuffers {
+            mut reference,
+            mut scratch,
+        } = bufs;
+        if reference.len() as u64 != self.len {
+            return self.replayer(at_fence);
+        }
+        let (from, snap) = self
+            .snapshots
+            .iter()
+            .rev()
+            .find(|(f, _)| *f <= at_fence)
+            .map(|(f, s)| (*f, s.as_slice()))
+            .ok_or_else(|| Error::Io(io::Error::other("a recording has no fence-0 image")))?;
+        reference.copy_from_slice(snap);
+        self.replay(&mut reference, from, at_fence);
+        match Arc::get_mut(&mut scratch) {
+            Some(s) => {
+                s.touched();
+                // SAFETY: ours alone (get_mut); as long as `reference`.
+                unsafe { s.buf.store(0, &reference) };
+            }
+            None => scratch = Arc::new(Scratch::new(reference.clone())),
+        }
+        Ok(Replayer {
+            trace: self,
+            at: at_fence,
+            reference,
+            scratch,
+        })
+    }
 }
 
 /// The recording's working state, behind the domain's lock.
@@ -308,6 +345,8 @@ pub struct RecordingHandle {
 
 impl Recording {
     /// A zeroed recording image of `len` bytes, writable, and its handle.
+    // The domain lives inside the Pmem: the caller gets that and a handle.
+    #[allow(clippy::new_ret_no_self)]
     pub fn new(len: u64) -> (Pmem, RecordingHandle) {
         Recording::with_image(vec![0; len as usize])
     }
@@ -541,6 +580,13 @@ unsafe impl PersistenceDomain for ScratchDomain {
     }
 }
 
+/// The buffers of a [`Replayer`], kept to be reused by
+/// [`Trace::replayer_in`].
+pub struct ReplayBuffers {
+    reference: Vec<u8>,
+    scratch: Arc<Scratch>,
+}
+
 /// Hands out the crash images of a [`Trace`] one after another, cheaply.
 ///
 /// It keeps the durable image at its crash point and a scratch copy; each
@@ -577,6 +623,14 @@ impl Replayer<'_> {
         match Arc::get_mut(&mut self.scratch) {
             Some(s) => s,
             None => unreachable!("a new Arc is unique"),
+        }
+    }
+
+    /// Gives up the buffers, for [`Trace::replayer_in`].
+    pub fn into_buffers(self) -> ReplayBuffers {
+        ReplayBuffers {
+            reference: self.reference,
+            scratch: self.scratch,
         }
     }
 
@@ -736,6 +790,12 @@ mod tests {
             let again = r.with_image(&[], |pm| pm.bytes(0, len).unwrap().to_vec());
             assert_eq!(again.unwrap(), full, "restored after use");
         }
+        // Reused.
+        let mut r2 = t.replayer_in(r.into_buffers(), 2).unwrap();
+        assert_eq!(r2.durable(), &t.durable_image(2).unwrap()[..]);
+        let img = r2.with_image(&[], |pm| pm.bytes(0, len).unwrap().to_vec());
+        assert_eq!(img.unwrap(), t.durable_image(2).unwrap());
+        let mut r = r2;
         // Backwards, and a Pmem kept past its use.
         r.seek(1).unwrap();
         let kept = r.with_image(&[], |pm| pm).unwrap();

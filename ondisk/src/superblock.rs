@@ -288,10 +288,26 @@ pub fn has_magic(pmem: &Pmem) -> bool {
         .any(|pfn| pmem.bytes(pfn * PAGE_SIZE, 8).is_ok_and(|b| b == MAGIC))
 }
 
-/// Writes copy 0, makes it durable, then copy 1: a crash tears at most one.
+/// The order to overwrite the copies in: a damaged or older copy first,
+/// copy 0 first when both are valid and of one generation. While a copy is
+/// written the other must be valid and the newest: valid, or a crash that
+/// tears the one being written leaves none; the newest, because an older
+/// copy names a checkpoint whose pages are free and may just have been
+/// overwritten by the new one.
+pub fn write_order(copies: &[Result<Superblock, Corrupt>; 2]) -> [u64; 2] {
+    match copies {
+        [Ok(a), Ok(b)] if b.generation < a.generation => [SUPERBLOCK_PFNS[1], SUPERBLOCK_PFNS[0]],
+        [Ok(_), Err(_)] => [SUPERBLOCK_PFNS[1], SUPERBLOCK_PFNS[0]],
+        _ => SUPERBLOCK_PFNS,
+    }
+}
+
+/// Writes both copies, each made durable before the next is written, in
+/// [`write_order`]: a crash tears at most one, and the other is then the
+/// valid, newest copy.
 pub fn write_copies(pmem: &Pmem, sb: &Superblock) -> Result<(), Error> {
     let bytes = sb.encode();
-    for pfn in SUPERBLOCK_PFNS {
+    for pfn in write_order(&read_copies(pmem)) {
         pmem.write(pfn * PAGE_SIZE, &bytes)?;
         pmem.persist(pfn * PAGE_SIZE, SUPERBLOCK_BYTES as u64)?;
     }
@@ -371,5 +387,21 @@ mod tests {
         u[0] = 0xab;
         u[15] = 0x01;
         assert_eq!(format_uuid(&u), "ab000000-0000-0000-0000-000000000001");
+    }
+
+    #[test]
+    fn a_bad_or_older_copy_is_overwritten_first() {
+        let sb = sample();
+        let older = Superblock {
+            generation: sb.generation - 1,
+            ..sb.clone()
+        };
+        let bad = || Err(Corrupt::new("copy", "torn"));
+        assert_eq!(write_order(&[Ok(sb.clone()), Ok(sb.clone())]), [0, 1]);
+        assert_eq!(write_order(&[bad(), Ok(sb.clone())]), [0, 1]);
+        assert_eq!(write_order(&[Ok(sb.clone()), bad()]), [1, 0]);
+        assert_eq!(write_order(&[Ok(older.clone()), Ok(sb.clone())]), [0, 1]);
+        assert_eq!(write_order(&[Ok(sb.clone()), Ok(older)]), [1, 0]);
+        assert_eq!(write_order(&[bad(), bad()]), [0, 1]);
     }
 }

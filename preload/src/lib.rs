@@ -1,4 +1,5 @@
-//! `libpmemfs_reflink.so`: makes `cp --reflink=always` work on pmemfs.
+//! `libpmemfs_reflink.so`: makes `cp --reflink=always` (and
+//! `fallocate(FALLOC_FL_UNSHARE_RANGE)`) work on pmemfs.
 //!
 //! Why it exists: on stock kernels FUSE never sees `FICLONE` or
 //! `FICLONERANGE`; the kernel answers `EOPNOTSUPP` before the daemon is
@@ -7,7 +8,9 @@
 //! `cp --reflink=auto` already uses. Preloaded, this library turns a clone
 //! ioctl whose destination is on a pmemfs mount into `copy_file_range`
 //! calls covering the same range, and passes every other ioctl, and every
-//! clone aimed elsewhere, to the C library untouched.
+//! clone aimed elsewhere, to the C library untouched. Likewise the kernel
+//! refuses `fallocate` with `FALLOC_FL_UNSHARE_RANGE` on FUSE; aimed at a
+//! pmemfs mount it becomes pmemfs's unshare ioctl.
 //!
 //! ```sh
 //! LD_PRELOAD=target/release/libpmemfs_reflink.so cp --reflink=always SRC DST
@@ -20,6 +23,10 @@ use std::sync::OnceLock;
 const FICLONE: c_ulong = 0x4004_9409;
 /// `_IOW(0x94, 13, struct file_clone_range)`
 const FICLONERANGE: c_ulong = 0x4020_940d;
+/// `_IOW('P', 3, [u64; 2])`: pmemfs's unshare ioctl (pmemfs_fs::ioctl).
+const PMEMFS_IOC_UNSHARE: c_ulong = 0x4010_5003;
+const FALLOC_FL_UNSHARE_RANGE: c_int = 0x40;
+
 /// The f_type of every FUSE mount.
 const FUSE_SUPER_MAGIC: i64 = 0x6573_5546;
 /// Longest piece per call; pmemfs answers at most 4 GiB less a page.
@@ -144,6 +151,50 @@ pub unsafe extern "C" fn ioctl(fd: c_int, request: c_ulong, arg: *mut c_void) ->
         }
         _ => pass(),
     }
+}
+
+type FallocateFn = unsafe extern "C" fn(c_int, c_int, libc::off_t, libc::off_t) -> c_int;
+
+/// The preloaded `fallocate` (and `fallocate64`, the same on 64-bit).
+///
+/// # Safety
+/// Same contract as fallocate(2).
+#[no_mangle]
+pub unsafe extern "C" fn fallocate(
+    fd: c_int,
+    mode: c_int,
+    off: libc::off_t,
+    len: libc::off_t,
+) -> c_int {
+    if mode & FALLOC_FL_UNSHARE_RANGE != 0 && on_pmemfs(fd) {
+        let range = [off as u64, len as u64];
+        // SAFETY: the unshare ioctl reads two u64s from `range`.
+        return unsafe { ioctl(fd, PMEMFS_IOC_UNSHARE, range.as_ptr() as *mut c_void) };
+    }
+    static REAL: OnceLock<usize> = OnceLock::new();
+    let p = *REAL.get_or_init(|| {
+        // SAFETY: as in real_ioctl.
+        unsafe { libc::dlsym(libc::RTLD_NEXT, c"fallocate".as_ptr()) as usize }
+    });
+    if p == 0 {
+        set_errno(libc::ENOSYS);
+        return -1;
+    }
+    // SAFETY: a non-null dlsym("fallocate") is the C library's fallocate.
+    unsafe { std::mem::transmute::<usize, FallocateFn>(p)(fd, mode, off, len) }
+}
+
+/// # Safety
+/// Same contract as fallocate(2).
+#[no_mangle]
+pub unsafe extern "C" fn fallocate64(
+    fd: c_int,
+    mode: c_int,
+    off: libc::off_t,
+    len: libc::off_t,
+) -> c_int {
+    // SAFETY: off_t is 64 bits on the targets this builds for.
+    unsafe { fallocate(fd, mode, off, len) }
 }
 
 /// Names the library in `ldd`-style listings and proves it links.

@@ -155,7 +155,8 @@ fn do_du(paths: &[PathBuf], raw: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `pmemfs stat MOUNTPOINT`: usage, sharing and page-map figures.
+/// `pmemfs stat MOUNTPOINT`: usage, sharing, page-map and page-cache
+/// figures.
 pub fn stat(args: impl IntoIterator<Item = OsString>) -> ExitCode {
     let paths: Vec<OsString> = args.into_iter().collect();
     let [mnt] = paths.as_slice() else {
@@ -193,5 +194,29 @@ fn do_stat(mnt: &Path) -> anyhow::Result<()> {
         "  page maps  {} runs for {} mapped pages; checkpoint {} pages",
         s.map_runs, s.referenced_pages, s.checkpoint_pages
     );
+    let c = &s.cache;
+    println!(
+        "  DAX        {} entries for {} pages in {} files; XArray {} nodes ({})",
+        c.dax_entries,
+        c.dax_pages,
+        c.inodes,
+        c.xa_nodes,
+        human(c.xa_bytes)
+    );
+    if c.dram_budget == 0 {
+        println!("  DRAM cache off ({} NUMA nodes)", c.numa_nodes);
+    } else {
+        println!(
+            "  DRAM cache {} copies ({}) of {} on {} NUMA nodes; {} hits, {} misses, {} refused (budget full); descriptors {}",
+            c.dram_copies,
+            human(c.dram_bytes),
+            human(c.dram_budget),
+            c.numa_nodes,
+            c.dram_hits,
+            c.dram_misses,
+            c.dram_refused,
+            human(c.desc_bytes)
+        );
+    }
     Ok(())
 }

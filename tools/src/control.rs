@@ -34,7 +34,7 @@ pub fn usage(path: &Path) -> anyhow::Result<Usage> {
 
 /// The figures of the mount holding `path`.
 pub fn stats(path: &Path) -> anyhow::Result<Stats> {
-    let b = ioctl_words(path, PMEMFS_IOC_STATS, 64)?;
+    let b = ioctl_words(path, PMEMFS_IOC_STATS, Stats::BYTES)?;
     Stats::decode(&b).context("short answer")
 }
 

@@ -259,7 +259,7 @@ pub fn run(o: &Options) -> u8 {
         }
     };
     if check.findings.iter().any(|f| f.fixed) {
-        if let Err(e) = write_repairs(file, pmem, loaded) {
+        if let Err(e) = write_repairs(file, pmem, *loaded) {
             let code = check.finish(true);
             eprintln!("fsck.pmemfs: {name}: the repairs could not be written; the image is as it was: {e}");
             return code | EXIT_OPERATIONAL;
@@ -271,7 +271,7 @@ pub fn run(o: &Options) -> u8 {
 /// How the passes ended.
 enum Passes {
     /// All five ran.
-    Done(Loaded),
+    Done(Box<Loaded>),
     NotPmemfs,
     /// A pass found a problem nothing further can be checked past.
     Stopped,
@@ -307,7 +307,7 @@ fn passes(check: &mut Check, pmem: &Pmem, skip_clean: bool) -> Passes {
 
     check.pass(5, "share counts and free space");
     shares::check(check, &mut loaded);
-    Passes::Done(loaded)
+    Passes::Done(Box::new(loaded))
 }
 
 /// Checks an image that is already mapped, as `fsck.pmemfs -n` would, and
