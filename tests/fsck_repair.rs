@@ -71,7 +71,7 @@ fn torn_journal_tail() {
     let pos = b.image.journal_pos();
     let g = b.image.geometry();
     let mut entry = journal::encode_entry(
-        pos.seq,
+        pos,
         &[Op::Unlink {
             dir: ROOT_INO,
             name: b"big".to_vec(),

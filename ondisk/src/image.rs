@@ -143,7 +143,7 @@ fn format_on(pmem: &Pmem, opts: &FormatOptions, zero_head: bool) -> Result<Super
             pages: pfns.len() as u64,
             id: 1,
         },
-        journal: JournalPos { off: 0, seq: 1 },
+        journal: JournalPos::restart(1)?,
     };
     superblock::write_copies(pmem, &sb)?;
     Ok(sb)
@@ -438,7 +438,7 @@ impl Image {
         if !self.pmem.is_writable() {
             return Err(Error::ReadOnly);
         }
-        let entry = journal::encode_entry(self.journal.seq, ops)?;
+        let entry = journal::encode_entry(self.journal, ops)?;
         if entry.len() as u64 > self.sb.geometry.journal_bytes() {
             return Err(Error::TransactionTooLarge(entry.len()));
         }
@@ -455,10 +455,7 @@ impl Image {
         let written = journal::append(&self.pmem, &self.sb.geometry, self.journal, &entry);
         match written {
             Ok(true) => {
-                self.journal = JournalPos {
-                    off: self.journal.off + entry.len() as u64,
-                    seq: self.journal.seq + 1,
-                };
+                self.journal = self.journal.after(self.journal.off + entry.len() as u64);
             }
             // The journal is full: a checkpoint holds this transaction too.
             // If it cannot be written, memory is ahead of the media.
@@ -508,10 +505,7 @@ impl Image {
             pages: n,
             id: sb.generation,
         };
-        sb.journal = JournalPos {
-            off: 0,
-            seq: self.journal.seq,
-        };
+        sb.journal = JournalPos::restart(self.journal.seq)?;
         let written = checkpoint::write(&self.pmem, sb.checkpoint.id, &payload, &pfns)
             .and_then(|()| self.pmem.fence())
             .and_then(|()| superblock::write_copies(&self.pmem, &sb));

@@ -10,19 +10,26 @@
 //!   4     4  len      payload bytes
 //!   8     8  seq      sequence number; each entry is the previous + 1
 //!  16     4  crc32    of the header with this field zero, then the payload
-//!  20    12  reserved zero
+//!  20     8  nonce    the run's nonce, from the superblock
+//!  28     4  reserved zero
 //!  32   len  payload  postcard encoding of Vec<Op>
 //! ```
 //! then zero padding to the next 64-byte boundary.
 //!
 //! An entry is durable once its bytes are flushed and fenced; it is then
-//! the commit point of its ops. Replay reads entries while the magic
-//! matches and the seq is the one expected. An entry with the expected seq
-//! whose length or checksum is wrong is a torn tail: a crash hit it before
-//! its fence, so it never committed and is ignored. Anything else ends the
-//! log cleanly (zeroes, or an older entry from before the last checkpoint,
-//! whose seq is lower). A checkpoint restarts the journal at offset 0 with
-//! the next seq, so the journal never wraps.
+//! the commit point of its ops. Replay reads entries while the magic and
+//! nonce match and the seq is the one expected. An entry with the expected
+//! seq and nonce whose length or checksum is wrong is a torn tail: a crash
+//! hit it before its fence, so it never committed and is ignored. Anything
+//! else ends the log cleanly (zeroes, or an entry of an earlier run). A
+//! checkpoint restarts the journal at offset 0 with the next seq and a new
+//! random nonce, so the journal never wraps.
+//!
+//! The nonce is what makes stale bytes harmless. Payloads hold bytes users
+//! chose (xattr values, names), and a payload can contain a well-formed
+//! entry for any seq; once its run is over it lies in the region as stale
+//! bytes where replay or the damage probe may look. Without the run's nonce,
+//! which no user can read, such bytes are never taken for an entry.
 
 use zerocopy::little_endian::{U32, U64};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
@@ -43,7 +50,8 @@ struct RawHeader {
     len: U32,
     seq: U64,
     crc: U32,
-    reserved: [u8; 12],
+    nonce: U64,
+    reserved: [u8; 4],
 }
 
 const _: () = assert!(std::mem::size_of::<RawHeader>() == HEADER_BYTES as usize);
@@ -62,17 +70,18 @@ pub fn entry_bytes(payload: usize) -> u64 {
     (HEADER_BYTES + payload as u64).div_ceil(CACHE_LINE) * CACHE_LINE
 }
 
-/// Encodes a transaction as one entry with sequence number `seq`.
-pub fn encode_entry(seq: u64, ops: &[Op]) -> Result<Vec<u8>> {
+/// Encodes a transaction as the entry that goes at `pos`.
+pub fn encode_entry(pos: JournalPos, ops: &[Op]) -> Result<Vec<u8>> {
     let payload = postcard::to_allocvec(ops).map_err(|e| Error::Io(std::io::Error::other(e)))?;
     let len =
         u32::try_from(payload.len()).map_err(|_| Error::TransactionTooLarge(payload.len()))?;
     let mut h = RawHeader {
         magic: ENTRY_MAGIC.into(),
         len: len.into(),
-        seq: seq.into(),
+        seq: pos.seq.into(),
         crc: 0.into(),
-        reserved: [0; 12],
+        nonce: pos.nonce.into(),
+        reserved: [0; 4],
     };
     h.crc = entry_crc(&h, &payload).into();
     let mut out = Vec::with_capacity(entry_bytes(payload.len()) as usize);
@@ -112,16 +121,17 @@ pub struct Scan {
     pub next: JournalPos,
 }
 
-/// What lies at one offset when an entry with a given seq is expected.
+/// What lies at one offset when the entry for a position is expected.
 enum Found {
     Entry(Entry, u64),
-    /// Not an entry of that seq: zeroes, an older entry.
+    /// Not an entry of that seq and run: zeroes, an older entry.
     Nothing,
     /// The entry's header is there but the entry is not whole.
     Torn(String),
 }
 
-fn read_entry(pmem: &Pmem, g: &Geometry, off: u64, seq: u64) -> Found {
+fn read_entry(pmem: &Pmem, g: &Geometry, at: JournalPos) -> Found {
+    let JournalPos { off, seq, nonce } = at;
     let (base, size) = (g.journal_offset(), g.journal_bytes());
     if off % CACHE_LINE != 0 || off + HEADER_BYTES > size {
         return Found::Nothing;
@@ -133,7 +143,7 @@ fn read_entry(pmem: &Pmem, g: &Geometry, off: u64, seq: u64) -> Found {
     else {
         return Found::Nothing;
     };
-    if header.magic.get() != ENTRY_MAGIC || header.seq.get() != seq {
+    if header.magic.get() != ENTRY_MAGIC || header.seq.get() != seq || header.nonce.get() != nonce {
         return Found::Nothing;
     }
     let len = u64::from(header.len.get());
@@ -158,13 +168,10 @@ pub fn scan(pmem: &Pmem, g: &Geometry, start: JournalPos) -> Scan {
     let mut pos = start;
     let mut entries = Vec::new();
     let torn = loop {
-        match read_entry(pmem, g, pos.off, pos.seq) {
+        match read_entry(pmem, g, pos) {
             Found::Entry(e, next) => {
                 entries.push(e);
-                pos = JournalPos {
-                    off: next,
-                    seq: pos.seq + 1,
-                };
+                pos = pos.after(next);
             }
             Found::Nothing => break None,
             Found::Torn(why) => break Some(why),
@@ -191,35 +198,9 @@ pub fn scan(pmem: &Pmem, g: &Geometry, start: JournalPos) -> Scan {
     }
 }
 
-/// The highest seq of any whole entry anywhere in the journal region,
-/// current or stale. A journal that restarts after dropping damaged entries
-/// restarts past it, so that none of them can ever replay.
-pub fn highest_seq(pmem: &Pmem, g: &Geometry) -> Option<u64> {
-    let magic = ENTRY_MAGIC.to_le_bytes();
-    let mut best = None;
-    let mut off = 0;
-    while off + HEADER_BYTES <= g.journal_bytes() {
-        let at = g.journal_offset() + off;
-        if pmem.bytes(at, 4).is_ok_and(|b| b == magic) {
-            if let Some(seq) = pmem
-                .bytes(at + 8, 8)
-                .ok()
-                .and_then(|b| b.try_into().ok())
-                .map(u64::from_le_bytes)
-            {
-                if let Found::Entry(..) = read_entry(pmem, g, off, seq) {
-                    best = best.max(Some(seq));
-                }
-            }
-        }
-        off += CACHE_LINE;
-    }
-    best
-}
-
 /// Counts the committed entries that follow a log end at `pos`: a chain
-/// starting with seq `pos.seq + 1` anywhere after it. There are none after
-/// a crash, as each entry is durable before the next is written.
+/// of this run starting with seq `pos.seq + 1` anywhere after it. There are
+/// none after a crash, as each entry is durable before the next is written.
 fn later_entries(pmem: &Pmem, g: &Geometry, pos: JournalPos) -> u64 {
     let mut off = pos.off + CACHE_LINE;
     let magic = ENTRY_MAGIC.to_le_bytes();
@@ -228,12 +209,17 @@ fn later_entries(pmem: &Pmem, g: &Geometry, pos: JournalPos) -> u64 {
             .bytes(g.journal_offset() + off, 4)
             .is_ok_and(|b| b == magic)
         {
-            if let Found::Entry(_, mut next) = read_entry(pmem, g, off, pos.seq + 1) {
-                let mut n = 1;
-                while let Found::Entry(_, after) = read_entry(pmem, g, next, pos.seq + 1 + n) {
-                    n += 1;
-                    next = after;
-                }
+            let mut at = JournalPos {
+                off,
+                seq: pos.seq + 1,
+                nonce: pos.nonce,
+            };
+            let mut n = 0;
+            while let Found::Entry(_, next) = read_entry(pmem, g, at) {
+                n += 1;
+                at = at.after(next);
+            }
+            if n > 0 {
                 return n;
             }
         }
@@ -271,6 +257,12 @@ mod tests {
     use crate::layout::MIN_IMAGE_BYTES;
     use crate::meta::ROOT_INO;
 
+    const START: JournalPos = JournalPos {
+        off: 0,
+        seq: 1,
+        nonce: 0x5eed_0fa1_2345,
+    };
+
     fn setup() -> (Pmem, Geometry) {
         (
             Pmem::memory(MIN_IMAGE_BYTES),
@@ -290,16 +282,13 @@ mod tests {
     }
 
     fn write_n(p: &Pmem, g: &Geometry, n: u64) -> Vec<u64> {
-        let mut pos = JournalPos { off: 0, seq: 1 };
+        let mut pos = START;
         let mut offs = vec![];
         for i in 0..n {
-            let e = encode_entry(pos.seq, &op(i)).unwrap();
+            let e = encode_entry(pos, &op(i)).unwrap();
             assert!(append(p, g, pos, &e).unwrap());
             offs.push(pos.off);
-            pos = JournalPos {
-                off: pos.off + e.len() as u64,
-                seq: pos.seq + 1,
-            };
+            pos = pos.after(pos.off + e.len() as u64);
         }
         offs
     }
@@ -308,7 +297,7 @@ mod tests {
     fn round_trip() {
         let (p, g) = setup();
         write_n(&p, &g, 5);
-        let s = scan(&p, &g, JournalPos { off: 0, seq: 1 });
+        let s = scan(&p, &g, START);
         assert_eq!(s.end, End::Clean);
         assert_eq!(s.entries.len(), 5);
         for (i, e) in s.entries.iter().enumerate() {
@@ -328,11 +317,11 @@ mod tests {
             &[0xff, 0xee],
         )
         .unwrap();
-        let s = scan(&p, &g, JournalPos { off: 0, seq: 1 });
+        let s = scan(&p, &g, START);
         assert_eq!(s.entries.len(), 2);
         assert!(matches!(s.end, End::Torn(_)));
         cut(&p, &g, s.next.off).unwrap();
-        let s = scan(&p, &g, JournalPos { off: 0, seq: 1 });
+        let s = scan(&p, &g, START);
         assert_eq!((s.entries.len(), s.end), (2, End::Clean));
     }
 
@@ -341,11 +330,11 @@ mod tests {
         let (p, g) = setup();
         let offs = write_n(&p, &g, 2);
         // An older log (lower seq) is a clean end, not damage.
-        let s = scan(&p, &g, JournalPos { off: 0, seq: 9 });
+        let s = scan(&p, &g, JournalPos { seq: 9, ..START });
         assert_eq!((s.entries.len(), s.end), (0, End::Clean));
         p.write(g.journal_offset() + offs[1] + 4, &u32::MAX.to_le_bytes())
             .unwrap();
-        let s = scan(&p, &g, JournalPos { off: 0, seq: 1 });
+        let s = scan(&p, &g, START);
         assert_eq!(s.entries.len(), 1);
         assert!(matches!(s.end, End::Torn(_)));
     }
@@ -358,14 +347,13 @@ mod tests {
         let at = g.journal_offset() + offs[1] + HEADER_BYTES;
         let b = p.bytes(at, 1).unwrap()[0];
         p.write(at, &[b ^ 4]).unwrap();
-        let s = scan(&p, &g, JournalPos { off: 0, seq: 1 });
+        let s = scan(&p, &g, START);
         assert_eq!(s.entries.len(), 1);
         assert!(matches!(s.end, End::Damaged { lost: 3, .. }), "{:?}", s.end);
-        assert_eq!(highest_seq(&p, &g), Some(5));
         // A wiped header hides the rest just the same.
         p.write(at, &[b]).unwrap();
         p.zero(g.journal_offset() + offs[1], HEADER_BYTES).unwrap();
-        let s = scan(&p, &g, JournalPos { off: 0, seq: 1 });
+        let s = scan(&p, &g, START);
         assert!(matches!(s.end, End::Damaged { lost: 3, .. }), "{:?}", s.end);
     }
 
@@ -373,11 +361,11 @@ mod tests {
     fn full_journal_refuses_without_writing() {
         let (p, g) = setup();
         let ops: Vec<Op> = (0..20).flat_map(op).collect();
-        let e = encode_entry(1, &ops).unwrap();
+        let e = encode_entry(START, &ops).unwrap();
         assert!(e.len() > 64);
         let at = JournalPos {
             off: g.journal_bytes() - 64,
-            seq: 1,
+            ..START
         };
         assert!(!append(&p, &g, at, &e).unwrap());
         assert!(p
@@ -385,5 +373,58 @@ mod tests {
             .unwrap()
             .iter()
             .all(|&b| b == 0));
+    }
+
+    /// Stale bytes that form well-formed entries (a user can put them in an
+    /// xattr value, which a journal payload holds) neither replay at the
+    /// start of a new run nor pass for committed entries after its end.
+    #[test]
+    fn entries_of_another_run_never_count() {
+        let (p, g) = setup();
+        let run = JournalPos { seq: 2, ..START };
+        let guessed = JournalPos { nonce: 0, ..run };
+        let forged = encode_entry(guessed, &op(99)).unwrap();
+        p.write(g.journal_offset(), &forged).unwrap();
+        let later = JournalPos {
+            off: 1024,
+            seq: 4,
+            ..guessed
+        };
+        p.write(
+            g.journal_offset() + later.off,
+            &encode_entry(later, &op(98)).unwrap(),
+        )
+        .unwrap();
+        let s = scan(&p, &g, run);
+        assert_eq!((s.entries.len(), s.end, s.next), (0, End::Clean, run));
+        // The same bytes are whole entries of the run whose nonce they carry.
+        let s = scan(&p, &g, guessed);
+        assert_eq!(s.entries.len(), 1);
+        assert!(matches!(s.end, End::Damaged { lost: 1, .. }), "{:?}", s.end);
+    }
+
+    /// The example in docs/format.md §2.2, byte for byte.
+    #[test]
+    fn documented_example() {
+        let pos = JournalPos {
+            off: 0,
+            seq: 1,
+            nonce: 0,
+        };
+        let e = encode_entry(pos, &[Op::Delete { ino: 300 }]).unwrap();
+        let mut want = vec![0u8; 64];
+        want[..20].copy_from_slice(&[
+            0x4a, 0x52, 0x4e, 0x4c, 4, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0x44, 0x26, 0x2f, 0xc0,
+        ]);
+        want[32..36].copy_from_slice(&[0x01, 0x04, 0xac, 0x02]);
+        assert_eq!(e, want);
+    }
+
+    #[test]
+    fn restarts_draw_different_nonces() {
+        let a = JournalPos::restart(5).unwrap();
+        let b = JournalPos::restart(5).unwrap();
+        assert_eq!((a.off, a.seq), (0, 5));
+        assert_ne!(a.nonce, b.nonce);
     }
 }

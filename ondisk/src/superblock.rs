@@ -25,7 +25,9 @@
 //! 168     8  ckpt_id      id written in every page of that checkpoint
 //! 176     8  journal_off  byte offset in the journal where replay starts
 //! 184     8  journal_seq  sequence number of the first entry to replay
-//! 192    60  reserved     zero
+//! 192     8  journal_nonce  random, new at every journal restart; every
+//!                         entry of this run carries it
+//! 200    52  reserved     zero
 //! 252     4  crc32        of bytes 0..252
 //! ```
 
@@ -65,7 +67,8 @@ struct RawSuperblock {
     ckpt_id: U64,
     journal_off: U64,
     journal_seq: U64,
-    reserved: [u8; 60],
+    journal_nonce: U64,
+    reserved: [u8; 52],
     crc: U32,
 }
 
@@ -91,6 +94,38 @@ pub struct CheckpointRef {
 pub struct JournalPos {
     pub off: u64,
     pub seq: u64,
+    /// The run's nonce. Entry payloads hold bytes users chose (xattr
+    /// values, names), so stale payloads left in the region by earlier runs
+    /// can look like whole entries with any seq; only entries carrying this
+    /// secret, random value belong to the run.
+    pub nonce: u64,
+}
+
+impl JournalPos {
+    /// The start of a new journal run at offset 0: first seq `seq` and a
+    /// fresh random nonce, so nothing already in the region can replay.
+    pub fn restart(seq: u64) -> Result<JournalPos, Error> {
+        let mut b = [0u8; 8];
+        // SAFETY: `b` is a valid, writable buffer of b.len() bytes.
+        let n = unsafe { libc::getrandom(b.as_mut_ptr().cast(), b.len(), 0) };
+        if n != b.len() as isize {
+            return Err(Error::Io(std::io::Error::last_os_error()));
+        }
+        Ok(JournalPos {
+            off: 0,
+            seq,
+            nonce: u64::from_le_bytes(b),
+        })
+    }
+
+    /// The position of the entry that follows, which starts at `off`.
+    pub fn after(self, off: u64) -> JournalPos {
+        JournalPos {
+            off,
+            seq: self.seq + 1,
+            nonce: self.nonce,
+        }
+    }
 }
 
 /// A decoded superblock.
@@ -141,7 +176,8 @@ impl Superblock {
             ckpt_id: self.checkpoint.id.into(),
             journal_off: self.journal.off.into(),
             journal_seq: self.journal.seq.into(),
-            reserved: [0; 60],
+            journal_nonce: self.journal.nonce.into(),
+            reserved: [0; 52],
             crc: 0.into(),
         };
         raw.crc = crc32fast::hash(&raw.as_bytes()[..SUPERBLOCK_BYTES - 4]).into();
@@ -216,6 +252,7 @@ impl Superblock {
         let journal = JournalPos {
             off: raw.journal_off.get(),
             seq: raw.journal_seq.get(),
+            nonce: raw.journal_nonce.get(),
         };
         if journal.off > geometry.journal_bytes() || journal.off % crate::pmem::CACHE_LINE != 0 {
             return Err(bad(format!(
@@ -332,7 +369,11 @@ mod tests {
                 pages: 3,
                 id: 9,
             },
-            journal: JournalPos { off: 4096, seq: 77 },
+            journal: JournalPos {
+                off: 4096,
+                seq: 77,
+                nonce: 0x0123_4567_89ab_cdef,
+            },
         }
     }
 

@@ -75,11 +75,13 @@ pub fn check(c: &mut Check, pmem: &Pmem, sb: Superblock) -> Option<Loaded> {
             }
         }
     }
-    // Past every seq the journal holds: nothing of it can ever replay again.
-    let past = journal::highest_seq(pmem, &sb.geometry).map_or(0, |s| s.saturating_add(1));
+    // Writing repairs checkpoints, which starts a run with a fresh nonce:
+    // nothing now in the region, dropped damaged entries included, can
+    // replay after it.
     let journal_restart = JournalPos {
         off: 0,
-        seq: past.max(scan.next.seq + 1),
+        seq: scan.next.seq + 1,
+        nonce: sb.journal.nonce,
     };
     Some(Loaded {
         sb,

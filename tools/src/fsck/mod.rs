@@ -205,8 +205,8 @@ pub struct Loaded {
     pub sb: Superblock,
     pub meta: Meta,
     pub ckpt_pfns: Vec<u64>,
-    /// Where the journal must restart after a repair: past every entry
-    /// that was read, so that none of them can ever replay again.
+    /// Where the journal restarts after a repair, past every entry that
+    /// was read; the checkpoint that writes the repairs draws a new nonce.
     pub journal_restart: JournalPos,
     /// Offset of a torn entry to cut.
     pub torn_at: Option<u64>,
