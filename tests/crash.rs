@@ -98,7 +98,7 @@ use pmemfs_fs::state::{Caller, NewInode, State};
 use pmemfs_ondisk::recording::{Recording, ReplayBuffers, Trace};
 use pmemfs_ondisk::{checkpoint, superblock};
 use pmemfs_ondisk::{
-    format_pmem, FormatOptions, Geometry, Image, Ino, Kind, Meta, Op, Pmem, Time, MIN_IMAGE_BYTES,
+    format_pmem, FormatOptions, Geometry, Image, Ino, Kind, Meta, Op, Pmem, MIN_IMAGE_BYTES,
     PAGE_SIZE, ROOT_INO,
 };
 use pmemfs_tools::fsck::{self, problem::Code};
@@ -528,13 +528,7 @@ fn base_image() -> &'static (Arc<Vec<u8>>, Contents) {
     static BASE: OnceLock<(Arc<Vec<u8>>, Contents)> = OnceLock::new();
     BASE.get_or_init(|| {
         let pmem = Pmem::memory(MIN_IMAGE_BYTES);
-        let opts = FormatOptions {
-            label: "crash".into(),
-            uuid: [7; 16],
-            uid: 0,
-            gid: 0,
-            now: Time { secs: 1, nsecs: 0 },
-        };
+        let opts = FormatOptions::fixed("crash");
         format_pmem(&pmem, &opts).expect("format");
         let image = Image::open_pmem(pmem).expect("open");
         let mut st = State::new(image, false);
@@ -1510,33 +1504,37 @@ fn bug_jobs() -> Vec<Job> {
         .collect()
 }
 
-#[test]
-fn harness_catches_a_missing_journal_fence() {
+/// Runs the bug jobs with the deliberate bug `switch` on; returns the
+/// violations found.
+fn violations_with(switch: &'static AtomicBool, name: &str, what: &str) -> u64 {
     let _g = serial();
-    let _bug = Switch::on(&pmemfs_ondisk::testing::SKIP_JOURNAL_FENCE);
+    let _bug = Switch::on(switch);
     let start = Instant::now();
     let t = run_jobs(&bug_jobs(), None);
-    let mut err = std::io::stderr().lock();
     let _ = writeln!(
-        err,
-        "(the violations below are expected: SKIP_JOURNAL_FENCE is on)"
+        std::io::stderr(),
+        "(the violations below are expected: {what} is on)"
     );
-    drop(err);
-    let (_, v) = report("missing journal fence", &t, start.elapsed());
+    report(name, &t, start.elapsed()).1
+}
+
+#[test]
+fn harness_catches_a_missing_journal_fence() {
+    let v = violations_with(
+        &pmemfs_ondisk::testing::SKIP_JOURNAL_FENCE,
+        "missing journal fence",
+        "SKIP_JOURNAL_FENCE",
+    );
     assert!(v > 0, "the harness missed commits that were not durable");
 }
 
 #[test]
 fn harness_catches_a_missing_data_fence() {
-    let _g = serial();
-    let _bug = Switch::on(&pmemfs_ondisk::testing::SKIP_DATA_FENCE);
-    let start = Instant::now();
-    let t = run_jobs(&bug_jobs(), None);
-    let _ = writeln!(
-        std::io::stderr(),
-        "(the violations below are expected: SKIP_DATA_FENCE is on)"
+    let v = violations_with(
+        &pmemfs_ondisk::testing::SKIP_DATA_FENCE,
+        "missing data fence",
+        "SKIP_DATA_FENCE",
     );
-    let (_, v) = report("missing data fence", &t, start.elapsed());
     assert!(
         v > 0,
         "the harness missed data pages mapped before they were durable"

@@ -2,9 +2,7 @@
 
 use pmemfs_fs::state::{Caller, NewInode, State};
 use pmemfs_ondisk::recording::Recording;
-use pmemfs_ondisk::{
-    format_pmem, FormatOptions, Image, Time, MIN_IMAGE_BYTES, PAGE_SIZE, ROOT_INO,
-};
+use pmemfs_ondisk::{format_pmem, FormatOptions, Image, MIN_IMAGE_BYTES, PAGE_SIZE, ROOT_INO};
 
 const ROOT: Caller = Caller { uid: 0, gid: 0 };
 
@@ -22,13 +20,7 @@ fn file(st: &mut State, name: &str) -> u64 {
 /// the media and whose commit did not.
 fn crashed_append() -> (Vec<u8>, u64) {
     let (pmem, rec) = Recording::new(MIN_IMAGE_BYTES);
-    let opts = FormatOptions {
-        label: "eof".into(),
-        uuid: [4; 16],
-        uid: 0,
-        gid: 0,
-        now: Time { secs: 1, nsecs: 0 },
-    };
+    let opts = FormatOptions::fixed("eof");
     format_pmem(&pmem, &opts).unwrap();
     let mut st = State::new(Image::open_pmem(pmem).unwrap(), false);
     let f = file(&mut st, "f");

@@ -10,7 +10,7 @@
 
 use pmemfs_ondisk::layout::SUPERBLOCK_PFNS;
 use pmemfs_ondisk::recording::Recording;
-use pmemfs_ondisk::{format_pmem, FormatOptions, Image, Meta, Time, MIN_IMAGE_BYTES, PAGE_SIZE};
+use pmemfs_ondisk::{format_pmem, FormatOptions, Image, Meta, MIN_IMAGE_BYTES, PAGE_SIZE};
 
 /// A formatted image, opened twice, and checkpointed once more in the
 /// second session, with the recording of that session: the crash points
@@ -24,13 +24,7 @@ use pmemfs_ondisk::{format_pmem, FormatOptions, Image, Meta, Time, MIN_IMAGE_BYT
 /// next recovery takes again for its own checkpoint.
 fn checkpointed() -> (pmemfs_ondisk::recording::Trace, u64) {
     let (pmem, rec) = Recording::new(MIN_IMAGE_BYTES);
-    let opts = FormatOptions {
-        label: "sb".into(),
-        uuid: [3; 16],
-        uid: 0,
-        gid: 0,
-        now: Time { secs: 1, nsecs: 0 },
-    };
+    let opts = FormatOptions::fixed("sb");
     format_pmem(&pmem, &opts).unwrap();
     drop(Image::open_pmem(pmem).unwrap());
     let (pmem, rec) = Recording::with_image(rec.durable_now());

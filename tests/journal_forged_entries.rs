@@ -13,7 +13,7 @@ use pmemfs_ondisk::journal;
 use pmemfs_ondisk::pmem::CACHE_LINE;
 use pmemfs_ondisk::recording::Recording;
 use pmemfs_ondisk::superblock::JournalPos;
-use pmemfs_ondisk::{format_pmem, FormatOptions, Image, Op, Time, MIN_IMAGE_BYTES, ROOT_INO};
+use pmemfs_ondisk::{format_pmem, FormatOptions, Image, Op, MIN_IMAGE_BYTES, ROOT_INO};
 use pmemfs_tools::fsck;
 
 const ROOT: Caller = Caller { uid: 0, gid: 0 };
@@ -21,13 +21,7 @@ const ROOT: Caller = Caller { uid: 0, gid: 0 };
 #[test]
 fn an_xattr_value_full_of_forged_entries_changes_nothing() {
     let (pmem, rec) = Recording::new(MIN_IMAGE_BYTES);
-    let opts = FormatOptions {
-        label: "forged".into(),
-        uuid: [6; 16],
-        uid: 0,
-        gid: 0,
-        now: Time { secs: 1, nsecs: 0 },
-    };
+    let opts = FormatOptions::fixed("forged");
     format_pmem(&pmem, &opts).unwrap();
     let mut st = State::new(Image::open_pmem(pmem).unwrap(), false);
     let new = NewInode {

@@ -447,20 +447,14 @@ mod tests {
 
     use super::*;
     use crate::state::{Caller, NewInode, State};
-    use pmemfs_ondisk::{format_pmem, FormatOptions, Image, Pmem, Time, MIN_IMAGE_BYTES, ROOT_INO};
+    use pmemfs_ondisk::{format_pmem, FormatOptions, Image, Pmem, MIN_IMAGE_BYTES, ROOT_INO};
 
     const PG: u64 = PAGE_SIZE;
     const PUNCH: i32 = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
 
     fn state(dram_cache: u64) -> State {
         let pmem = Pmem::memory(MIN_IMAGE_BYTES);
-        let opts = FormatOptions {
-            label: "cache".into(),
-            uuid: [3; 16],
-            uid: 0,
-            gid: 0,
-            now: Time { secs: 1, nsecs: 0 },
-        };
+        let opts = FormatOptions::fixed("cache");
         format_pmem(&pmem, &opts).expect("format");
         let image = Image::open_pmem(pmem).expect("open");
         // Two emulated nodes: whichever the test thread runs on, the

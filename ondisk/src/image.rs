@@ -48,6 +48,20 @@ pub struct FormatOptions {
     pub now: Time,
 }
 
+impl FormatOptions {
+    /// Options that make the same image every time (root-owned, a fixed
+    /// UUID and time, bar the journal nonce): for tests.
+    pub fn fixed(label: &str) -> FormatOptions {
+        FormatOptions {
+            label: label.into(),
+            uuid: [0x42; 16],
+            uid: 0,
+            gid: 0,
+            now: Time { secs: 1, nsecs: 0 },
+        }
+    }
+}
+
 /// What opening an image found and did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Recovery {

@@ -200,16 +200,21 @@ impl Trace {
             .map_or(&[], |v| v.as_slice())
     }
 
-    /// The durable image after `at_fence` fences.
-    pub fn durable_image(&self, at_fence: u64) -> Result<Vec<u8>> {
-        self.check_fence(at_fence)?;
-        let (from, snap) = self
-            .snapshots
+    /// The latest snapshot taken at or before fence `at_fence`, and its
+    /// fence.
+    fn snapshot_before(&self, at_fence: u64) -> Result<(u64, &[u8])> {
+        self.snapshots
             .iter()
             .rev()
             .find(|(f, _)| *f <= at_fence)
             .map(|(f, s)| (*f, s.as_slice()))
-            .ok_or_else(|| Error::Io(io::Error::other("a recording has no fence-0 image")))?;
+            .ok_or_else(|| Error::Io(io::Error::other("a recording has no fence-0 image")))
+    }
+
+    /// The durable image after `at_fence` fences.
+    pub fn durable_image(&self, at_fence: u64) -> Result<Vec<u8>> {
+        self.check_fence(at_fence)?;
+        let (from, snap) = self.snapshot_before(at_fence)?;
         let mut img = snap.to_vec();
         self.replay(&mut img, from, at_fence);
         Ok(img)
@@ -279,13 +284,7 @@ impl Trace {
         if reference.len() as u64 != self.len {
             return self.replayer(at_fence);
         }
-        let (from, snap) = self
-            .snapshots
-            .iter()
-            .rev()
-            .find(|(f, _)| *f <= at_fence)
-            .map(|(f, s)| (*f, s.as_slice()))
-            .ok_or_else(|| Error::Io(io::Error::other("a recording has no fence-0 image")))?;
+        let (from, snap) = self.snapshot_before(at_fence)?;
         reference.copy_from_slice(snap);
         self.replay(&mut reference, from, at_fence);
         match Arc::get_mut(&mut scratch) {

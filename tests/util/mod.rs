@@ -110,13 +110,7 @@ pub fn format_image(path: &Path, size: u64) {
         .expect("create image");
     f.set_len(size).expect("size image");
     pmemfs_ondisk::lock::lock_exclusive(&f).expect("lock");
-    let opts = FormatOptions {
-        label: "test".into(),
-        uuid: [0x42; 16],
-        uid: 0,
-        gid: 0,
-        now: Time { secs: 1, nsecs: 0 },
-    };
+    let opts = FormatOptions::fixed("test");
     pmemfs_ondisk::format(&f, &opts).expect("format");
 }
 
