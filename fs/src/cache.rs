@@ -30,9 +30,10 @@
 //!   distinct pages were read once as the budget could copy. Reads of the
 //!   file system itself (the head and tail of a clone) do not count.
 //! - Budget: the bytes of all copies on all nodes stay within `dram_cache`;
-//!   a copy is reserved before it is made. When the budget is full no more
-//!   copies are made (counted as `refused`); there is no eviction. Copies
-//!   go when their page is written, unmapped or replaced, which frees room.
+//!   a copy is reserved before it is made. When the budget is full, the
+//!   oldest copies go first (first in, first out, in the order they were
+//!   made) to make room; a copy not made even then is counted as `refused`.
+//!   Copies also go when their page is written, unmapped or replaced.
 //! - Coherence: before any commit that maps, unmaps or clones over a range
 //!   (or deletes an inode), the copies of the pfns the range held go, on
 //!   every node; an in-place write drops its page's copies as it writes. A
@@ -46,11 +47,11 @@
 //!
 //! [`State::commit`]: crate::state::State::commit
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 
-use parking_lot::RwLock;
+use parking_lot::{Mutex, RwLock};
 use pmemfs_ondisk::{Ino, RangeMap, Run, PAGE_SIZE};
 use pmemfs_pagecache::desc::CHUNK_DESCS;
 use pmemfs_pagecache::xarray::{XaError, NODE_BYTES};
@@ -145,6 +146,10 @@ pub struct Cache {
     refused: AtomicU64,
     /// pfn + 1 of pages read once (0: empty), in sets of [`SEEN_WAYS`].
     seen: Box<[AtomicU64]>,
+    /// The (pfn, node) of every copy made, oldest first: the eviction
+    /// order. Entries of copies since dropped stay until they come up
+    /// (or [`Cache::note_copy`] sweeps them), and evict nothing then.
+    made: Mutex<VecDeque<(u64, u32)>>,
 }
 
 impl std::fmt::Debug for Cache {
@@ -201,6 +206,7 @@ impl Cache {
             misses: AtomicU64::new(0),
             refused: AtomicU64::new(0),
             seen: (0..slots).map(|_| AtomicU64::new(0)).collect(),
+            made: Mutex::new(VecDeque::new()),
         }
     }
 
@@ -361,10 +367,39 @@ impl Cache {
             .is_ok()
     }
 
+    /// Remembers a copy just made, in eviction order. Entries of dropped
+    /// copies are swept when they outnumber the copies the budget holds.
+    fn note_copy(&self, pfn: u64, node: u32) {
+        let mut made = self.made.lock();
+        made.push_back((pfn, node));
+        let room = (self.budget / PAGE_SIZE) as usize;
+        if made.len() > 2 * room + 64 {
+            let descs = self.pc.descs();
+            made.retain(|&(p, n)| descs.dram_copy(p, n).is_some());
+        }
+    }
+
+    /// Takes room for one copy, dropping the oldest copies while the budget
+    /// is full. Dropping a page's copies while the state is only shared is
+    /// safe: a copy is a cache of the pmem page, and readers that hold it
+    /// keep their `Arc`.
+    fn make_room(&self) -> bool {
+        loop {
+            if self.reserve() {
+                return true;
+            }
+            let Some((pfn, _)) = self.made.lock().pop_front() else {
+                return false;
+            };
+            let dropped = self.pc.descs().drop_dram_copies(pfn) as u64;
+            self.dram_bytes.fetch_sub(dropped * PAGE_SIZE, Relaxed);
+        }
+    }
+
     /// A read of page `pfn` (bytes `pmem_page` in pmem) on `node`: its
     /// copy there if it has one (a hit); else a miss, which makes a copy
-    /// when this is the page's second read and the budget has room. `None`:
-    /// serve it from pmem.
+    /// when this is the page's second read (evicting older copies when the
+    /// budget is full). `None`: serve it from pmem.
     pub(crate) fn dram_page(
         &self,
         pfn: u64,
@@ -381,7 +416,7 @@ impl Cache {
         if !self.second_read(pfn) {
             return None;
         }
-        if !self.reserve() {
+        if !self.make_room() {
             tally.refused += 1;
             return None;
         }
@@ -390,7 +425,9 @@ impl Cache {
             buf.copy_from_slice(pmem_page);
             filled = true;
         });
-        if !filled {
+        if filled {
+            self.note_copy(pfn, node);
+        } else {
             // Another reader made it first and took its own room.
             self.dram_bytes.fetch_sub(PAGE_SIZE, Relaxed);
         }
@@ -675,11 +712,50 @@ mod tests {
         }
         let s = st.cache().stats();
         assert_eq!((s.dram_copies, s.dram_bytes), (16, 16 * PG));
-        assert!(s.dram_refused >= 48, "{s:?}");
+        assert_eq!(s.dram_refused, 0, "{s:?}");
         check(&st);
-        // Writes free room: the rewritten pages can be copied again.
-        st.write(f, 0, &pattern(8 * PG, 2)).expect("write");
+        // Writes drop copies: of the last 16 pages copied, the 8 rewritten.
+        st.write(f, 48 * PG, &pattern(8 * PG, 2)).expect("write");
         assert_eq!(st.cache().stats().dram_copies, 8);
+        check(&st);
+    }
+
+    /// Pages that turn hot after the budget filled up displace the oldest
+    /// copies, and are then read from DRAM.
+    #[test]
+    fn new_hot_pages_displace_the_oldest_copies() {
+        let mut st = state(16 * PG);
+        let f = create(&mut st, "f");
+        let want = pattern(64 * PG, 5);
+        st.write(f, 0, &want).expect("write");
+        let read = |st: &State, first: u64, pages: u64| {
+            for i in first..first + pages {
+                let d = st.read(f, i * PG, PG as u32).expect("read");
+                assert_eq!(
+                    d.as_slice(),
+                    &want[(i * PG) as usize..((i + 1) * PG) as usize]
+                );
+            }
+        };
+        for _ in 0..2 {
+            read(&st, 0, 16);
+        }
+        assert_eq!(st.cache().stats().dram_copies, 16);
+        let old: Vec<u64> = (0..16).map(|i| pfn(&st, f, i)).collect();
+        for _ in 0..2 {
+            read(&st, 32, 16);
+        }
+        let before = st.cache().stats();
+        read(&st, 32, 16);
+        let s = st.cache().stats();
+        assert_eq!((s.dram_copies, s.dram_refused), (16, 0), "{s:?}");
+        assert_eq!(s.dram_hits - before.dram_hits, 16, "the new hot pages hit");
+        for i in 32..48 {
+            assert_eq!(copies(&st, pfn(&st, f, i)), 1, "page {i}");
+        }
+        for p in old {
+            assert_eq!(copies(&st, p), 0, "old copy of pfn {p} evicted");
+        }
         check(&st);
     }
 
