@@ -158,10 +158,10 @@ export NO_COLOR=1 RUST_BACKTRACE=0 RUST_LIB_BACKTRACE=0
 sed 's/^allow_remount *=.*/allow_remount = true/' "$config" >"$work/remount.toml"
 # The erofs tests remount with `mount -o remount,ro MOUNTPOINT`, which runs
 # the first mount(8) on PATH. Once fuse3 is installed (.ci/run installs it),
-# mount(8) hands a remount of a "fuse" mount to mount.fuse3. That helper
-# takes the source ("pmemfs:IMAGE") for a program to run, and the remount
-# fails with "pmemfs:...: not found". `mount -i` (no helpers) makes the
-# remount(2) call directly, so pass 2 gets a mount(8) that always adds -i.
+# mount(8) hands a remount of a "fuse.pmemfs" mount to mount.fuse3, which
+# runs the program `pmemfs` from a fixed PATH, where CI has not installed
+# it. `mount -i` (no helpers) makes the remount(2) call directly, so pass 2
+# gets a mount(8) that always adds -i.
 real_mount=$(command -v mount)
 mkdir "$work/bin"
 printf '#!/bin/sh\nexec %s -i "$@"\n' "$real_mount" >"$work/bin/mount"

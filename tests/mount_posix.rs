@@ -374,7 +374,6 @@ fn xattrs_set_get_list_remove_and_flags() {
         "#,
     );
     m.remount();
-    eprintln!("DEBUG {}", sh(&format!("for i in 1 2 3 4 5 6; do ps aux | grep -c '[x]attr.*img'; ls {d} | tr '\\n' ' '; sleep 0.2; done; grep xattr /proc/self/mountinfo || true", d = m.path().display())));
     py(
         m.path(),
         r#"
@@ -953,6 +952,61 @@ fn read_only_mount() {
         "touch on a read-only mount: {}",
         both(&o)
     );
+    m.finish();
+}
+
+/// The mountinfo fields of the mount at `dir`: (mount options, type,
+/// source).
+fn mountinfo(dir: &Path) -> (String, String, String) {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+    let d = dir.display().to_string();
+    let line = info
+        .lines()
+        .find(|l| l.split(' ').nth(4) == Some(d.as_str()))
+        .unwrap_or_else(|| panic!("{d} is not in mountinfo"));
+    let (left, right) = line.split_once(" - ").expect("mountinfo separator");
+    let mut r = right.split(' ');
+    let opts = left.split(' ').nth(5).unwrap_or_default().to_string();
+    let fstype = r.next().unwrap_or_default().to_string();
+    let source = r.next().unwrap_or_default().to_string();
+    (opts, fstype, source)
+}
+
+/// The kernel shows a pmemfs mount as type `fuse.pmemfs` with source
+/// `pmemfs:IMAGE`, and for `mount -o remount` (or an fstab line of that
+/// type) fuse3's mount.fuse3 runs `pmemfs SOURCE MOUNTPOINT -o OPTIONS`
+/// with every option of the mount: called so, pmemfs remounts read-only
+/// and back.
+#[test]
+fn mount_helper_remounts_read_only_and_back() {
+    let m = Mount::new("helper", SIZE, "");
+    let (opts, fstype, source) = mountinfo(m.path());
+    assert_eq!(fstype, "fuse.pmemfs");
+    assert_eq!(source, format!("pmemfs:{}", m.image().display()));
+    assert!(opts.split(',').any(|o| o == "rw"), "{opts}");
+    let helper = |opts: &str| {
+        let mut c = tool("pmemfs");
+        c.arg(&source).arg(m.path()).arg("-o").arg(opts);
+        let o = run(c);
+        assert!(
+            o.status.success(),
+            "pmemfs {source} -o {opts}: {}",
+            both(&o)
+        );
+    };
+    helper("rw,relatime,user_id=0,group_id=0,default_permissions,remount,ro");
+    let (opts, ..) = mountinfo(m.path());
+    assert!(opts.split(',').any(|o| o == "ro"), "{opts}");
+    let o = sh_output(&format!("touch '{}/t'", m.path().display()));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("Read-only file system"),
+        "touch on the remounted mount: {}",
+        both(&o)
+    );
+    helper("remount,rw");
+    let (opts, ..) = mountinfo(m.path());
+    assert!(opts.split(',').any(|o| o == "rw"), "{opts}");
+    sh(&format!("touch '{}/t'", m.path().display()));
     m.finish();
 }
 

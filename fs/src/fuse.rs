@@ -97,13 +97,16 @@ impl PmemFs {
     }
 
     /// The FUSE session configuration for these options. The source shown
-    /// in /proc/mounts and df is `pmemfs:IMAGE`: a direct mount(2) records
-    /// the type as plain `fuse`, so the name is what tells pmemfs apart.
+    /// in /proc/mounts and df is `pmemfs:IMAGE` and the type `fuse.pmemfs`.
+    /// The subtype goes as a plain option because fuser hands
+    /// `MountOption::Subtype` only to fusermount3, and a direct mount(2)
+    /// would then record the type as plain `fuse`; the kernel and
+    /// fusermount3 both take `subtype=`.
     pub fn config(&self) -> Config {
         let mut c = Config::default();
         c.mount_options = vec![
             MountOption::FSName(format!("pmemfs:{}", self.name)),
-            MountOption::Subtype("pmemfs".into()),
+            MountOption::CUSTOM("subtype=pmemfs".into()),
         ];
         if self.opts.read_only {
             c.mount_options.push(MountOption::RO);

@@ -1,6 +1,11 @@
 //! `pmemfs`: the multi-call binary behind every pmemfs tool. Called as
 //! `mkfs.pmemfs` or `fsck.pmemfs` (links made by the build, or installed),
 //! it is that tool; called as `pmemfs TOOL ARGS...` it runs TOOL.
+//!
+//! Called as `pmemfs pmemfs:IMAGE MOUNTPOINT -o OPTIONS`, it mounts (or,
+//! with `remount` among the options, remounts): that is how fuse3's
+//! `mount.fuse3` runs the program of a `fuse.pmemfs` mount, the type the
+//! kernel shows for ours, for `mount -o remount` and fstab.
 
 use std::process::ExitCode;
 
@@ -27,6 +32,12 @@ fn main() -> ExitCode {
         "mkfs.pmemfs" => "mkfs".to_string(),
         "fsck.pmemfs" => "fsck".to_string(),
         "pmemfs-mount" | "mount.pmemfs" => "mount".to_string(),
+        _ if args
+            .get(1)
+            .is_some_and(|a| a.to_string_lossy().starts_with("pmemfs:")) =>
+        {
+            "mount".to_string()
+        }
         _ => {
             if args.len() < 2 {
                 eprintln!("{USAGE}");

@@ -33,19 +33,32 @@ pub struct Options {
     pub mount: MountOptions,
     pub foreground: bool,
     pub debug: bool,
+    /// `-o remount,...`: change the flags of the mount at MOUNTPOINT
+    /// (only ro and rw mean anything then) instead of mounting.
+    pub remount: bool,
 }
 
 pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Options, String> {
     use lexopt::prelude::*;
     let mut p = lexopt::Parser::from_args(args);
     let mut mount = MountOptions::default();
-    let (mut foreground, mut debug) = (false, false);
+    let (mut foreground, mut debug, mut remount) = (false, false, false);
     let mut paths = Vec::new();
     while let Some(arg) = p.next().map_err(|e| e.to_string())? {
         match arg {
             Short('o') => {
                 let v = p.value().map_err(|e| e.to_string())?;
-                mount.apply(&v.to_string_lossy())?;
+                let v = v.to_string_lossy();
+                if v.split(',').any(|o| o == "remount") {
+                    // mount(8) passes every option of the mount, those the
+                    // kernel shows (user_id=, ...) included: keep ro/rw.
+                    remount = true;
+                    for o in v.split(',').filter(|o| matches!(*o, "ro" | "rw")) {
+                        mount.apply(o)?;
+                    }
+                } else {
+                    mount.apply(&v)?;
+                }
             }
             Short('f') => foreground = true,
             Short('d') => (foreground, debug) = (true, true),
@@ -63,12 +76,18 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Options, String
     let [image, mountpoint]: [PathBuf; 2] = paths
         .try_into()
         .map_err(|_| "need IMAGE and MOUNTPOINT".to_string())?;
+    // The source as the kernel shows it (mount.fuse3 passes that).
+    let image = match image.to_str().and_then(|s| s.strip_prefix("pmemfs:")) {
+        Some(path) => PathBuf::from(path),
+        None => image,
+    };
     Ok(Options {
         image,
         mountpoint,
         mount,
         foreground,
         debug,
+        remount,
     })
 }
 
@@ -97,6 +116,9 @@ pub fn main(args: impl IntoIterator<Item = OsString>) -> ExitCode {
 fn run(o: &Options) -> anyhow::Result<()> {
     if !o.mountpoint.is_dir() {
         bail!("{}: not a directory", o.mountpoint.display());
+    }
+    if o.remount {
+        return remount(o);
     }
     if o.foreground {
         return serve(o, None);
@@ -134,6 +156,35 @@ fn run(o: &Options) -> anyhow::Result<()> {
             }
         }
     }
+}
+
+/// Makes the mount at the mountpoint read-only or read-write again. The
+/// kernel enforces it; the daemon needs no word of it (it still writes its
+/// final checkpoint at unmount).
+fn remount(o: &Options) -> anyhow::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let target = std::ffi::CString::new(o.mountpoint.as_os_str().as_bytes())
+        .context("mountpoint holds a NUL byte")?;
+    let mut flags = libc::MS_REMOUNT;
+    if o.mount.read_only {
+        flags |= libc::MS_RDONLY;
+    }
+    // SAFETY: `target` is NUL-terminated; a remount takes no source, type
+    // or data.
+    let r = unsafe {
+        libc::mount(
+            std::ptr::null(),
+            target.as_ptr(),
+            std::ptr::null(),
+            flags,
+            std::ptr::null(),
+        )
+    };
+    if r != 0 {
+        return Err(std::io::Error::last_os_error())
+            .with_context(|| format!("remounting {}", o.mountpoint.display()));
+    }
+    Ok(())
 }
 
 /// Opens, mounts and serves until unmounted or told to stop. `ready` gets
