@@ -4,9 +4,10 @@
 //! DAX space (see [`crate::cache`]) and copy nothing in the daemon when the
 //! range lies in one run of pages: the reply is a slice of the pmem mapping
 //! itself. With a DRAM cache, pages with a copy on the reader's node are
-//! served from it (a one-page read straight from the copy). A write overwrites a page in place when the file
-//! is its only user, and otherwise (a page shared with a clone, or a hole)
-//! writes a fresh page that a `Map` op then puts in place: copy on write.
+//! served from it (a one-page read straight from the copy). A write
+//! overwrites a page in place when the file is its only user, and otherwise
+//! (a page shared with a clone, or a hole) writes a fresh page that a `Map`
+//! op then puts in place: copy on write.
 //! New pages are written, flushed and fenced before the transaction that
 //! maps them, so a crash never exposes a page that was not fully written.
 //!

@@ -42,14 +42,20 @@ struct FileCloneRange {
 
 type IoctlFn = unsafe extern "C" fn(c_int, c_ulong, *mut c_void) -> c_int;
 
+/// The address of the definition of `name` after this library's (the C
+/// library's), looked up once into `slot`; 0 when there is none.
+fn next_symbol(slot: &OnceLock<usize>, name: &CStr) -> usize {
+    *slot.get_or_init(|| {
+        // SAFETY: dlsym with a NUL-terminated name; RTLD_NEXT finds the
+        // definition after this library's.
+        unsafe { libc::dlsym(libc::RTLD_NEXT, name.as_ptr()) as usize }
+    })
+}
+
 /// The C library's ioctl.
 fn real_ioctl() -> Option<IoctlFn> {
     static REAL: OnceLock<usize> = OnceLock::new();
-    let p = *REAL.get_or_init(|| {
-        // SAFETY: dlsym with a NUL-terminated name; RTLD_NEXT finds the
-        // definition after this library's.
-        unsafe { libc::dlsym(libc::RTLD_NEXT, c"ioctl".as_ptr()) as usize }
-    });
+    let p = next_symbol(&REAL, c"ioctl");
     // SAFETY: a non-null result of dlsym("ioctl") is the C library's ioctl.
     (p != 0).then(|| unsafe { std::mem::transmute::<usize, IoctlFn>(p) })
 }
@@ -167,15 +173,16 @@ pub unsafe extern "C" fn fallocate(
     len: libc::off_t,
 ) -> c_int {
     if mode & FALLOC_FL_UNSHARE_RANGE != 0 && on_pmemfs(fd) {
+        let Some(real) = real_ioctl() else {
+            set_errno(libc::ENOSYS);
+            return -1;
+        };
         let range = [off as u64, len as u64];
         // SAFETY: the unshare ioctl reads two u64s from `range`.
-        return unsafe { ioctl(fd, PMEMFS_IOC_UNSHARE, range.as_ptr() as *mut c_void) };
+        return unsafe { real(fd, PMEMFS_IOC_UNSHARE, range.as_ptr() as *mut c_void) };
     }
     static REAL: OnceLock<usize> = OnceLock::new();
-    let p = *REAL.get_or_init(|| {
-        // SAFETY: as in real_ioctl.
-        unsafe { libc::dlsym(libc::RTLD_NEXT, c"fallocate".as_ptr()) as usize }
-    });
+    let p = next_symbol(&REAL, c"fallocate");
     if p == 0 {
         set_errno(libc::ENOSYS);
         return -1;
