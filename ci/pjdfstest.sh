@@ -36,7 +36,9 @@ config="$here/pjdfstest.toml"
 version=${PJDFSTEST_VERSION:-0.2.2}
 pass_timeout=${PJDFSTEST_TIMEOUT:-1200}
 size=${PMEMFS_IMAGE_SIZE:-1G}
-mount_opts="allow_other${PMEMFS_MOUNT_OPTS:+,$PMEMFS_MOUNT_OPTS}"
+# Default options, as a user mounts it: a root mount admits every user
+# (allow_other) by itself, and the suite's non-root cases need that.
+mount_opts="${PMEMFS_MOUNT_OPTS:-}"
 pmemfs="$bindir/pmemfs"
 
 say() { echo "pjdfstest.sh: $*"; }
@@ -146,9 +148,9 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM HUP # so that cleanup runs
 
 "$pmemfs" mkfs -q -s "$size" "$image"
-"$pmemfs" mount -o "$mount_opts" "$image" "$mnt"
+"$pmemfs" mount ${mount_opts:+-o "$mount_opts"} "$image" "$mnt"
 mounted=1
-say "mounted $image on $mnt (-o $mount_opts)"
+say "mounted $image on $mnt (-o ${mount_opts:-defaults}): $(findmnt -no OPTIONS "$mnt")"
 mkdir -m 0755 "$mnt/pjdfstest"
 
 # --- the suite ---------------------------------------------------------------

@@ -283,3 +283,31 @@ fn preen_fixes_safe_problems_only() {
     assert!(out.contains("DR8"), "{out}");
     assert_eq!(fsck("-n", &path).0, 0);
 }
+
+#[test]
+fn bad_acl_and_unknown_flags() {
+    let dir = TempDir::new("acl");
+    let path = populated(&dir);
+    let img = Image::open(&path, Access::ReadOnly).unwrap();
+    let file = img.meta().get(ROOT_INO).unwrap().dir().unwrap().entries[&b"big"[..]];
+    drop(img);
+    let good = pmemfs_ondisk::acl::Acl::from_mode(0o640).encode();
+    damage_meta(&path, |m| {
+        let inode = m.inodes.get_mut(&file).unwrap();
+        // A truncated access ACL, and a default ACL on a file.
+        inode.xattrs.insert(
+            pmemfs_ondisk::acl::ACCESS.to_vec(),
+            good[..good.len() - 3].to_vec(),
+        );
+        inode
+            .xattrs
+            .insert(pmemfs_ondisk::acl::DEFAULT.to_vec(), good.clone());
+        inode.attr.flags = 0x10 | 0x4000_0000;
+    });
+    let (out_n, _) = repair_cycle(&path, "IN4");
+    assert!(out_n.contains("IN5"), "unknown flags reported:\n{out_n}");
+    let img = Image::open(&path, Access::ReadOnly).unwrap();
+    let inode = img.meta().get(file).unwrap();
+    assert!(inode.xattrs.is_empty(), "both bad ACLs removed");
+    assert_eq!(inode.attr.flags, 0x10, "the known flag kept");
+}

@@ -5,10 +5,11 @@
 
 use std::path::PathBuf;
 
-const NAMES: &[&str] = &["mkfs.pmemfs", "fsck.pmemfs", "pmemfs-mount", "mount.pmemfs"];
+include!("src/links.rs");
 
 fn main() {
     println!("cargo::rerun-if-changed=build.rs");
+    println!("cargo::rerun-if-changed=src/links.rs");
     // OUT_DIR is target/<profile>/build/<pkg>-<hash>/out.
     let Some(out) = std::env::var_os("OUT_DIR").map(PathBuf::from) else {
         return;
@@ -16,7 +17,7 @@ fn main() {
     let Some(profile_dir) = out.ancestors().nth(3) else {
         return;
     };
-    for name in NAMES {
+    for name in LINKS {
         let link = profile_dir.join(name);
         if std::fs::read_link(&link).is_ok_and(|t| t == std::path::Path::new("pmemfs")) {
             continue;

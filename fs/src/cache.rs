@@ -489,7 +489,24 @@ mod tests {
     const PG: u64 = PAGE_SIZE;
     const PUNCH: i32 = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
 
+    /// Keeps the test thread on the CPU it runs on, so that it stays on
+    /// one emulated node: a loaded machine would otherwise move it between
+    /// reads, and the copies of one node would not be the other's hits.
+    fn pin_thread() {
+        let Some(cpu) = pmemfs_pagecache::numa::current_cpu() else {
+            return;
+        };
+        // SAFETY: a zeroed cpu_set_t is empty; CPU_SET and
+        // sched_setaffinity only touch the set and this thread.
+        unsafe {
+            let mut set: libc::cpu_set_t = std::mem::zeroed();
+            libc::CPU_SET(cpu as usize, &mut set);
+            libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+        }
+    }
+
     fn state(dram_cache: u64) -> State {
+        pin_thread();
         let pmem = Pmem::memory(MIN_IMAGE_BYTES);
         let opts = FormatOptions::fixed("cache");
         format_pmem(&pmem, &opts).expect("format");

@@ -84,6 +84,19 @@ fn push_maps(ino: Ino, pairs: &[(u64, u64)], ops: &mut Vec<Op>) {
     }
 }
 
+/// Where to allocate page `index` of a file so that it extends the file's
+/// run: after the pfn of page `index - 1`, in the page map or among the
+/// pages just taken for this transaction (the last run taken).
+fn goal(state: &State, ino: Ino, index: u64, fresh: &Fresh) -> Option<u64> {
+    let prev = index.checked_sub(1)?;
+    if let Some(r) = fresh.0.last() {
+        // The last fresh run ends at the page before when the two are
+        // consecutive: the common case of a long write.
+        return Some(r.start + r.len);
+    }
+    pages_of(state, ino).ok()?.get(prev).map(|pfn| pfn + 1)
+}
+
 /// Pages written and not yet flushed, as one run of consecutive pfns.
 #[derive(Default)]
 struct Dirty {
@@ -274,7 +287,10 @@ impl State {
         let mut i = 0;
         let mut page = vec![0u8; PAGE];
         while i < need.len() {
-            let run = self.image.alloc((need.len() - i) as u64)?;
+            let goal = goal(self, ino, need[i].0, fresh);
+            let run = self
+                .image
+                .alloc_for((need.len() - i) as u64, goal, need[i].0)?;
             fresh.0.push(run);
             for k in 0..run.len {
                 let (idx, old) = need[i + k as usize];
@@ -356,14 +372,62 @@ impl State {
         })
     }
 
+    /// How many of `len` bytes at `off` a write can store with the pages
+    /// left: all of them when the range needs no more fresh pages (holes
+    /// and shared pages) than are available, else those before the first
+    /// page that does not fit.
+    fn bytes_that_fit(&self, ino: Ino, off: u64, len: usize) -> FsResult<usize> {
+        if len == 0 {
+            return Ok(0);
+        }
+        let avail = self.image.available_pages();
+        let (first, last) = (off / PAGE_SIZE, (off + len as u64 - 1) / PAGE_SIZE);
+        if last - first < avail {
+            return Ok(len);
+        }
+        let map = pages_of(self, ino)?;
+        let mut fresh = 0;
+        for idx in first..=last {
+            let needs_page = map.get(idx).is_none_or(|pfn| !self.exclusive(pfn));
+            if needs_page {
+                if fresh == avail {
+                    return Ok((idx * PAGE_SIZE).saturating_sub(off) as usize);
+                }
+                fresh += 1;
+            }
+        }
+        Ok(len)
+    }
+
     pub fn write(&mut self, ino: Ino, off: u64, data: &[u8]) -> FsResult<u32> {
+        self.write_as(ino, off, data, false)
+    }
+
+    /// A write; `kill_suidgid` says the writer may not keep set-uid and
+    /// set-gid (see [`crate::privs`]). File capabilities go either way.
+    pub fn write_as(
+        &mut self,
+        ino: Ino,
+        off: u64,
+        data: &[u8],
+        kill_suidgid: bool,
+    ) -> FsResult<u32> {
         pages_of(self, ino)?;
-        let end = off
+        if off
             .checked_add(data.len() as u64)
-            .filter(|&e| e <= MAX_FILE_SIZE);
-        let Some(end) = end else {
+            .is_none_or(|e| e > MAX_FILE_SIZE)
+        {
             return fail(libc::EFBIG);
-        };
+        }
+        self.may_write_at(ino, off, false)?;
+        // At ENOSPC a write stores the pages that fit and returns their
+        // count, as Linux file systems do; only a write of which nothing
+        // fits fails.
+        let data = &data[..self.bytes_that_fit(ino, off, data.len())?];
+        if data.is_empty() {
+            return fail(libc::ENOSPC);
+        }
+        let end = off + data.len() as u64;
         self.expose(ino, self.attr(ino)?.size, off)?;
         self.transact(|s, ops, fresh| {
             s.store(ino, off, data, ops, fresh)?;
@@ -372,7 +436,11 @@ impl State {
                 a.size = a.size.max(end);
                 a.mtime = t;
                 a.ctime = t;
+                if kill_suidgid {
+                    crate::privs::kill_suid_sgid(a);
+                }
             })?);
+            ops.extend(s.kill_capability(ino));
             Ok(())
         })?;
         Ok(data.len() as u32)
@@ -455,6 +523,7 @@ impl State {
         size: u64,
         extra: impl FnOnce(&mut pmemfs_ondisk::Attr),
     ) -> FsResult<()> {
+        self.may_write_at(ino, 0, true)?;
         if pages_of(self, ino).is_ok() {
             self.expose(ino, self.attr(ino)?.size, size)?;
         }
@@ -467,6 +536,7 @@ impl State {
                 a.ctime = t;
                 extra(a);
             })?);
+            ops.extend(s.kill_capability(ino));
             Ok(())
         })
     }
@@ -482,6 +552,9 @@ impl State {
             return fail(if len == 0 { libc::EINVAL } else { libc::EFBIG });
         };
         let keep_size = mode & libc::FALLOC_FL_KEEP_SIZE != 0;
+        let reshapes =
+            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_UNSHARE_RANGE;
+        self.may_write_at(ino, off, mode & reshapes != 0)?;
         let known = libc::FALLOC_FL_KEEP_SIZE
             | libc::FALLOC_FL_PUNCH_HOLE
             | libc::FALLOC_FL_ZERO_RANGE
@@ -526,7 +599,10 @@ impl State {
                     .collect();
                 let mut i = 0;
                 while i < holes.len() {
-                    let run = s.image.alloc((holes.len() - i) as u64)?;
+                    let goal = goal(s, ino, holes[i], fresh);
+                    let run = s
+                        .image
+                        .alloc_for((holes.len() - i) as u64, goal, holes[i])?;
                     fresh.0.push(run);
                     s.image
                         .pmem()
@@ -630,6 +706,7 @@ impl State {
     ) -> FsResult<u64> {
         pages_of(self, src)?;
         pages_of(self, dst)?;
+        self.may_write_at(dst, dst_off, false)?;
         let src_size = self.attr(src)?.size;
         if src_off >= src_size || len == 0 {
             return Ok(0);

@@ -23,10 +23,14 @@ use fuser::{
 use parking_lot::{Mutex, RwLock};
 use pmemfs_ondisk::{Access, Image, Ino, Kind, PAGE_SIZE};
 
-use crate::attr::{kind_to_fuse, time_from_system, to_fuse};
+use crate::attr::{kind_to_fuse, time_from_system};
 use crate::cache::CacheOptions;
 use crate::error::{fail, FsError, FsResult};
-use crate::ioctl::{PMEMFS_IOC_STATS, PMEMFS_IOC_UNSHARE, PMEMFS_IOC_USAGE};
+use crate::ioctl::{
+    FITRIM, PMEMFS_IOC_DIR_USAGE, PMEMFS_IOC_OPS, PMEMFS_IOC_OPS_RESET, PMEMFS_IOC_STATS,
+    PMEMFS_IOC_UNSHARE, PMEMFS_IOC_USAGE,
+};
+use crate::ops::{OpCounters, Opcode};
 use crate::options::MountOptions;
 use crate::state::{now, Caller, NewInode, State};
 
@@ -45,6 +49,8 @@ pub struct PmemFs {
     /// Directory listings taken at opendir, served by readdir.
     listings: Mutex<HashMap<u64, Listing>>,
     next_fh: AtomicU64,
+    /// Requests served, per opcode (`pmemfs stat --ops`).
+    ops: OpCounters,
     opts: MountOptions,
     name: String,
 }
@@ -73,15 +79,16 @@ impl PmemFs {
         if opts.read_only {
             pmemfs_ondisk::lock::lock_shared(&file)?;
         }
-        let img = Image::open_file(file, access)?;
+        let mut img = Image::open_file(file, access)?;
+        img.set_discard(opts.discard);
+        let mut state = State::with_cache(img, opts.read_only, CacheOptions::from_mount(&opts));
+        state.set_acls(opts.acl);
+        state.set_atime_policy(opts.atime);
         Ok(PmemFs {
-            state: RwLock::new(State::with_cache(
-                img,
-                opts.read_only,
-                CacheOptions::from_mount(&opts),
-            )),
+            state: RwLock::new(state),
             listings: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
+            ops: OpCounters::default(),
             name: image
                 .canonicalize()
                 .unwrap_or_else(|_| image.to_path_buf())
@@ -114,35 +121,90 @@ impl PmemFs {
         if self.opts.default_permissions {
             c.mount_options.push(MountOption::DefaultPermissions);
         }
-        if self.opts.allow_other {
+        if self.opts.admits_everyone() {
             c.acl = fuser::SessionACL::All;
         }
-        c.mount_options.push(MountOption::Dev);
-        c.mount_options.push(MountOption::Suid);
+        c.mount_options.push(if self.opts.dev {
+            MountOption::Dev
+        } else {
+            MountOption::NoDev
+        });
+        c.mount_options.push(if self.opts.suid {
+            MountOption::Suid
+        } else {
+            MountOption::NoSuid
+        });
+        c.mount_options.push(if self.opts.exec {
+            MountOption::Exec
+        } else {
+            MountOption::NoExec
+        });
         c.n_threads = Some(self.opts.threads);
         c.clone_fd = true;
         c
     }
 
+    /// The inode-flag ioctls (`chattr`, `lsattr`, `xfs_io -c lsattr`), or
+    /// `None` for any other number. The kernel has checked that the caller
+    /// may set what it sets.
+    fn flags_ioctl(&self, cmd: u32, ino: Ino, in_data: &[u8]) -> Option<FsResult<Vec<u8>>> {
+        use crate::flags::*;
+        let word = |b: &[u8]| {
+            b.get(..4)
+                .and_then(|w| w.try_into().ok())
+                .map(u32::from_le_bytes)
+        };
+        Some(match cmd {
+            FS_IOC_GETFLAGS => self
+                .state
+                .read()
+                .flags(ino)
+                .map(|f| f.to_le_bytes().to_vec()),
+            FS_IOC_SETFLAGS => match word(in_data) {
+                Some(f) => self.state.write().set_flags(ino, f).map(|()| Vec::new()),
+                None => fail(libc::EINVAL),
+            },
+            FS_IOC_FSGETXATTR => self.state.read().flags(ino).map(|f| {
+                let mut x = vec![0u8; FSXATTR_BYTES];
+                x[..4].copy_from_slice(&to_xflags(f).to_le_bytes());
+                x
+            }),
+            FS_IOC_FSSETXATTR => match word(in_data).map(from_xflags) {
+                Some(Some(f)) => self.state.write().set_flags(ino, f).map(|()| Vec::new()),
+                Some(None) => fail(libc::EOPNOTSUPP),
+                None => fail(libc::EINVAL),
+            },
+            _ => return None,
+        })
+    }
+
     fn entry(&self, ino: Ino, reply: ReplyEntry) {
-        match self.state.read().inode(ino) {
-            Ok(i) => reply.entry(&TTL, &to_fuse(ino, i), Generation(0)),
+        match self.state.read().fuse_attr(ino) {
+            Ok(a) => reply.entry(&TTL, &a, Generation(0)),
             Err(e) => reply.error(e.errno()),
         }
     }
 
     fn attr_reply(&self, ino: Ino, reply: ReplyAttr) {
-        match self.state.read().inode(ino) {
-            Ok(i) => reply.attr(&TTL, &to_fuse(ino, i)),
+        match self.state.read().fuse_attr(ino) {
+            Ok(a) => reply.attr(&TTL, &a),
             Err(e) => reply.error(e.errno()),
         }
     }
 
-    fn make(&self, req: &Request, parent: INodeNo, name: &OsStr, new: NewInode, reply: ReplyEntry) {
-        let made = self
-            .state
-            .write()
-            .make(parent.0, name.as_bytes(), new, caller(req));
+    fn make(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        new: NewInode,
+        umask: u32,
+        reply: ReplyEntry,
+    ) {
+        let made =
+            self.state
+                .write()
+                .make_masked(parent.0, name.as_bytes(), new, caller(req), umask);
         match made {
             Ok(ino) => self.entry(ino, reply),
             Err(e) => reply.error(e.errno()),
@@ -171,11 +233,24 @@ impl Filesystem for PmemFs {
         // with it the kernel holds written data the daemon has not seen, so
         // SEEK_DATA/SEEK_HOLE would miss it, and stamps mtime from its own
         // coarser clock.
+        // EXPORT_SUPPORT: node ids are inode numbers, never reused, so a
+        // file handle (name_to_handle_at, NFS) stays good across cache
+        // drops and remounts.
         let mut want = InitFlags::FUSE_MAX_PAGES
             | InitFlags::FUSE_PARALLEL_DIROPS
-            | InitFlags::FUSE_CACHE_SYMLINKS;
+            | InitFlags::FUSE_CACHE_SYMLINKS
+            | InitFlags::FUSE_EXPORT_SUPPORT
+            // The daemon drops set-uid, set-gid and capabilities itself
+            // (crate::privs): the kernel then asks no GETXATTR
+            // security.capability before each write.
+            | InitFlags::FUSE_HANDLE_KILLPRIV_V2;
         if self.opts.writeback_cache {
             want |= InitFlags::FUSE_WRITEBACK_CACHE;
+        }
+        if self.opts.acl {
+            // The kernel enforces ACLs it reads with getxattr; it sends
+            // the umask unapplied, since a default ACL overrides it.
+            want |= InitFlags::FUSE_POSIX_ACL | InitFlags::FUSE_DONT_MASK;
         }
         let _ = config.add_capabilities(want);
         let _ = config.set_max_write(MAX_WRITE);
@@ -186,6 +261,12 @@ impl Filesystem for PmemFs {
     fn destroy(&mut self) {
         let mut s = self.state.write();
         if !s.is_read_only() {
+            if let Err(e) = s.flush_atimes() {
+                eprintln!(
+                    "pmemfs: {}: access times could not be written ({e})",
+                    self.name
+                );
+            }
             if let Err(e) = s.image.mark_clean() {
                 eprintln!("pmemfs: {}: the final checkpoint failed ({e}); the journal still holds every change", self.name);
             }
@@ -193,7 +274,15 @@ impl Filesystem for PmemFs {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        let found = self.state.read().lookup(parent.0, name.as_bytes());
+        let _timer = self.ops.time(Opcode::Lookup);
+        // "." and ".." come from the kernel only to find an inode (or its
+        // parent) from a file handle that outlived its cache
+        // (FUSE_EXPORT_SUPPORT): "." names any inode itself.
+        let found = match name.as_bytes() {
+            b"." => Ok(parent.0),
+            b".." => self.state.read().dir(parent.0).map(|d| d.parent),
+            n => self.state.read().lookup(parent.0, n),
+        };
         match found {
             Ok(ino) => self.entry(ino, reply),
             // A negative entry the kernel may cache: every create passes
@@ -206,13 +295,21 @@ impl Filesystem for PmemFs {
         }
     }
 
+    /// Node ids are inode numbers and nothing is kept per lookup, so
+    /// forgets only count (fuser hands a BATCH_FORGET over as one call
+    /// here per node).
+    fn forget(&self, _req: &Request, _ino: INodeNo, _nlookup: u64) {
+        let _timer = self.ops.time(Opcode::Forget);
+    }
+
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        let _timer = self.ops.time(Opcode::Getattr);
         self.attr_reply(ino.0, reply)
     }
 
     fn setattr(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         mode: Option<u32>,
         uid: Option<u32>,
@@ -228,8 +325,16 @@ impl Filesystem for PmemFs {
         _flags: Option<BsdFileFlags>,
         reply: ReplyAttr,
     ) {
+        let _timer = self.ops.time(Opcode::Setattr);
         let t = now();
+        // Set-uid and set-gid go on chown, and on truncate by anyone but
+        // root, unless the same request sets the mode (crate::privs).
+        let chown = uid.is_some() || gid.is_some();
+        let kill = mode.is_none() && (chown || (size.is_some() && req.uid() != 0));
         let change = move |a: &mut pmemfs_ondisk::Attr| {
+            if kill {
+                crate::privs::kill_suid_sgid(a);
+            }
             if let Some(m) = mode {
                 a.perm = (m & 0o7777) as u16;
             }
@@ -250,11 +355,46 @@ impl Filesystem for PmemFs {
             }
             a.ctime = ctime.map_or(t, time_from_system);
         };
+        let explicit = |t: &Option<TimeOrNow>| matches!(t, Some(TimeOrNow::SpecificTime(_)));
+        let owner_change = mode.is_some()
+            || uid.is_some()
+            || gid.is_some()
+            || explicit(&atime)
+            || explicit(&mtime)
+            || crtime.is_some();
         let r = {
             let mut s = self.state.write();
-            match size {
-                Some(sz) => s.set_size(ino.0, sz, change),
-                None => s.set_attr(ino.0, change).and_then(|op| s.commit(&[op])),
+            // What chattr +i and +a forbid (crate::flags).
+            let allowed = if size.is_some() {
+                s.may_write_at(ino.0, 0, true)
+            } else if owner_change {
+                s.may_change(ino.0)
+            } else {
+                s.may_touch(ino.0)
+            };
+            let acl_op = match mode {
+                Some(m) => allowed.and_then(|()| s.chmod_acl(ino.0, (m & 0o7777) as u16)),
+                None => allowed.map(|()| None),
+            };
+            match (size, acl_op) {
+                (_, Err(e)) => Err(e),
+                // A size and a mode at once (rare): two transactions.
+                (Some(sz), Ok(acl_op)) => s
+                    .set_size(ino.0, sz, change)
+                    .and_then(|()| acl_op.map_or(Ok(()), |op| s.commit(&[op]))),
+                (None, Ok(acl_op)) => s.set_attr(ino.0, change).and_then(|op| {
+                    let caps = if chown {
+                        s.kill_capability(ino.0)
+                    } else {
+                        None
+                    };
+                    s.commit(
+                        &[Some(op), acl_op, caps]
+                            .into_iter()
+                            .flatten()
+                            .collect::<Vec<_>>(),
+                    )
+                }),
             }
         };
         match r {
@@ -264,6 +404,7 @@ impl Filesystem for PmemFs {
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        let _timer = self.ops.time(Opcode::Readlink);
         match self.state.read().readlink(ino.0) {
             Ok(t) => reply.data(&t),
             Err(e) => reply.error(e.errno()),
@@ -276,10 +417,11 @@ impl Filesystem for PmemFs {
         parent: INodeNo,
         name: &OsStr,
         mode: u32,
-        _umask: u32,
+        umask: u32,
         rdev: u32,
         reply: ReplyEntry,
     ) {
+        let _timer = self.ops.time(Opcode::Mknod);
         self.make(
             req,
             parent,
@@ -289,6 +431,7 @@ impl Filesystem for PmemFs {
                 rdev,
                 target: None,
             },
+            umask,
             reply,
         )
     }
@@ -299,9 +442,10 @@ impl Filesystem for PmemFs {
         parent: INodeNo,
         name: &OsStr,
         mode: u32,
-        _umask: u32,
+        umask: u32,
         reply: ReplyEntry,
     ) {
+        let _timer = self.ops.time(Opcode::Mkdir);
         let mode = (mode & 0o7777) | libc::S_IFDIR;
         self.make(
             req,
@@ -312,11 +456,13 @@ impl Filesystem for PmemFs {
                 rdev: 0,
                 target: None,
             },
+            umask,
             reply,
         )
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let _timer = self.ops.time(Opcode::Unlink);
         empty(
             self.state.write().unlink(parent.0, name.as_bytes(), false),
             reply,
@@ -324,6 +470,7 @@ impl Filesystem for PmemFs {
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let _timer = self.ops.time(Opcode::Rmdir);
         empty(
             self.state.write().unlink(parent.0, name.as_bytes(), true),
             reply,
@@ -338,6 +485,7 @@ impl Filesystem for PmemFs {
         target: &Path,
         reply: ReplyEntry,
     ) {
+        let _timer = self.ops.time(Opcode::Symlink);
         let target = Some(target.as_os_str().as_bytes());
         self.make(
             req,
@@ -348,13 +496,14 @@ impl Filesystem for PmemFs {
                 rdev: 0,
                 target,
             },
+            0,
             reply,
         )
     }
 
     fn rename(
         &self,
-        _req: &Request,
+        req: &Request,
         parent: INodeNo,
         name: &OsStr,
         newparent: INodeNo,
@@ -362,12 +511,14 @@ impl Filesystem for PmemFs {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
-        let r = self.state.write().rename(
+        let _timer = self.ops.time(Opcode::Rename);
+        let r = self.state.write().rename_as(
             parent.0,
             name.as_bytes(),
             newparent.0,
             newname.as_bytes(),
             flags.bits(),
+            caller(req),
         );
         empty(r, reply)
     }
@@ -380,6 +531,7 @@ impl Filesystem for PmemFs {
         newname: &OsStr,
         reply: ReplyEntry,
     ) {
+        let _timer = self.ops.time(Opcode::Link);
         let r = self
             .state
             .write()
@@ -391,18 +543,27 @@ impl Filesystem for PmemFs {
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let _timer = self.ops.time(Opcode::Open);
         let mut s = self.state.write();
         let writes = flags.0 & libc::O_ACCMODE != libc::O_RDONLY;
         let r = match s.attr(ino.0) {
             Ok(a) if a.kind == Kind::Dir && writes => fail(libc::EISDIR),
             Ok(_) if writes && s.is_read_only() => fail(libc::EROFS),
-            Ok(_) => s.opened(ino.0),
+            Ok(_) => s.may_open(ino.0, flags.0).and_then(|()| s.opened(ino.0)),
             Err(e) => Err(e),
         };
+        // The kernel's page cache stays valid across opens: every change
+        // to the data passes through it. But reads it serves never reach
+        // here, so when a read is to update the access time the cache goes
+        // and the next read comes (see crate::atime).
+        let reads = flags.0 & libc::O_ACCMODE != libc::O_WRONLY;
+        let keep = if reads && (s.atime_strict() || s.atime_due(ino.0)) {
+            FopenFlags::empty()
+        } else {
+            FopenFlags::FOPEN_KEEP_CACHE
+        };
         match r {
-            // The kernel's page cache stays valid across opens: every
-            // change to the data passes through it.
-            Ok(()) => reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE),
+            Ok(()) => reply.opened(FileHandle(0), keep),
             Err(e) => reply.error(e.errno()),
         }
     }
@@ -418,9 +579,13 @@ impl Filesystem for PmemFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
+        let _timer = self.ops.time(Opcode::Read);
         let s = self.state.read();
         match s.read(ino.0, offset, size) {
-            Ok(d) => reply.data(d.as_slice()),
+            Ok(d) => {
+                reply.data(d.as_slice());
+                s.touch_atime(ino.0);
+            }
             Err(e) => reply.error(e.errno()),
         }
     }
@@ -432,12 +597,14 @@ impl Filesystem for PmemFs {
         _fh: FileHandle,
         offset: u64,
         data: &[u8],
-        _write_flags: WriteFlags,
+        write_flags: WriteFlags,
         _flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        match self.state.write().write(ino.0, offset, data) {
+        let _timer = self.ops.time(Opcode::Write);
+        let kill = write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID);
+        match self.state.write().write_as(ino.0, offset, data, kill) {
             Ok(n) => reply.written(n),
             Err(e) => reply.error(e.errno()),
         }
@@ -451,6 +618,7 @@ impl Filesystem for PmemFs {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
+        let _timer = self.ops.time(Opcode::Flush);
         // Nothing is buffered here. ENOSYS tells the kernel so once, and it
         // stops sending a flush with every close.
         reply.error(Errno::ENOSYS)
@@ -466,47 +634,71 @@ impl Filesystem for PmemFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
+        let _timer = self.ops.time(Opcode::Release);
         empty(self.state.write().closed(ino.0), reply)
     }
 
     /// Every write and metadata change is durable when its request returns
-    /// (the journal entry is fenced before the reply), so there is nothing
-    /// left to flush.
+    /// (the journal entry is fenced before the reply); only access times
+    /// recorded by reads are left to write.
     fn fsync(
         &self,
         _req: &Request,
         _ino: INodeNo,
         _fh: FileHandle,
-        _datasync: bool,
+        datasync: bool,
         reply: ReplyEmpty,
     ) {
-        reply.ok()
+        let _timer = self.ops.time(Opcode::Fsync);
+        if datasync {
+            return reply.ok();
+        }
+        empty(self.state.write().flush_atimes(), reply)
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        let listing = self.state.read().list(ino.0);
-        match listing {
-            Ok(l) => {
+        let _timer = self.ops.time(Opcode::Opendir);
+        // An open directory lives until its last release, like an open
+        // file: rmdir or a rename over it leaves it to its holders.
+        let r = {
+            let mut s = self.state.write();
+            s.dir(ino.0).map(|_| ()).and_then(|()| s.opened(ino.0))
+        };
+        match r {
+            Ok(()) => {
                 let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-                self.listings.lock().insert(fh, l);
+                self.listings.lock().insert(fh, Vec::new());
                 reply.opened(FileHandle(fh), FopenFlags::empty());
             }
             Err(e) => reply.error(e.errno()),
         }
     }
 
+    /// Offsets are positions in the listing this handle took when it last
+    /// read from offset 0 (at the first readdir, and again after
+    /// rewinddir): stable while it reads on, whatever is created or
+    /// removed meanwhile, and a rewind sees the directory as it is then.
     fn readdir(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        let listings = self.listings.lock();
-        let Some(l) = listings.get(&fh.0) else {
+        let _timer = self.ops.time(Opcode::Readdir);
+        let mut listings = self.listings.lock();
+        let Some(l) = listings.get_mut(&fh.0) else {
             return reply.error(Errno::EBADF);
         };
+        if offset == 0 {
+            let s = self.state.read();
+            match s.list(ino.0) {
+                Ok(fresh) => *l = fresh,
+                Err(e) => return reply.error(e.errno()),
+            }
+            s.touch_atime(ino.0);
+        }
         for (i, (ino, kind, name)) in l.iter().enumerate().skip(offset as usize) {
             if reply.add(
                 INodeNo(*ino),
@@ -523,13 +715,14 @@ impl Filesystem for PmemFs {
     fn releasedir(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         _flags: OpenFlags,
         reply: ReplyEmpty,
     ) {
+        let _timer = self.ops.time(Opcode::Releasedir);
         self.listings.lock().remove(&fh.0);
-        reply.ok()
+        empty(self.state.write().closed(ino.0), reply)
     }
 
     fn fsyncdir(
@@ -540,10 +733,12 @@ impl Filesystem for PmemFs {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
+        let _timer = self.ops.time(Opcode::Fsyncdir);
         reply.ok()
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        let _timer = self.ops.time(Opcode::Statfs);
         let s = self.state.read();
         let g = s.image.geometry();
         let free = s.image.free_pages();
@@ -564,7 +759,7 @@ impl Filesystem for PmemFs {
 
     fn setxattr(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         name: &OsStr,
         value: &[u8],
@@ -572,25 +767,34 @@ impl Filesystem for PmemFs {
         _position: u32,
         reply: ReplyEmpty,
     ) {
-        empty(
-            self.state
-                .write()
-                .setxattr(ino.0, name.as_bytes(), value, flags),
-            reply,
-        )
+        let _timer = self.ops.time(Opcode::Setxattr);
+        let name = name.as_bytes();
+        let mut s = self.state.write();
+        let r = if crate::acl::is_acl_name(name) {
+            let in_group = s
+                .attr(ino.0)
+                .map(|a| req.uid() == 0 || in_group(req, a.gid));
+            in_group.and_then(|g| s.set_acl(ino.0, name, value, flags, g))
+        } else {
+            s.setxattr(ino.0, name, value, flags)
+        };
+        empty(r, reply)
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        let _timer = self.ops.time(Opcode::Getxattr);
         let v = self.state.read().getxattr(ino.0, name.as_bytes());
         xattr_reply(v, size, reply)
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        let _timer = self.ops.time(Opcode::Listxattr);
         let v = self.state.read().listxattr(ino.0);
         xattr_reply(v, size, reply)
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let _timer = self.ops.time(Opcode::Removexattr);
         empty(
             self.state.write().removexattr(ino.0, name.as_bytes()),
             reply,
@@ -603,13 +807,14 @@ impl Filesystem for PmemFs {
         parent: INodeNo,
         name: &OsStr,
         mode: u32,
-        _umask: u32,
+        umask: u32,
         _flags: i32,
         reply: ReplyCreate,
     ) {
+        let _timer = self.ops.time(Opcode::Create);
         let mut s = self.state.write();
         let r = s
-            .make(
+            .make_masked(
                 parent.0,
                 name.as_bytes(),
                 NewInode {
@@ -618,9 +823,10 @@ impl Filesystem for PmemFs {
                     target: None,
                 },
                 caller(req),
+                umask,
             )
             .and_then(|ino| s.opened(ino).map(|()| ino));
-        match r.and_then(|ino| s.inode(ino).map(|i| to_fuse(ino, i))) {
+        match r.and_then(|ino| s.fuse_attr(ino)) {
             Ok(attr) => reply.created(
                 &TTL,
                 &attr,
@@ -642,6 +848,7 @@ impl Filesystem for PmemFs {
         mode: i32,
         reply: ReplyEmpty,
     ) {
+        let _timer = self.ops.time(Opcode::Fallocate);
         empty(
             self.state.write().fallocate(ino.0, offset, length, mode),
             reply,
@@ -657,8 +864,14 @@ impl Filesystem for PmemFs {
         whence: i32,
         reply: ReplyLseek,
     ) {
+        let _timer = self.ops.time(Opcode::Lseek);
+        // A negative offset is ENXIO for SEEK_DATA and SEEK_HOLE, as on
+        // ext4 and XFS (there is no data or hole before the start).
         let Ok(off) = u64::try_from(offset) else {
-            return reply.error(Errno::EINVAL);
+            return reply.error(match whence {
+                libc::SEEK_DATA | libc::SEEK_HOLE => Errno::ENXIO,
+                _ => Errno::EINVAL,
+            });
         };
         match self.state.read().seek(ino.0, off, whence) {
             Ok(o) => reply.offset(o as i64),
@@ -668,7 +881,7 @@ impl Filesystem for PmemFs {
 
     fn ioctl(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         _fh: FileHandle,
         _flags: fuser::IoctlFlags,
@@ -677,6 +890,7 @@ impl Filesystem for PmemFs {
         out_size: u32,
         reply: fuser::ReplyIoctl,
     ) {
+        let _timer = self.ops.time(Opcode::Ioctl);
         if cmd == PMEMFS_IOC_UNSHARE {
             let mode = libc::FALLOC_FL_UNSHARE_RANGE | libc::FALLOC_FL_KEEP_SIZE;
             let r = match crate::ioctl::decode_range(in_data) {
@@ -688,10 +902,50 @@ impl Filesystem for PmemFs {
                 Err(e) => reply.error(e.errno()),
             };
         }
+        if let Some(r) = self.flags_ioctl(cmd, ino.0, in_data) {
+            return match r {
+                Ok(v) => reply.ioctl(0, &v),
+                Err(e) => reply.error(e.errno()),
+            };
+        }
+        if cmd == PMEMFS_IOC_OPS_RESET {
+            self.ops.reset();
+            return reply.ioctl(0, &[]);
+        }
+        if cmd == FITRIM {
+            // As a kernel file system, trimming is for the administrator.
+            let r = match crate::ioctl::decode_trim(in_data) {
+                _ if req.uid() != 0 => fail(libc::EPERM),
+                Some((start, len, minlen)) => {
+                    let first = start / PAGE_SIZE;
+                    let pages = len.div_ceil(PAGE_SIZE);
+                    let min_pages = minlen.div_ceil(PAGE_SIZE);
+                    let mut s = self.state.write();
+                    if s.is_read_only() {
+                        fail(libc::EROFS)
+                    } else {
+                        s.image
+                            .trim(first, pages, min_pages)
+                            .map(|n| crate::ioctl::encode_trim(start, n, minlen))
+                            .map_err(FsError::from)
+                    }
+                }
+                None => fail(libc::EINVAL),
+            };
+            return match r {
+                Ok(v) => reply.ioctl(0, &v),
+                Err(e) => reply.error(e.errno()),
+            };
+        }
         let s = self.state.read();
         let out = match cmd {
             PMEMFS_IOC_USAGE => s.usage(ino.0).map(|u| u.encode()),
             PMEMFS_IOC_STATS => Ok(s.stats().encode()),
+            PMEMFS_IOC_OPS => Ok(self.ops.encode()),
+            PMEMFS_IOC_DIR_USAGE => match crate::ioctl::decode_position(in_data) {
+                Some(from) => s.dir_usage(ino.0, from).map(|d| d.encode()),
+                None => fail(libc::EINVAL),
+            },
             _ => fail(libc::ENOTTY),
         };
         match out {
@@ -714,6 +968,7 @@ impl Filesystem for PmemFs {
         flags: CopyFileRangeFlags,
         reply: ReplyWrite,
     ) {
+        let _timer = self.ops.time(Opcode::CopyFileRange);
         if !flags.is_empty() {
             return reply.error(Errno::EINVAL);
         }
@@ -726,6 +981,22 @@ impl Filesystem for PmemFs {
             Err(e) => reply.error(e.errno()),
         }
     }
+}
+
+/// Whether the caller of `req` is in group `gid`: its primary group, or
+/// one of the supplementary groups the kernel lists for its process (FUSE
+/// does not send them).
+fn in_group(req: &Request, gid: u32) -> bool {
+    if req.gid() == gid {
+        return true;
+    }
+    let Ok(status) = std::fs::read_to_string(format!("/proc/{}/status", req.pid())) else {
+        return false;
+    };
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Groups:"))
+        .is_some_and(|g| g.split_whitespace().any(|x| x.parse() == Ok(gid)))
 }
 
 /// The attributes of a negative entry: node id 0 means "no such name".

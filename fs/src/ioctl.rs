@@ -31,6 +31,85 @@ const fn iow(nr: u32, size: u32) -> u32 {
     (1 << 30) | (size << 16) | ((b'P' as u32) << 8) | nr
 }
 
+const fn iowr(nr: u32, size: u32) -> u32 {
+    (3 << 30) | (size << 16) | ((b'P' as u32) << 8) | nr
+}
+
+/// The usage of a directory's regular files, many a call, so that `pmemfs
+/// du` costs a request per directory rather than several per file. In-data:
+/// one u64, the position to start at (0 first); out: see [`DirUsage`].
+pub const PMEMFS_IOC_DIR_USAGE: u32 = iowr(4, DirUsage::BYTES as u32);
+
+/// The position a [`PMEMFS_IOC_DIR_USAGE`] request starts at: its first
+/// u64 (the kernel sends the whole buffer in, as the number says).
+pub fn decode_position(bytes: &[u8]) -> Option<u64> {
+    Some(u64::from_le_bytes(bytes.get(..8)?.try_into().ok()?))
+}
+
+/// The per-opcode request counters ([`crate::ops::OpCounters::encode`]),
+/// asked of any inode.
+pub const PMEMFS_IOC_OPS: u32 = ior(5, crate::ops::OpCounters::BYTES as u32);
+/// Zeroes the request counters: `_IO('P', 6)`.
+pub const PMEMFS_IOC_OPS_RESET: u32 = ((b'P' as u32) << 8) | 6;
+
+/// FITRIM (`fstrim`): `_IOWR('X', 121, struct fstrim_range)`, the range
+/// being three u64s (start, len, minlen); the answer's len is the bytes
+/// trimmed.
+pub const FITRIM: u32 = (3 << 30) | (24 << 16) | ((b'X' as u32) << 8) | 121;
+
+/// The range of a FITRIM request: (start, len, minlen) in bytes.
+pub fn decode_trim(bytes: &[u8]) -> Option<(u64, u64, u64)> {
+    let [start, len, minlen] = decode::<3>(bytes)?;
+    Some((start, len, minlen))
+}
+
+/// FITRIM's answer: the range with `len` set to the bytes trimmed.
+pub fn encode_trim(start: u64, trimmed: u64, minlen: u64) -> Vec<u8> {
+    encode(&[start, trimmed, minlen])
+}
+
+/// One answer of [`PMEMFS_IOC_DIR_USAGE`]: `[count, next]`, then `count`
+/// records of `[ino, total, exclusive, shared]`, zero-padded. `next` is the
+/// position to ask for next, or 0 when the directory is done.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DirUsage {
+    pub files: Vec<(Ino, Usage)>,
+    pub next: u64,
+}
+
+impl DirUsage {
+    /// Records per answer: as many as fit the 14-bit size of an ioctl
+    /// number with the header.
+    pub const RECORDS: usize = 500;
+    pub const BYTES: usize = 16 + Self::RECORDS * 32;
+
+    pub fn encode(&self) -> Vec<u8> {
+        let mut w = vec![self.files.len() as u64, self.next];
+        for (ino, u) in &self.files {
+            w.extend([*ino, u.total, u.exclusive, u.shared]);
+        }
+        w.resize(Self::BYTES / 8, 0);
+        encode(&w)
+    }
+
+    pub fn decode(bytes: &[u8]) -> Option<DirUsage> {
+        let w = decode::<{ Self::BYTES / 8 }>(bytes)?;
+        let n = usize::try_from(w[0]).ok().filter(|&n| n <= Self::RECORDS)?;
+        let files = w[2..2 + 4 * n]
+            .chunks_exact(4)
+            .map(|r| {
+                let u = Usage {
+                    total: r[1],
+                    exclusive: r[2],
+                    shared: r[3],
+                };
+                (r[0], u)
+            })
+            .collect();
+        Some(DirUsage { files, next: w[1] })
+    }
+}
+
 /// The (offset, length) of an unshare request.
 pub fn decode_range(bytes: &[u8]) -> Option<(u64, u64)> {
     let [off, len] = decode::<2>(bytes)?;
@@ -182,6 +261,24 @@ impl State {
         Ok(u)
     }
 
+    /// The usage of the regular files of directory `dir`, from its
+    /// `from`th entry on (in name order), at most [`DirUsage::RECORDS`].
+    pub fn dir_usage(&self, dir: Ino, from: u64) -> FsResult<DirUsage> {
+        let entries = &self.dir(dir)?.entries;
+        let mut out = DirUsage::default();
+        let skip = usize::try_from(from).unwrap_or(usize::MAX);
+        for (pos, (_, &ino)) in (from..).zip(entries.iter().skip(skip)) {
+            if out.files.len() == DirUsage::RECORDS {
+                out.next = pos;
+                break;
+            }
+            if matches!(self.inode(ino)?.body, Body::File(_)) {
+                out.files.push((ino, self.usage(ino)?));
+            }
+        }
+        Ok(out)
+    }
+
     pub fn stats(&self) -> Stats {
         let meta = self.image.meta();
         let mut s = Stats {
@@ -242,5 +339,18 @@ mod tests {
         assert_eq!(&bytes[16 * 8..17 * 8], &7u64.to_le_bytes());
         assert_eq!(Stats::decode(&bytes), Some(s));
         assert_eq!(Stats::decode(&bytes[..64]), None);
+        // fstrim's number, as linux/fs.h spells it.
+        assert_eq!(FITRIM, 0xc018_5879);
+        assert_eq!(decode_trim(&encode_trim(1, 2, 3)), Some((1, 2, 3)));
+        const { assert!(DirUsage::BYTES < 1 << 14) };
+        let d = DirUsage {
+            files: vec![(5, u), (9, Usage::default())],
+            next: 500,
+        };
+        assert_eq!(DirUsage::decode(&d.encode()), Some(d));
+        let mut bad = DirUsage::default().encode();
+        bad[0] = 255;
+        bad[1] = 255;
+        assert_eq!(DirUsage::decode(&bad), None);
     }
 }

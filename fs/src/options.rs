@@ -1,11 +1,31 @@
 //! Mount options, parsed from the `-o` list that `pmemfs-mount` and
 //! `mount -t pmemfs` pass.
 
+use crate::atime::{AtimeMode, AtimePolicy};
+
 /// What a mount asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MountOptions {
     pub read_only: bool,
-    pub allow_other: bool,
+    /// Admit every user, not only the one who mounted. `None` until an
+    /// option says: then root mounts admit everyone, as a kernel file
+    /// system does, and other users' mounts do when /etc/fuse.conf lets
+    /// them (see [`MountOptions::resolve_allow_other`]).
+    pub allow_other: Option<bool>,
+    /// POSIX ACLs, stored in `system.posix_acl_*` and enforced by the
+    /// kernel (on by default, `noacl` turns them off).
+    pub acl: bool,
+    /// Set-uid and set-gid bits honoured on exec (`nosuid` clears it).
+    pub suid: bool,
+    /// Device nodes may be opened (`nodev` clears it).
+    pub dev: bool,
+    /// Files may be executed (`noexec` clears it).
+    pub exec: bool,
+    /// Freed pages go back to the image file as they are freed, not only
+    /// on `fstrim` (`discard`).
+    pub discard: bool,
+    /// How reads update access times (`relatime` by default).
+    pub atime: AtimePolicy,
     /// Let the kernel check permissions from the mode bits (on by default).
     pub default_permissions: bool,
     /// FUSE worker threads.
@@ -23,7 +43,13 @@ impl Default for MountOptions {
     fn default() -> Self {
         MountOptions {
             read_only: false,
-            allow_other: false,
+            allow_other: None,
+            acl: true,
+            suid: true,
+            dev: true,
+            exec: true,
+            discard: false,
+            atime: AtimePolicy::default(),
             default_permissions: true,
             threads: std::thread::available_parallelism()
                 .map_or(2, |n| n.get())
@@ -52,7 +78,18 @@ impl MountOptions {
             match key {
                 "ro" => self.read_only = true,
                 "rw" => self.read_only = false,
-                "allow_other" => self.allow_other = true,
+                "allow_other" => self.allow_other = Some(true),
+                "noallow_other" => self.allow_other = Some(false),
+                "acl" => self.acl = true,
+                "noacl" => self.acl = false,
+                "suid" => self.suid = true,
+                "nosuid" => self.suid = false,
+                "dev" => self.dev = true,
+                "nodev" => self.dev = false,
+                "exec" => self.exec = true,
+                "noexec" => self.exec = false,
+                "discard" => self.discard = true,
+                "nodiscard" => self.discard = false,
                 "default_permissions" => self.default_permissions = true,
                 // The kernel does every permission check; the daemon does
                 // none (FUSE does not even tell it the caller's
@@ -72,13 +109,71 @@ impl MountOptions {
                 "dram_cache" => self.dram_cache = number(value)?,
                 "writeback_cache" => self.writeback_cache = true,
                 "no_writeback_cache" => self.writeback_cache = false,
-                "defaults" | "auto" | "noauto" | "user" | "nouser" | "dev" | "nodev" | "suid"
-                | "nosuid" | "exec" | "noexec" | "atime" | "noatime" | "relatime" | "_netdev"
-                | "nofail" => {}
+                "relatime" | "atime" => self.atime.mode = AtimeMode::Relatime,
+                "strictatime" | "norelatime" => self.atime.mode = AtimeMode::Strict,
+                "noatime" => self.atime.mode = AtimeMode::Never,
+                "nodiratime" => self.atime.nodiratime = true,
+                "diratime" => self.atime.nodiratime = false,
+                // Access times are always written lazily (crate::atime),
+                // and every other change is durable when its reply goes
+                // out, which is all that sync and dirsync ask.
+                "lazytime" | "nolazytime" | "sync" | "async" | "dirsync" => {}
+                "defaults" | "auto" | "noauto" | "user" | "nouser" | "_netdev" | "nofail" => {}
                 _ => return Err(format!("unknown mount option {opt:?}")),
             }
         }
         Ok(())
+    }
+}
+
+/// Whether a mount by `uid` may admit other users, and the one line to say
+/// when it may not: FUSE lets a user other than root ask for `allow_other`
+/// only when /etc/fuse.conf has `user_allow_other` (fusermount3 refuses it
+/// otherwise).
+pub fn allow_other_permitted(uid: u32, fuse_conf: Option<&str>) -> Result<(), &'static str> {
+    if uid == 0 {
+        return Ok(());
+    }
+    let allowed = fuse_conf.is_some_and(|conf| {
+        conf.lines()
+            .map(|l| l.split('#').next().unwrap_or("").trim())
+            .any(|l| l == "user_allow_other")
+    });
+    if allowed {
+        Ok(())
+    } else {
+        Err("only you can use this mount: /etc/fuse.conf lacks user_allow_other, so other users are kept out (noallow_other says so quietly)")
+    }
+}
+
+impl MountOptions {
+    /// Settles `allow_other` for a mount made by `uid`: an explicit choice
+    /// stands (an impossible `allow_other` is an error); otherwise every
+    /// user is admitted when FUSE permits it. The message is the line to
+    /// show when the mount stays private by default.
+    pub fn resolve_allow_other(
+        &mut self,
+        uid: u32,
+        fuse_conf: Option<&str>,
+    ) -> Result<Option<&'static str>, String> {
+        let permitted = allow_other_permitted(uid, fuse_conf);
+        match (self.allow_other, permitted) {
+            (Some(true), Err(why)) => Err(format!("allow_other: {why}")),
+            (Some(_), _) => Ok(None),
+            (None, Ok(())) => {
+                self.allow_other = Some(true);
+                Ok(None)
+            }
+            (None, Err(why)) => {
+                self.allow_other = Some(false);
+                Ok(Some(why))
+            }
+        }
+    }
+
+    /// Whether every user is admitted (after [`Self::resolve_allow_other`]).
+    pub fn admits_everyone(&self) -> bool {
+        self.allow_other == Some(true)
     }
 }
 
@@ -106,7 +201,7 @@ mod tests {
         let mut o = MountOptions::default();
         o.apply("ro,threads=4,numa_nodes=2,dram_cache=64M,defaults,allow_other")
             .unwrap();
-        assert!(o.read_only && o.allow_other && o.default_permissions);
+        assert!(o.read_only && o.allow_other == Some(true) && o.default_permissions);
         assert_eq!(
             (o.threads, o.numa_nodes, o.dram_cache),
             (4, Some(2), 64 << 20)
@@ -114,5 +209,41 @@ mod tests {
         assert!(o.apply("bogus").is_err());
         assert!(o.apply("numa_nodes=0").is_err());
         assert!(o.apply("threads=x").is_err());
+        o.apply("nosuid,nodev,noexec,noacl").unwrap();
+        assert!(!o.suid && !o.dev && !o.exec && !o.acl);
+        o.apply("suid,dev,exec,acl").unwrap();
+        assert!(o.suid && o.dev && o.exec && o.acl);
+        assert_eq!(o.atime.mode, AtimeMode::Relatime);
+        o.apply("strictatime,nodiratime,lazytime,sync,dirsync")
+            .unwrap();
+        assert!(o.atime.mode == AtimeMode::Strict && o.atime.nodiratime);
+        o.apply("noatime").unwrap();
+        assert_eq!(o.atime.mode, AtimeMode::Never);
+    }
+
+    #[test]
+    fn allow_other_follows_the_caller_and_fuse_conf() {
+        let resolve = |opts: &str, uid, conf| {
+            let mut o = MountOptions::default();
+            o.apply(opts).unwrap();
+            o.resolve_allow_other(uid, conf)
+                .map(|m| (o.allow_other, m.is_some()))
+        };
+        assert_eq!(resolve("", 0, None), Ok((Some(true), false)));
+        assert_eq!(resolve("noallow_other", 0, None), Ok((Some(false), false)));
+        assert_eq!(resolve("", 1000, None), Ok((Some(false), true)));
+        assert_eq!(
+            resolve("", 1000, Some("# user_allow_other\n")),
+            Ok((Some(false), true))
+        );
+        assert_eq!(
+            resolve("", 1000, Some("mount_max = 9\n user_allow_other \n")),
+            Ok((Some(true), false))
+        );
+        assert!(resolve("allow_other", 1000, None).is_err());
+        assert_eq!(
+            resolve("noallow_other", 1000, None),
+            Ok((Some(false), false))
+        );
     }
 }

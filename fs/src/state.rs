@@ -15,6 +15,7 @@ use std::collections::HashMap;
 use pmemfs_ondisk::meta::{Dir, MAX_NAME};
 use pmemfs_ondisk::{Attr, Body, Image, Ino, Inode, Kind, NewBody, Op, Time, ROOT_INO};
 
+use crate::atime::{AtimePolicy, Atimes, FLUSH_BATCH};
 use crate::cache::{Cache, CacheOptions};
 use crate::error::{fail, FsResult};
 
@@ -28,6 +29,11 @@ pub struct State {
     /// closes.
     opens: HashMap<Ino, u32>,
     cache: Cache,
+    /// POSIX ACLs stored and honoured (see [`crate::acl`]).
+    acls: bool,
+    atime_policy: AtimePolicy,
+    /// Access times recorded by reads, not yet committed.
+    atimes: Atimes,
 }
 
 /// The page range `[first, last]` of a file whose mapping `op` changes;
@@ -111,7 +117,81 @@ impl State {
             read_only,
             opens: HashMap::new(),
             cache: Cache::new(cache),
+            acls: true,
+            atime_policy: AtimePolicy::default(),
+            atimes: Atimes::default(),
         }
+    }
+
+    /// How reads update access times (see [`crate::atime`]).
+    pub fn set_atime_policy(&mut self, policy: AtimePolicy) {
+        self.atime_policy = policy;
+    }
+
+    /// Records a read of `ino` for its access time; no commit.
+    pub fn touch_atime(&self, ino: Ino) {
+        if self.read_only {
+            return;
+        }
+        if let Ok(a) = self.attr(ino) {
+            self.atimes.touch(&self.atime_policy, ino, &a);
+        }
+    }
+
+    /// Whether a read of `ino` now would update its access time.
+    pub fn atime_due(&self, ino: Ino) -> bool {
+        !self.read_only
+            && self
+                .attr(ino)
+                .is_ok_and(|a| self.atime_policy.due(&a, now()))
+    }
+
+    /// Whether reads must reach the daemon every time for their access
+    /// times (`strictatime`).
+    pub fn atime_strict(&self) -> bool {
+        self.atime_policy.mode == crate::atime::AtimeMode::Strict
+    }
+
+    /// Writes the access times reads recorded, in transactions of at most
+    /// [`FLUSH_BATCH`] inodes.
+    pub fn flush_atimes(&mut self) -> FsResult<()> {
+        if self.read_only {
+            return Ok(());
+        }
+        while !self.atimes.is_empty() {
+            let ops: Vec<Op> = self
+                .atimes
+                .take(FLUSH_BATCH)
+                .into_iter()
+                .filter_map(|(ino, t)| {
+                    let mut attr = self.image.meta().get(ino)?.attr;
+                    attr.atime = t;
+                    Some(Op::SetAttr { ino, attr })
+                })
+                .collect();
+            if !ops.is_empty() {
+                self.image.commit(&ops)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The FUSE attributes of `ino`, as they are now shown (a pending
+    /// access time included).
+    pub fn fuse_attr(&self, ino: Ino) -> FsResult<fuser::FileAttr> {
+        let mut fa = crate::attr::to_fuse(ino, self.inode(ino)?);
+        fa.atime = crate::attr::time_to_system(self.attr(ino)?.atime);
+        Ok(fa)
+    }
+
+    /// Turns POSIX ACLs on or off (`-o noacl`): off, their xattrs are
+    /// refused and new inodes get the umask only.
+    pub fn set_acls(&mut self, on: bool) {
+        self.acls = on;
+    }
+
+    pub fn acls_enabled(&self) -> bool {
+        self.acls
     }
 
     pub fn cache(&self) -> &Cache {
@@ -129,8 +209,10 @@ impl State {
         }
     }
 
+    /// The attributes of `ino` as they are now shown: with an access
+    /// time a read recorded and no commit has written yet.
     pub fn attr(&self, ino: Ino) -> FsResult<Attr> {
-        Ok(self.inode(ino)?.attr)
+        Ok(self.atimes.overlay(ino, self.inode(ino)?.attr))
     }
 
     pub fn dir(&self, ino: Ino) -> FsResult<&Dir> {
@@ -159,6 +241,14 @@ impl State {
         if self.read_only {
             return fail(libc::EROFS);
         }
+        // The ops' own attributes already carry a pending access time
+        // (they are made from `attr`); the others' go first, apart.
+        for op in ops {
+            if let Op::SetAttr { ino, .. } = op {
+                self.atimes.forget(*ino);
+            }
+        }
+        self.flush_atimes()?;
         if self.cache.has_copies() {
             for (ino, first, last) in ops.iter().filter_map(touched) {
                 if let Some(map) = self.image.meta().get(ino).and_then(|i| i.pages()) {
@@ -183,8 +273,21 @@ impl State {
         Ok(Op::SetAttr { ino, attr })
     }
 
-    /// Makes a new inode named `name` in `parent`.
+    /// Makes a new inode named `name` in `parent`, with the mode as given.
     pub fn make(&mut self, parent: Ino, name: &[u8], new: NewInode, who: Caller) -> FsResult<Ino> {
+        self.make_masked(parent, name, new, who, 0)
+    }
+
+    /// Makes a new inode named `name` in `parent`: the parent's default
+    /// ACL, if any, shapes its mode and ACLs, else `umask` applies.
+    pub fn make_masked(
+        &mut self,
+        parent: Ino,
+        name: &[u8],
+        new: NewInode,
+        who: Caller,
+        umask: u32,
+    ) -> FsResult<Ino> {
         let NewInode { mode, rdev, target } = new;
         let Some(kind) = crate::attr::kind_from_mode(mode) else {
             return fail(libc::EINVAL);
@@ -194,8 +297,14 @@ impl State {
         if self.dir(parent)?.entries.contains_key(name) {
             return fail(libc::EEXIST);
         }
+        if pattr.nlink == 0 {
+            // A removed directory that is still open takes no new names.
+            return fail(libc::ENOENT);
+        }
+        self.may_change_dir(parent, false)?;
         let t = now();
-        let mut perm = (mode & 0o7777) as u16;
+        let inherited = self.inherit_acl(parent, kind, (mode & 0o7777) as u16, umask)?;
+        let mut perm = inherited.perm;
         let mut gid = who.gid;
         // BSD group semantics on setgid directories, as ext4 and XFS do.
         if pattr.perm & libc::S_ISGID as u16 != 0 {
@@ -230,15 +339,19 @@ impl State {
                 a.nlink += 1;
             }
         })?;
-        self.commit(&[
-            Op::Create { ino, attr, body },
-            Op::Link {
-                dir: parent,
-                name: name.to_vec(),
-                ino,
-            },
-            parent_op,
-        ])?;
+        let mut ops = vec![Op::Create { ino, attr, body }];
+        ops.extend(inherited.xattrs.into_iter().map(|(n, value)| Op::SetXattr {
+            ino,
+            name: n.to_vec(),
+            value,
+        }));
+        ops.push(Op::Link {
+            dir: parent,
+            name: name.to_vec(),
+            ino,
+        });
+        ops.push(parent_op);
+        self.commit(&ops)?;
         Ok(ino)
     }
 
@@ -255,6 +368,11 @@ impl State {
         if self.dir(parent)?.entries.contains_key(name) {
             return fail(libc::EEXIST);
         }
+        if self.attr(parent)?.nlink == 0 {
+            return fail(libc::ENOENT);
+        }
+        self.may_change(ino)?;
+        self.may_change_dir(parent, false)?;
         let t = now();
         let ops = [
             Op::Link {
@@ -295,7 +413,7 @@ impl State {
         } else {
             attr.nlink.saturating_sub(1)
         };
-        if left == 0 && (is_dir || !self.opens.contains_key(&ino)) {
+        if left == 0 && !self.opens.contains_key(&ino) {
             ops.push(Op::Delete { ino });
         } else {
             ops.push(Op::SetAttr {
@@ -321,6 +439,8 @@ impl State {
         if is_dir && !self.dir(ino)?.entries.is_empty() {
             return fail(libc::ENOTEMPTY);
         }
+        self.may_change_dir(parent, true)?;
+        self.may_change(ino)?;
         let t = now();
         let mut ops = Vec::new();
         self.drop_name(parent, name, ino, t, &mut ops)?;
@@ -355,18 +475,44 @@ impl State {
         newname: &[u8],
         flags: u32,
     ) -> FsResult<()> {
+        self.rename_as(from, name, to, newname, flags, Caller { uid: 0, gid: 0 })
+    }
+
+    /// rename(2) with renameat2's flags, for caller `who` (the owner of
+    /// the whiteout `RENAME_WHITEOUT` leaves, as overlayfs asks of its
+    /// upper layer: a character device 0:0 at the old name, made in the
+    /// same transaction).
+    pub fn rename_as(
+        &mut self,
+        from: Ino,
+        name: &[u8],
+        to: Ino,
+        newname: &[u8],
+        flags: u32,
+        who: Caller,
+    ) -> FsResult<()> {
         check_name(newname)?;
         let noreplace = flags & libc::RENAME_NOREPLACE != 0;
         let exchange = flags & libc::RENAME_EXCHANGE != 0;
-        if flags & !(libc::RENAME_NOREPLACE | libc::RENAME_EXCHANGE) != 0 || (noreplace && exchange)
-        {
+        let whiteout = flags & libc::RENAME_WHITEOUT != 0;
+        let known = libc::RENAME_NOREPLACE | libc::RENAME_EXCHANGE | libc::RENAME_WHITEOUT;
+        if flags & !known != 0 || (noreplace && exchange) || (whiteout && exchange) {
             return fail(libc::EINVAL);
         }
         let ino = self.lookup(from, name)?;
         self.dir(to)?;
+        if self.attr(to)?.nlink == 0 {
+            return fail(libc::ENOENT);
+        }
         let target = self.lookup(to, newname).ok();
         if target == Some(ino) {
             return Ok(()); // two names of one inode: POSIX says do nothing
+        }
+        self.may_change_dir(from, true)?;
+        self.may_change_dir(to, target.is_some())?;
+        self.may_change(ino)?;
+        if let Some(t) = target {
+            self.may_change(t)?;
         }
         let src_dir = self.attr(ino)?.kind == Kind::Dir;
         // A directory cannot move below itself.
@@ -434,6 +580,16 @@ impl State {
             *nlink_delta.entry(new).or_default() += 1;
         }
         ops.push(self.set_attr(ino, |a| a.ctime = t)?);
+        if whiteout {
+            let w = self.image.next_ino();
+            let attr = Attr::new(Kind::CharDev, 0, who.uid, who.gid, t);
+            ops.push(Op::Create {
+                ino: w,
+                attr,
+                body: NewBody::Special,
+            });
+            ops.push(link(from, name, w));
+        }
         for d in if from == to {
             vec![from]
         } else {
@@ -499,8 +655,14 @@ impl State {
         Ok(())
     }
 
+    /// Sets an xattr; the ACL xattrs go through [`State::set_acl`], which
+    /// keeps the mode in step (and is called for them by the FUSE layer).
     pub fn setxattr(&mut self, ino: Ino, name: &[u8], value: &[u8], flags: i32) -> FsResult<()> {
-        check_xattr_name(name)?;
+        if crate::acl::is_acl_name(name) {
+            return self.set_acl(ino, name, value, flags, true);
+        }
+        self.check_xattr_name(name)?;
+        self.may_change(ino)?;
         if value.len() > XATTR_SIZE_MAX {
             return fail(libc::E2BIG);
         }
@@ -524,7 +686,7 @@ impl State {
     }
 
     pub fn getxattr(&self, ino: Ino, name: &[u8]) -> FsResult<Vec<u8>> {
-        check_xattr_name(name)?;
+        self.check_xattr_name(name)?;
         match self.inode(ino)?.xattrs.get(name) {
             Some(v) => Ok(v.clone()),
             None => fail(libc::ENODATA),
@@ -533,7 +695,8 @@ impl State {
 
     pub fn listxattr(&self, ino: Ino) -> FsResult<Vec<u8>> {
         let mut out = Vec::new();
-        for name in self.inode(ino)?.xattrs.keys() {
+        let hidden = |n: &[u8]| !self.acls && crate::acl::is_acl_name(n);
+        for name in self.inode(ino)?.xattrs.keys().filter(|n| !hidden(n)) {
             out.extend_from_slice(name);
             out.push(0);
         }
@@ -541,7 +704,8 @@ impl State {
     }
 
     pub fn removexattr(&mut self, ino: Ino, name: &[u8]) -> FsResult<()> {
-        check_xattr_name(name)?;
+        self.check_xattr_name(name)?;
+        self.may_change(ino)?;
         if !self.inode(ino)?.xattrs.contains_key(name) {
             return fail(libc::ENODATA);
         }
@@ -560,18 +724,20 @@ impl State {
 /// Largest extended attribute value, as Linux's XATTR_SIZE_MAX.
 pub const XATTR_SIZE_MAX: usize = 65536;
 
-fn check_xattr_name(name: &[u8]) -> FsResult<()> {
-    if name.is_empty() || name.len() > 255 {
-        return fail(libc::ERANGE);
+impl State {
+    fn check_xattr_name(&self, name: &[u8]) -> FsResult<()> {
+        if name.is_empty() || name.len() > 255 {
+            return fail(libc::ERANGE);
+        }
+        // Of system.*, only the POSIX ACLs, and only when they are on:
+        // refused, tools fall back to the mode bits.
+        if crate::acl::is_acl_name(name) && self.acls {
+            return Ok(());
+        }
+        let known = [&b"user."[..], b"trusted.", b"security."];
+        if !known.iter().any(|p| name.starts_with(p)) {
+            return fail(libc::EOPNOTSUPP);
+        }
+        Ok(())
     }
-    // POSIX ACLs live in system.*; without ACL support they are refused,
-    // so tools fall back to the mode bits.
-    if name.starts_with(b"system.") {
-        return fail(libc::EOPNOTSUPP);
-    }
-    let known = [&b"user."[..], b"trusted.", b"security."];
-    if !known.iter().any(|p| name.starts_with(p)) {
-        return fail(libc::EOPNOTSUPP);
-    }
-    Ok(())
 }

@@ -78,18 +78,19 @@ pub struct Recovery {
 }
 
 pub struct Image {
-    /// Kept open: its flock is the image lock when writable.
-    /// Kept open: its flock is the image lock when writable. `None` for an
-    /// image on a persistence domain that is not a file (tests).
-    _file: Option<File>,
+    /// Kept open: its flock is the image lock when writable, and holes are
+    /// punched in it to give freed pages back. `None` for an image on a
+    /// persistence domain that is not a file (tests).
+    file: Option<File>,
     pmem: Pmem,
     sb: Superblock,
     meta: Meta,
     /// Durably free data pages (value 1).
     free: RangeMap<u32>,
     free_pages: u64,
-    /// Next-fit allocation cursor.
-    cursor: u64,
+    /// Give freed pages back to the image file as they are freed
+    /// (`-o discard`).
+    discard: bool,
     /// Where the next journal entry goes.
     journal: JournalPos,
     ckpt_pfns: Vec<u64>,
@@ -184,6 +185,10 @@ fn discard(file: &File, off: u64, len: u64) -> bool {
     // The hole must be durable before the superblock that relies on it.
     r == 0 && file.sync_all().is_ok()
 }
+
+/// Pages in a 2 MiB block: large allocations start at a pfn congruent to
+/// the file's page index modulo this.
+pub const ALIGN: u64 = 512;
 
 /// Pages kept back from data allocations so that a checkpoint can always be
 /// written, which is what lets a full file system still delete files.
@@ -336,13 +341,13 @@ impl Image {
         }
         let free_pages = free.pages();
         Ok(Image {
-            _file: file,
+            file,
             pmem,
             sb,
             meta,
             free,
             free_pages,
-            cursor: g.data_start,
+            discard: false,
             journal,
             ckpt_pfns,
             recovery: Recovery::default(),
@@ -414,27 +419,54 @@ impl Image {
     /// caller until a committed `Map` references them or [`Image::release`]
     /// returns them; a crash returns them by itself.
     pub fn alloc(&mut self, max: u64) -> Result<Run<u64>> {
+        self.alloc_for(max, None, 0)
+    }
+
+    /// [`Image::alloc`] for pages of a file from page `index` on: from
+    /// `goal` (the pfn after the file's previous page) when it is free, so
+    /// a file grows in one run; else low in the image, and for a large
+    /// request at a pfn congruent to `index` modulo [`ALIGN`], so that the
+    /// page cache can map whole 2 MiB blocks with one entry.
+    pub fn alloc_for(&mut self, max: u64, goal: Option<u64>, index: u64) -> Result<Run<u64>> {
         if self.free_pages < reserve(self.ckpt_pfns.len()) + max.min(1) {
             return Err(Error::NoSpace);
         }
-        self.take(max.min(self.free_pages - reserve(self.ckpt_pfns.len())))
+        let max = max.min(self.free_pages - reserve(self.ckpt_pfns.len()));
+        if let Some(run) =
+            goal.and_then(|g| self.free.first_at_or_after(g).filter(|r| r.start == g))
+        {
+            return Ok(self.take_at(run.start, run.len.min(max)));
+        }
+        if max >= ALIGN / 8 {
+            let want = max.min(ALIGN);
+            let aligned = self.free.iter().take(64).find_map(|r| {
+                let skip = (index.wrapping_sub(r.start)) % ALIGN;
+                (r.len >= skip + want).then(|| (r.start + skip, (r.len - skip).min(max)))
+            });
+            if let Some((start, len)) = aligned {
+                return Ok(self.take_at(start, len));
+            }
+        }
+        self.take(max)
     }
 
+    /// First fit from the lowest free pfn: pages freed before are reused
+    /// before pages never touched, so an image file (sparse, or trimmed)
+    /// grows only when the file system does.
     fn take(&mut self, max: u64) -> Result<Run<u64>> {
-        let run = self
-            .free
-            .first_at_or_after(self.cursor)
-            .or_else(|| self.free.first_at_or_after(0))
-            .ok_or(Error::NoSpace)?;
-        let len = run.len.min(max).max(1);
-        self.free.remove(run.start, len);
+        let run = self.free.first_at_or_after(0).ok_or(Error::NoSpace)?;
+        Ok(self.take_at(run.start, run.len.min(max).max(1)))
+    }
+
+    /// Takes the `len` free pages from `start`.
+    fn take_at(&mut self, start: u64, len: u64) -> Run<u64> {
+        self.free.remove(start, len);
         self.free_pages -= len;
-        self.cursor = run.start + len;
-        Ok(Run {
-            start: run.start,
+        Run {
+            start,
             len,
-            value: run.start,
-        })
+            value: start,
+        }
     }
 
     /// Gives back pages from [`Image::alloc`] that were never mapped.
@@ -486,6 +518,58 @@ impl Image {
         }
         for r in freed {
             self.release(r.start, r.len);
+            if self.discard {
+                // Best effort: a page not given back is merely kept.
+                let _ = self.punch(r.start, r.len);
+            }
+        }
+        Ok(())
+    }
+
+    /// Gives freed pages back to the image file as they are freed (or not).
+    pub fn set_discard(&mut self, on: bool) {
+        self.discard = on;
+    }
+
+    /// Gives every free run of at least `min_pages` pages in
+    /// `[first, first + len)` back to the image file (FITRIM): the file
+    /// system's pages read as zeros, and a sparse or tmpfs image shrinks.
+    /// Returns the bytes trimmed. Free pages belong to no durable state
+    /// (a page goes back to the free set only once the transaction that
+    /// freed it is durable), so nothing a crash brings back is touched.
+    pub fn trim(&mut self, first: u64, len: u64, min_pages: u64) -> Result<u64> {
+        if !self.pmem.is_writable() {
+            return Err(Error::ReadOnly);
+        }
+        let mut trimmed = 0;
+        for r in self.free.range(first, len) {
+            if r.len >= min_pages.max(1) {
+                self.punch(r.start, r.len)?;
+                trimmed += r.len * PAGE_SIZE;
+            }
+        }
+        Ok(trimmed)
+    }
+
+    /// Punches pages `[pfn, pfn + len)` out of the image file. Fails with
+    /// an I/O error of EOPNOTSUPP where the image cannot give pages back
+    /// (no file, or a file system or device without hole punching).
+    fn punch(&self, pfn: u64, len: u64) -> Result<()> {
+        use std::os::fd::AsRawFd;
+        let unsupported = || Error::Io(std::io::Error::from_raw_os_error(libc::EOPNOTSUPP));
+        let file = self.file.as_ref().ok_or_else(unsupported)?;
+        // SAFETY: fallocate on a valid descriptor has no memory effects;
+        // the pages are free, so no mapping of them is read or written.
+        let r = unsafe {
+            libc::fallocate(
+                file.as_raw_fd(),
+                libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                (pfn * PAGE_SIZE) as libc::off_t,
+                (len * PAGE_SIZE) as libc::off_t,
+            )
+        };
+        if r != 0 {
+            return Err(Error::Io(std::io::Error::last_os_error()));
         }
         Ok(())
     }
@@ -660,6 +744,53 @@ mod tests {
         assert!(!img.recovery().was_in_use);
         assert_eq!(img.meta().lost_found(), Some(2));
         assert_eq!(img.free_pages(), img.geometry().data_pages() - 1);
+    }
+
+    #[test]
+    fn freed_pages_are_reused_first_and_trim_gives_them_back() {
+        use std::os::unix::fs::MetadataExt;
+        let t = fresh("reuse", 16 << 20);
+        let mut img = Image::open(&t.0, Access::ReadWrite).unwrap();
+        let a = add_file(&mut img, "a", 64);
+        let a_pfns: Vec<u64> = img
+            .meta()
+            .get(a)
+            .unwrap()
+            .pages()
+            .unwrap()
+            .iter()
+            .map(|r| r.value)
+            .collect();
+        // Every page of a written, so the image file holds them.
+        for r in img.meta().get(a).unwrap().pages().unwrap().iter() {
+            let bytes = vec![7u8; (r.len * PAGE_SIZE) as usize];
+            img.pmem().write(r.value * PAGE_SIZE, &bytes).unwrap();
+            img.pmem()
+                .persist(r.value * PAGE_SIZE, r.len * PAGE_SIZE)
+                .unwrap();
+        }
+        add_file(&mut img, "b", 64);
+        img.commit(&[
+            Op::Unlink {
+                dir: ROOT_INO,
+                name: b"a".to_vec(),
+            },
+            Op::Delete { ino: a },
+        ])
+        .unwrap();
+        let blocks = |t: &Tmp| std::fs::metadata(&t.0).unwrap().blocks();
+        let before = blocks(&t);
+        let trimmed = img.trim(0, u64::MAX, 1).unwrap();
+        assert!(trimmed >= 64 * PAGE_SIZE, "trimmed {trimmed}");
+        assert!(
+            blocks(&t) * 512 + 64 * PAGE_SIZE <= before * 512,
+            "the file gave the pages back"
+        );
+        // The next allocation takes a's old pages, not untouched ones.
+        let r = img.alloc(64).unwrap();
+        assert_eq!(r.start, a_pfns[0]);
+        img.release(r.start, r.len);
+        img.close().unwrap();
     }
 
     #[test]

@@ -5,12 +5,15 @@
 //! the metadata [`journal`], [`checkpoint`]s of the whole [`meta`]data, the
 //! page allocator and the persistence domain ([`pmem`]). [`Image`] ties
 //! them together: format, open (with recovery), commit, checkpoint.
+//! POSIX ACLs, stored as extended attributes, are decoded and checked in
+//! [`acl`].
 //!
 //! The byte layout of every structure is in `docs/format.md`; each module
 //! also carries the diagram of what it encodes.
 //!
 //! This crate knows nothing of FUSE or of the page cache.
 
+pub mod acl;
 pub mod checkpoint;
 pub mod error;
 pub mod image;

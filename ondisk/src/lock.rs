@@ -15,9 +15,13 @@ use crate::error::{Error, Result};
 ///
 /// A lock outlives its holder's close for a moment when another thread of
 /// the holder forked just before (the child shares the open file until it
-/// execs), and a daemon that was just unmounted may still be exiting; a
-/// short wait rides both out without making a real conflict slow to report.
-const LOCK_PATIENCE: Duration = Duration::from_millis(500);
+/// execs), and a daemon that was just unmounted is still writing its final
+/// checkpoint: umount(8) returns before the daemon has let go, and the
+/// checkpoint of a large image takes most of a second. The wait rides
+/// these out, so `umount && fsck` or `umount && mount` never see the image
+/// in use; the tools tell a mounted image from a closing one first (by
+/// /proc/self/mountinfo) so a real conflict is reported at once.
+pub const LOCK_PATIENCE: Duration = Duration::from_secs(10);
 
 /// Takes the exclusive lock on `file`, waiting at most [`LOCK_PATIENCE`].
 pub fn lock_exclusive(file: &File) -> Result<()> {
@@ -44,6 +48,21 @@ fn flock_patiently(file: &File, op: libc::c_int) -> Result<()> {
         }
         if start.elapsed() >= LOCK_PATIENCE {
             return Err(Error::Locked);
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Waits up to `patience` for every holder of the lock on the image at
+/// `path` to let go; returns whether the lock was free at the end.
+pub fn released_within(path: &Path, patience: Duration) -> io::Result<bool> {
+    let start = Instant::now();
+    loop {
+        if !is_locked(path)? {
+            return Ok(true);
+        }
+        if start.elapsed() >= patience {
+            return Ok(false);
         }
         std::thread::sleep(Duration::from_millis(10));
     }

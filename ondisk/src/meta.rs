@@ -58,7 +58,23 @@ pub struct Attr {
     pub ctime: Time,
     pub crtime: Time,
     pub rdev: u32,
+    /// Inode flags ([`flag`]), with the values `chattr` uses.
     pub flags: u32,
+}
+
+/// The inode flags kept in [`Attr::flags`], numbered as Linux's `FS_*_FL`
+/// (what `FS_IOC_GETFLAGS` returns). No other bit is ever set.
+pub mod flag {
+    /// `chattr +i`: no change at all, even by root.
+    pub const IMMUTABLE: u32 = 0x10;
+    /// `chattr +a`: only appends.
+    pub const APPEND: u32 = 0x20;
+    /// `chattr +d`: dump(8) skips it.
+    pub const NODUMP: u32 = 0x40;
+    /// `chattr +A`: reads leave the access time.
+    pub const NOATIME: u32 = 0x80;
+    /// Every flag pmemfs keeps.
+    pub const KNOWN: u32 = IMMUTABLE | APPEND | NODUMP | NOATIME;
 }
 
 impl Attr {

@@ -8,9 +8,14 @@
 //! `cp --reflink=auto` already uses. Preloaded, this library turns a clone
 //! ioctl whose destination is on a pmemfs mount into `copy_file_range`
 //! calls covering the same range, and passes every other ioctl, and every
-//! clone aimed elsewhere, to the C library untouched. Likewise the kernel
-//! refuses `fallocate` with `FALLOC_FL_UNSHARE_RANGE` on FUSE; aimed at a
-//! pmemfs mount it becomes pmemfs's unshare ioctl.
+//! clone aimed elsewhere, to the C library untouched. A clone is first
+//! checked as the kernel checks one (same file system, open modes, page
+//! alignment, ranges, overlap, size limits) and refused with the kernel's
+//! errno before anything moves; then only the source's data extents are
+//! copied and its holes punched, so a sparse file clones at the cost of its
+//! mapped pages, not of its size. Likewise the kernel refuses `fallocate`
+//! with `FALLOC_FL_UNSHARE_RANGE` on FUSE; aimed at a pmemfs mount it
+//! becomes pmemfs's unshare ioctl.
 //!
 //! ```sh
 //! LD_PRELOAD=target/release/libpmemfs_reflink.so cp --reflink=always SRC DST
@@ -31,6 +36,13 @@ const FALLOC_FL_UNSHARE_RANGE: c_int = 0x40;
 const FUSE_SUPER_MAGIC: i64 = 0x6573_5546;
 /// Longest piece per call; pmemfs answers at most 4 GiB less a page.
 const CHUNK: usize = 1 << 30;
+
+/// pmemfs's page: clone offsets and lengths align to it, as the kernel
+/// aligns them to the file system's block.
+const PAGE: u64 = 4096;
+/// The largest file size: the kernel's MAX_LFS_FILESIZE, which is FUSE's
+/// s_maxbytes, and pmemfs's own limit.
+const MAX_SIZE: u64 = i64::MAX as u64;
 
 #[repr(C)]
 struct FileCloneRange {
@@ -58,6 +70,17 @@ fn real_ioctl() -> Option<IoctlFn> {
     let p = next_symbol(&REAL, c"ioctl");
     // SAFETY: a non-null result of dlsym("ioctl") is the C library's ioctl.
     (p != 0).then(|| unsafe { std::mem::transmute::<usize, IoctlFn>(p) })
+}
+
+type FallocateFn = unsafe extern "C" fn(c_int, c_int, libc::off_t, libc::off_t) -> c_int;
+
+/// The C library's fallocate: this library exports its own, which clones
+/// must not go through.
+fn real_fallocate() -> Option<FallocateFn> {
+    static REAL: OnceLock<usize> = OnceLock::new();
+    let p = next_symbol(&REAL, c"fallocate");
+    // SAFETY: a non-null dlsym("fallocate") is the C library's fallocate.
+    (p != 0).then(|| unsafe { std::mem::transmute::<usize, FallocateFn>(p) })
 }
 
 /// Whether `fd` lies on a pmemfs mount: a FUSE file system whose mount
@@ -95,35 +118,305 @@ fn set_errno(e: c_int) {
     unsafe { *libc::__errno_location() = e };
 }
 
-/// Clones `len` bytes (to EOF when 0) from `src` at `src_off` into `dst` at
-/// `dst_off` with copy_file_range. Returns 0 or -1 with errno set.
-fn clone_range(src: c_int, mut src_off: u64, len: u64, dst: c_int, mut dst_off: u64) -> c_int {
-    let mut left = if len == 0 {
+/// This thread's errno, as a failed call left it.
+fn errno() -> c_int {
+    // SAFETY: __errno_location returns this thread's errno.
+    unsafe { *libc::__errno_location() }
+}
+
+/// One end of a clone: what fstat and fcntl(F_GETFL) say about it.
+struct End {
+    st: libc::stat,
+    flags: c_int,
+}
+
+impl End {
+    /// EBADF for a closed descriptor or an O_PATH one, which the kernel's
+    /// fdget refuses as an ioctl target or a clone source.
+    fn of(fd: c_int) -> Result<End, c_int> {
+        // SAFETY: fcntl(F_GETFL) takes no argument.
+        let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+        if flags < 0 || flags & libc::O_PATH != 0 {
+            return Err(libc::EBADF);
+        }
         // SAFETY: fstat fills the struct; zeroed is valid.
         let mut st: libc::stat = unsafe { std::mem::zeroed() };
-        if unsafe { libc::fstat(src, &mut st) } != 0 {
-            return -1;
+        if unsafe { libc::fstat(fd, &mut st) } != 0 {
+            return Err(errno());
         }
-        (st.st_size as u64).saturating_sub(src_off)
-    } else {
-        len
+        Ok(End { st, flags })
+    }
+
+    fn kind(&self) -> libc::mode_t {
+        self.st.st_mode & libc::S_IFMT
+    }
+
+    fn size(&self) -> u64 {
+        self.st.st_size.max(0) as u64
+    }
+
+    fn readable(&self) -> bool {
+        matches!(self.flags & libc::O_ACCMODE, libc::O_RDONLY | libc::O_RDWR)
+    }
+
+    fn writable(&self) -> bool {
+        matches!(self.flags & libc::O_ACCMODE, libc::O_WRONLY | libc::O_RDWR)
+    }
+}
+
+/// A clone the checks let through: `len` bytes (never 0) from `src` at
+/// `src_off` to `dst` at `dst_off`, whose size was `dst_size` before.
+struct Plan {
+    src: c_int,
+    src_off: u64,
+    dst: c_int,
+    dst_off: u64,
+    len: u64,
+    dst_size: u64,
+}
+
+/// remap_verify_area: offsets and lengths are loff_t, so neither may
+/// exceed i64::MAX, nor may their sum.
+fn check_area(pos: u64, len: u64) -> Result<(), c_int> {
+    match pos.checked_add(len) {
+        Some(end) if end <= MAX_SIZE => Ok(()),
+        _ => Err(libc::EINVAL),
+    }
+}
+
+/// generic_file_rw_checks: regular files only, the source open for
+/// reading, the destination for writing and not appending.
+fn check_files(src: &End, dst: &End) -> Result<(), c_int> {
+    if src.kind() == libc::S_IFDIR || dst.kind() == libc::S_IFDIR {
+        return Err(libc::EISDIR);
+    }
+    if src.kind() != libc::S_IFREG || dst.kind() != libc::S_IFREG {
+        return Err(libc::EINVAL);
+    }
+    if !src.readable() || !dst.writable() || dst.flags & libc::O_APPEND != 0 {
+        return Err(libc::EBADF);
+    }
+    Ok(())
+}
+
+/// generic_write_check_limits: writing at `pos` fails with EFBIG when
+/// `pos` is at a limit already (at RLIMIT_FSIZE raising SIGXFSZ, as the
+/// kernel does); otherwise `count` shrinks to fit under the limits, and the
+/// caller refuses a shortened clone.
+fn write_limits(pos: u64, mut count: u64) -> Result<u64, c_int> {
+    // SAFETY: getrlimit fills the struct; zeroed is valid.
+    let mut rl: libc::rlimit = unsafe { std::mem::zeroed() };
+    let limited = unsafe { libc::getrlimit(libc::RLIMIT_FSIZE, &mut rl) } == 0
+        && rl.rlim_cur != libc::RLIM_INFINITY;
+    if limited {
+        if pos >= rl.rlim_cur {
+            // SAFETY: raise only queues a signal for this thread.
+            unsafe { libc::raise(libc::SIGXFSZ) };
+            return Err(libc::EFBIG);
+        }
+        count = count.min(rl.rlim_cur - pos);
+    }
+    if pos >= MAX_SIZE {
+        return Err(libc::EFBIG);
+    }
+    Ok(count.min(MAX_SIZE - pos))
+}
+
+/// Checks a clone of `req` bytes (to EOF when 0) as the kernel's clone
+/// ioctls do (fs/ioctl.c, fs/remap_range.c), in the same order, so that
+/// the caller sees the errno a local file system would give, and nothing
+/// moves unless the whole clone is valid. `None`: nothing to do.
+fn plan(
+    src: c_int,
+    src_off: u64,
+    req: u64,
+    dst: c_int,
+    dst_off: u64,
+) -> Result<Option<Plan>, c_int> {
+    let d = End::of(dst)?;
+    let s = End::of(src)?;
+    check_area(src_off, req)?;
+    check_area(dst_off, req)?;
+    // Clones never cross a superblock: one pmemfs image to another, or to
+    // any other file system, would be a byte copy. The kernel no longer
+    // refuses two mounts of one superblock (bind mounts), so neither does
+    // this.
+    if s.st.st_dev != d.st.st_dev {
+        return Err(libc::EXDEV);
+    }
+    check_files(&s, &d)?;
+    // generic_remap_file_range_prep: a length of 0 runs to the source's
+    // EOF; at EOF there is nothing to clone.
+    let size_in = s.size();
+    let len = match req {
+        0 if src_off == size_in => return Ok(None),
+        0 if src_off > size_in => return Err(libc::EINVAL),
+        0 => size_in - src_off,
+        n => n,
     };
+    // generic_remap_checks: aligned offsets, a source range inside the
+    // source, a destination range under the size limits, an aligned length
+    // unless it ends at the source's EOF, no overlap within one file, and
+    // nothing shortened (clone ioctls cannot report a short clone).
+    if src_off % PAGE != 0 || dst_off % PAGE != 0 || src_off >= size_in {
+        return Err(libc::EINVAL);
+    }
+    let mut count = write_limits(dst_off, len.min(size_in - src_off))?;
+    let span = if src_off + count == size_in {
+        size_in.next_multiple_of(PAGE) - src_off
+    } else {
+        count -= count % PAGE;
+        count
+    };
+    // One inode: st_dev is the same by now.
+    let same = s.st.st_ino == d.st.st_ino;
+    if same && dst_off + span > src_off && dst_off < src_off + span {
+        return Err(libc::EINVAL);
+    }
+    if count != len {
+        return Err(libc::EINVAL);
+    }
+    // generic_remap_check_len: a partial last page lands only at or past
+    // the destination's EOF, never inside its data.
+    let dst_size = d.size();
+    if len % PAGE != 0 && dst_off + len < dst_size {
+        return Err(libc::EINVAL);
+    }
+    Ok(Some(Plan {
+        src,
+        src_off,
+        dst,
+        dst_off,
+        len,
+        dst_size,
+    }))
+}
+
+/// lseek with SEEK_DATA or SEEK_HOLE; `None` at ENXIO (no more data).
+fn seek(fd: c_int, off: u64, whence: c_int) -> Result<Option<u64>, c_int> {
+    // SAFETY: lseek on a descriptor; off is at most i64::MAX (checked).
+    let r = unsafe { libc::lseek(fd, off as libc::off_t, whence) };
+    match r {
+        r if r >= 0 => Ok(Some(r as u64)),
+        _ if errno() == libc::ENXIO => Ok(None),
+        _ => Err(errno()),
+    }
+}
+
+/// copy_file_range over `len` bytes, in pieces pmemfs accepts; pmemfs
+/// shares the whole pages.
+fn copy(src: c_int, mut src_off: u64, len: u64, dst: c_int, mut dst_off: u64) -> Result<(), c_int> {
+    let mut left = len;
     while left > 0 {
         let (mut so, mut doff) = (src_off as libc::loff_t, dst_off as libc::loff_t);
         let want = left.min(CHUNK as u64) as usize;
         // SAFETY: offsets are locals the call may update.
         let n = unsafe { libc::copy_file_range(src, &mut so, dst, &mut doff, want, 0) };
         if n < 0 {
-            return -1;
+            return Err(errno());
         }
         if n == 0 {
             break; // the source ended early
         }
         src_off += n as u64;
         dst_off += n as u64;
-        left -= n as u64;
+        left = left.saturating_sub(n as u64);
     }
-    0
+    Ok(())
+}
+
+/// Makes `[from, to)` of `dst` a hole, as far as it lies inside `size`
+/// (past it, the final size change leaves zeros anyway): a hole of the
+/// source must read as zeros in the clone, and must cost no page.
+fn punch(dst: c_int, from: u64, to: u64, size: u64) -> Result<(), c_int> {
+    let to = to.min(size);
+    if from >= to {
+        return Ok(());
+    }
+    let Some(real) = real_fallocate() else {
+        return Err(libc::ENOSYS);
+    };
+    let mode = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
+    // SAFETY: the C library's fallocate on a descriptor; both values are
+    // at most i64::MAX.
+    match unsafe { real(dst, mode, from as libc::off_t, (to - from) as libc::off_t) } {
+        0 => Ok(()),
+        _ => Err(errno()),
+    }
+}
+
+/// Clones a checked range: data extents of the source (found with
+/// SEEK_DATA/SEEK_HOLE) through copy_file_range, its holes as holes, then
+/// the destination's size, so a sparse source costs its mapped pages and
+/// never its size.
+fn clone_planned(p: &Plan) -> Result<(), c_int> {
+    // SEEK_DATA/SEEK_HOLE move the source's file offset, which a clone
+    // must leave where it was.
+    // SAFETY: lseek on a descriptor.
+    let offset = unsafe { libc::lseek(p.src, 0, libc::SEEK_CUR) };
+    let done = walk(p);
+    if offset >= 0 {
+        // SAFETY: as above; back to where the caller left it.
+        unsafe { libc::lseek(p.src, offset, libc::SEEK_SET) };
+    }
+    done
+}
+
+/// The walk of [`clone_planned`] over the source range.
+fn walk(p: &Plan) -> Result<(), c_int> {
+    let end = p.src_off + p.len;
+    let at_dst = |off: u64| p.dst_off + (off - p.src_off);
+    let mut pos = p.src_off;
+    while pos < end {
+        let data = seek(p.src, pos, libc::SEEK_DATA)?.map_or(end, |d| d.clamp(pos, end));
+        if data > pos {
+            punch(p.dst, at_dst(pos), at_dst(data), p.dst_size)?;
+        }
+        if data == end {
+            break;
+        }
+        let hole = seek(p.src, data, libc::SEEK_HOLE)?.map_or(end, |h| h.min(end));
+        // A hole at the data's own offset would stall the walk: copy on.
+        let hole = if hole > data { hole } else { end };
+        copy(p.src, data, hole - data, p.dst, at_dst(data))?;
+        pos = hole;
+    }
+    extend(p.dst, at_dst(end))
+}
+
+/// Grows `dst` to `size` when it is smaller: a clone ending past the
+/// destination's EOF (in a hole of the source, say) moves its EOF there.
+fn extend(dst: c_int, size: u64) -> Result<(), c_int> {
+    // SAFETY: fstat fills the struct; zeroed is valid.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    if unsafe { libc::fstat(dst, &mut st) } != 0 {
+        return Err(errno());
+    }
+    if st.st_size.max(0) as u64 >= size {
+        return Ok(());
+    }
+    // SAFETY: ftruncate on a descriptor; size is at most i64::MAX.
+    match unsafe { libc::ftruncate(dst, size as libc::off_t) } {
+        0 => Ok(()),
+        _ => Err(errno()),
+    }
+}
+
+/// Clones `len` bytes (to EOF when 0) from `src` at `src_off` into `dst` at
+/// `dst_off`, after the kernel's checks. Returns 0 or -1 with errno set.
+fn clone_range(src: c_int, src_off: u64, len: u64, dst: c_int, dst_off: u64) -> c_int {
+    let done = match plan(src, src_off, len, dst, dst_off) {
+        Ok(Some(p)) => clone_planned(&p),
+        Ok(None) => Ok(()),
+        Err(e) => Err(e),
+    };
+    match done {
+        Ok(()) => 0,
+        Err(e) => {
+            set_errno(e);
+            -1
+        }
+    }
 }
 
 /// The preloaded `ioctl`. Declared with three fixed arguments: every ioctl
@@ -159,8 +452,6 @@ pub unsafe extern "C" fn ioctl(fd: c_int, request: c_ulong, arg: *mut c_void) ->
     }
 }
 
-type FallocateFn = unsafe extern "C" fn(c_int, c_int, libc::off_t, libc::off_t) -> c_int;
-
 /// The preloaded `fallocate` (and `fallocate64`, the same on 64-bit).
 ///
 /// # Safety
@@ -181,14 +472,14 @@ pub unsafe extern "C" fn fallocate(
         // SAFETY: the unshare ioctl reads two u64s from `range`.
         return unsafe { real(fd, PMEMFS_IOC_UNSHARE, range.as_ptr() as *mut c_void) };
     }
-    static REAL: OnceLock<usize> = OnceLock::new();
-    let p = next_symbol(&REAL, c"fallocate");
-    if p == 0 {
-        set_errno(libc::ENOSYS);
-        return -1;
+    match real_fallocate() {
+        // SAFETY: forwarding the caller's own arguments.
+        Some(real) => unsafe { real(fd, mode, off, len) },
+        None => {
+            set_errno(libc::ENOSYS);
+            -1
+        }
     }
-    // SAFETY: a non-null dlsym("fallocate") is the C library's fallocate.
-    unsafe { std::mem::transmute::<usize, FallocateFn>(p)(fd, mode, off, len) }
 }
 
 /// # Safety

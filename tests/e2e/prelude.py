@@ -96,3 +96,33 @@ def write(path, data, mode=0o644):
 
 def eq(got, want, what):
     assert got == want, f"{what}: got {got!r}, want {want!r}"
+
+
+def as_user(uid, gid, fn, groups=()):
+    """Runs fn() in a child process that has dropped to uid/gid (with the
+    supplementary `groups`); re-raises its failure, with the child's
+    traceback, here."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(r)
+        try:
+            os.setgroups(list(groups))
+            os.setgid(gid)
+            os.setuid(uid)
+            assert os.geteuid() == uid
+            fn()
+            os.write(w, b"ok")
+        except BaseException:
+            os.write(w, traceback.format_exc().encode())
+        os._exit(0)
+    os.close(w)
+    msg = b""
+    while True:
+        b = os.read(r, 65536)
+        if not b:
+            break
+        msg += b
+    os.close(r)
+    os.waitpid(pid, 0)
+    assert msg == b"ok", f"as uid {uid}:\n" + msg.decode()

@@ -21,8 +21,13 @@ pub struct TempDir(pub PathBuf);
 
 impl TempDir {
     pub fn new(tag: &str) -> TempDir {
+        TempDir::new_in(&std::env::temp_dir(), tag)
+    }
+
+    /// A temporary directory under `base` (/dev/shm, say).
+    pub fn new_in(base: &Path, tag: &str) -> TempDir {
         static N: AtomicU32 = AtomicU32::new(0);
-        let p = std::env::temp_dir().join(format!(
+        let p = base.join(format!(
             "pmemfs-{tag}-{}-{}",
             std::process::id(),
             N.fetch_add(1, Ordering::Relaxed)
@@ -496,7 +501,18 @@ impl Mount {
     /// `opts` is empty). Fails the test, saying what is missing, when it
     /// cannot mount.
     pub fn new(tag: &str, size: &str, opts: &str) -> Mount {
-        let dir = TempDir::new(tag);
+        Mount::new_at(TempDir::new(tag), size, opts)
+    }
+
+    /// As [`Mount::new`], with the image in /dev/shm (memory, as pmem
+    /// would be): where an image file's allocated size is measured.
+    pub fn new_shm(tag: &str, size: &str, opts: &str) -> Mount {
+        let shm = Path::new("/dev/shm");
+        assert!(shm.is_dir(), "this test needs /dev/shm (a tmpfs)");
+        Mount::new_at(TempDir::new_in(shm, tag), size, opts)
+    }
+
+    fn new_at(dir: TempDir, size: &str, opts: &str) -> Mount {
         let image = dir.join("img");
         let mnt = dir.join("mnt");
         std::fs::create_dir(&mnt).expect("mount point");

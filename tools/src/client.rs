@@ -10,11 +10,12 @@ use anyhow::{bail, Context};
 
 use crate::control;
 use crate::size::human;
+use pmemfs_fs::ioctl::Usage;
 
 const USAGE: &str = "\
 usage: pmemfs reflink [--range SRC_OFF:LEN:DST_OFF] SRC DST
        pmemfs du [--raw] PATH...
-       pmemfs stat MOUNTPOINT";
+       pmemfs stat [--ops [--reset]] MOUNTPOINT";
 
 fn finish(tool: &str, r: anyhow::Result<()>) -> ExitCode {
     match r {
@@ -116,53 +117,132 @@ pub fn du(args: impl IntoIterator<Item = OsString>) -> ExitCode {
     finish("du", do_du(&paths, raw))
 }
 
-fn walk(path: &Path, out: &mut Vec<PathBuf>) -> anyhow::Result<()> {
-    let md = std::fs::symlink_metadata(path).with_context(|| format!("{}", path.display()))?;
-    if md.is_dir() {
-        let mut entries: Vec<PathBuf> = std::fs::read_dir(path)?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .collect();
-        entries.sort();
-        for e in entries {
-            walk(&e, out)?;
-        }
-    } else if md.is_file() {
-        out.push(path.to_path_buf());
+/// Totals so far, and how to print them.
+struct Du {
+    raw: bool,
+    sum: Usage,
+}
+
+impl Du {
+    fn file(&mut self, path: &Path, u: Usage) {
+        let fmt = |b: u64| if self.raw { b.to_string() } else { human(b) };
+        println!(
+            "{:>14} {:>14} {:>14}  {}",
+            fmt(u.total),
+            fmt(u.exclusive),
+            fmt(u.shared),
+            path.display()
+        );
+        self.sum.total += u.total;
+        self.sum.exclusive += u.exclusive;
+        self.sum.shared += u.shared;
     }
-    Ok(())
+
+    /// A directory: its regular files' usage comes in a few requests for
+    /// the whole directory (no open, stat or ioctl per file), then the
+    /// subdirectories, in name order.
+    fn dir(&mut self, path: &Path) -> anyhow::Result<()> {
+        use std::os::unix::fs::DirEntryExt;
+        let mut entries = Vec::new();
+        for e in std::fs::read_dir(path).with_context(|| format!("{}", path.display()))? {
+            let e = e.with_context(|| format!("{}", path.display()))?;
+            let kind = e
+                .file_type()
+                .with_context(|| format!("{}", e.path().display()))?;
+            entries.push((e.file_name(), e.ino(), kind));
+        }
+        entries.sort_by(|a, b| a.0.cmp(&b.0));
+        let usage = if entries.iter().any(|e| e.2.is_file()) {
+            control::dir_usage(path)?
+        } else {
+            Default::default()
+        };
+        for (name, ino, kind) in entries {
+            let p = path.join(&name);
+            if kind.is_dir() {
+                self.dir(&p)?;
+            } else if kind.is_file() {
+                // A file made since the directory was asked is asked alone.
+                let u = match usage.get(&ino) {
+                    Some(u) => *u,
+                    None => control::usage(&p)?,
+                };
+                self.file(&p, u);
+            }
+        }
+        Ok(())
+    }
 }
 
 fn do_du(paths: &[PathBuf], raw: bool) -> anyhow::Result<()> {
-    let fmt = |b: u64| if raw { b.to_string() } else { human(b) };
     println!("{:>14} {:>14} {:>14}  PATH", "TOTAL", "EXCLUSIVE", "SHARED");
-    let (mut t, mut e, mut s) = (0, 0, 0);
+    let mut du = Du {
+        raw,
+        sum: Usage::default(),
+    };
     for p in paths {
-        let mut files = vec![];
-        walk(p, &mut files)?;
-        for f in files {
-            let u = control::usage(&f)?;
-            println!(
-                "{:>14} {:>14} {:>14}  {}",
-                fmt(u.total),
-                fmt(u.exclusive),
-                fmt(u.shared),
-                f.display()
-            );
-            (t, e, s) = (t + u.total, e + u.exclusive, s + u.shared);
+        let md = std::fs::symlink_metadata(p).with_context(|| format!("{}", p.display()))?;
+        if md.is_dir() {
+            du.dir(p)?;
+        } else if md.is_file() {
+            du.file(p, control::usage(p)?);
         }
     }
-    println!("{:>14} {:>14} {:>14}  total", fmt(t), fmt(e), fmt(s));
+    let s = du.sum;
+    let fmt = |b: u64| if raw { b.to_string() } else { human(b) };
+    println!(
+        "{:>14} {:>14} {:>14}  total",
+        fmt(s.total),
+        fmt(s.exclusive),
+        fmt(s.shared)
+    );
     Ok(())
 }
 
-/// `pmemfs stat MOUNTPOINT`: usage, sharing, page-map and page-cache
-/// figures.
+/// `pmemfs stat [--ops [--reset]] MOUNTPOINT`: usage, sharing, page-map and
+/// page-cache figures; or, with `--ops`, the requests the daemon served
+/// per FUSE opcode (`--reset` zeroes them after printing).
 pub fn stat(args: impl IntoIterator<Item = OsString>) -> ExitCode {
-    let paths: Vec<OsString> = args.into_iter().collect();
+    use lexopt::prelude::*;
+    let mut p = lexopt::Parser::from_args(args);
+    let (mut ops, mut reset, mut paths) = (false, false, vec![]);
+    loop {
+        match p.next() {
+            Ok(Some(Long("ops"))) => ops = true,
+            Ok(Some(Long("reset"))) => reset = true,
+            Ok(Some(Value(v))) => paths.push(PathBuf::from(v)),
+            Ok(Some(other)) => return usage_error("stat", other.unexpected()),
+            Ok(None) => break,
+            Err(e) => return usage_error("stat", e),
+        }
+    }
     let [mnt] = paths.as_slice() else {
         return usage_error("stat", "need MOUNTPOINT");
     };
-    finish("stat", do_stat(Path::new(mnt)))
+    if reset && !ops {
+        return usage_error("stat", "--reset goes with --ops");
+    }
+    if ops {
+        return finish("stat", do_ops(mnt, reset));
+    }
+    finish("stat", do_stat(mnt))
+}
+
+/// `NAME COUNT TOTAL_US MAX_US`, one opcode a line, those that were asked.
+fn do_ops(mnt: &Path, reset: bool) -> anyhow::Result<()> {
+    let ops = control::ops(mnt)?;
+    for (name, s) in ops.iter().filter(|(_, s)| s.count > 0) {
+        println!(
+            "{name} {} {} {}",
+            s.count,
+            s.total_ns / 1000,
+            s.max_ns / 1000
+        );
+    }
+    if reset {
+        control::reset_ops(mnt)?;
+    }
+    Ok(())
 }
 
 fn do_stat(mnt: &Path) -> anyhow::Result<()> {

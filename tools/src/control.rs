@@ -6,7 +6,11 @@ use std::os::fd::AsRawFd;
 use std::path::Path;
 
 use anyhow::{bail, Context};
-use pmemfs_fs::ioctl::{Stats, Usage, PMEMFS_IOC_STATS, PMEMFS_IOC_USAGE};
+use pmemfs_fs::ioctl::{
+    DirUsage, Stats, Usage, PMEMFS_IOC_DIR_USAGE, PMEMFS_IOC_OPS, PMEMFS_IOC_OPS_RESET,
+    PMEMFS_IOC_STATS, PMEMFS_IOC_USAGE,
+};
+use pmemfs_fs::ops::{OpCounters, OpStat};
 
 fn ioctl_words(path: &Path, cmd: u32, bytes: usize) -> anyhow::Result<Vec<u8>> {
     let f = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
@@ -30,6 +34,60 @@ fn ioctl_words(path: &Path, cmd: u32, bytes: usize) -> anyhow::Result<Vec<u8>> {
 pub fn usage(path: &Path) -> anyhow::Result<Usage> {
     let b = ioctl_words(path, PMEMFS_IOC_USAGE, 32)?;
     Usage::decode(&b).context("short answer")
+}
+
+/// The usage of every regular file of the directory `dir`, by inode
+/// number, in one request per [`DirUsage::RECORDS`] files.
+pub fn dir_usage(dir: &Path) -> anyhow::Result<std::collections::HashMap<u64, Usage>> {
+    let f = File::open(dir).with_context(|| format!("cannot open {}", dir.display()))?;
+    let mut out = std::collections::HashMap::new();
+    let mut from = 0u64;
+    loop {
+        let mut buf = vec![0u8; DirUsage::BYTES];
+        buf[..8].copy_from_slice(&from.to_le_bytes());
+        // SAFETY: the ioctl reads 8 bytes of buf and writes at most
+        // DirUsage::BYTES (encoded in the number) into it.
+        let r = unsafe {
+            libc::ioctl(
+                f.as_raw_fd(),
+                PMEMFS_IOC_DIR_USAGE as libc::c_ulong,
+                buf.as_mut_ptr(),
+            )
+        };
+        if r != 0 {
+            let e = std::io::Error::last_os_error();
+            if matches!(
+                e.raw_os_error(),
+                Some(libc::ENOTTY | libc::ENOSYS | libc::EOPNOTSUPP)
+            ) {
+                bail!("{} is not on a pmemfs mount", dir.display());
+            }
+            return Err(e).with_context(|| format!("{}", dir.display()));
+        }
+        let d = DirUsage::decode(&buf).context("bad answer")?;
+        out.extend(d.files);
+        if d.next == 0 {
+            return Ok(out);
+        }
+        from = d.next;
+    }
+}
+
+/// The requests the mount holding `path` served, per opcode.
+pub fn ops(path: &Path) -> anyhow::Result<Vec<(&'static str, OpStat)>> {
+    let b = ioctl_words(path, PMEMFS_IOC_OPS, OpCounters::BYTES)?;
+    OpCounters::decode(&b).context("short answer")
+}
+
+/// Zeroes the request counters of the mount holding `path`.
+pub fn reset_ops(path: &Path) -> anyhow::Result<()> {
+    let f = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    // SAFETY: the ioctl takes no argument.
+    let r = unsafe { libc::ioctl(f.as_raw_fd(), PMEMFS_IOC_OPS_RESET as libc::c_ulong) };
+    if r != 0 {
+        return Err(std::io::Error::last_os_error()).with_context(|| format!("{}", path.display()));
+    }
+    Ok(())
 }
 
 /// The figures of the mount holding `path`.
@@ -70,4 +128,55 @@ pub fn clone_range(
         (src_off, dst_off, left, done) = (src_off + n, dst_off + n, left - n, done + n);
     }
     Ok(done)
+}
+
+/// Where the image at `image` is mounted, if it is: the kernel shows a
+/// pmemfs mount's source as `pmemfs:CANONICAL_PATH` in
+/// /proc/self/mountinfo. Tells a mounted image (a real conflict, reported
+/// at once) from one whose daemon is still closing (waited for).
+pub fn mount_of(image: &Path) -> Option<std::path::PathBuf> {
+    let want = format!("pmemfs:{}", image.canonicalize().ok()?.display());
+    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    info.lines().find_map(|line| {
+        // ID PARENT MAJ:MIN ROOT MOUNTPOINT OPTS [TAGS...] - TYPE SOURCE SUPER
+        let (head, tail) = line.split_once(" - ")?;
+        let mut t = tail.split(' ');
+        let (_fstype, source) = (t.next()?, t.next()?);
+        if unescape(source) != want {
+            return None;
+        }
+        Some(unescape(head.split(' ').nth(4)?).into())
+    })
+}
+
+/// Undoes mountinfo's octal escapes (`\040` for a space, ...).
+fn unescape(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let oct = b
+            .get(i + 1..i + 4)
+            .filter(|d| d.iter().all(|c| (b'0'..=b'7').contains(c)));
+        match (b[i], oct) {
+            (b'\\', Some(d)) => {
+                out.push((d[0] - b'0') * 64 + (d[1] - b'0') * 8 + (d[2] - b'0'));
+                i += 4;
+            }
+            (c, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn mountinfo_escapes_are_undone() {
+        assert_eq!(super::unescape(r"/mnt/a\040b\134c"), r"/mnt/a b\c");
+        assert_eq!(super::unescape(r"plain\0"), r"plain\0");
+    }
 }

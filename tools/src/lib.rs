@@ -6,10 +6,13 @@
 //! - [`client`]: `pmemfs reflink`, `pmemfs du`, `pmemfs stat`, talking to a
 //!   mount through [`control`].
 //! - [`mount`]: `pmemfs-mount` (and `mount.pmemfs`), serves one over FUSE.
+//! - [`install`]: `pmemfs install`, puts the tools where mount(8) looks.
 
 pub mod client;
 pub mod control;
 pub mod fsck;
+pub mod install;
+pub mod links;
 pub mod mkfs;
 pub mod mount;
 pub mod progress;

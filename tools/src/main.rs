@@ -2,10 +2,12 @@
 //! `mkfs.pmemfs` or `fsck.pmemfs` (links made by the build, or installed),
 //! it is that tool; called as `pmemfs TOOL ARGS...` it runs TOOL.
 //!
-//! Called as `pmemfs pmemfs:IMAGE MOUNTPOINT -o OPTIONS`, it mounts (or,
-//! with `remount` among the options, remounts): that is how fuse3's
+//! Called as `pmemfs IMAGE MOUNTPOINT -o OPTIONS` (IMAGE a path, or
+//! `pmemfs:PATH` as the kernel shows the source), it mounts (or, with
+//! `remount` among the options, remounts): that is how fuse3's
 //! `mount.fuse3` runs the program of a `fuse.pmemfs` mount, the type the
-//! kernel shows for ours, for `mount -o remount` and fstab.
+//! kernel shows for ours, for `mount -t fuse.pmemfs`, `mount -o remount`
+//! and fstab.
 
 use std::process::ExitCode;
 
@@ -18,7 +20,35 @@ tools:
   mount  mount an image            (pmemfs-mount, mount.pmemfs)
   reflink SRC DST                  clone a file (shares its pages)
   du [--raw] PATH...               total, exclusive and shared bytes
-  stat MOUNTPOINT                  usage, sharing ratio, page maps";
+  stat [--ops [--reset]] MOUNTPOINT
+                                   usage, sharing ratio, page maps; or
+                                   requests served per FUSE opcode
+  install [--dest DIR]             put the tools where mount(8) finds them
+  uninstall [--dest DIR]           take them away again";
+
+const TOOLS: [&str; 11] = [
+    "mkfs",
+    "fsck",
+    "mount",
+    "reflink",
+    "du",
+    "stat",
+    "install",
+    "uninstall",
+    "-h",
+    "--help",
+    "help",
+];
+
+/// Whether the first argument is a mount source rather than a tool: a
+/// `pmemfs:` source, or a path to an existing file that no tool is named.
+fn names_an_image(arg: &std::ffi::OsStr) -> bool {
+    let s = arg.to_string_lossy();
+    use std::os::unix::fs::FileTypeExt;
+    let image =
+        std::fs::metadata(arg).is_ok_and(|m| m.is_file() || m.file_type().is_block_device());
+    s.starts_with("pmemfs:") || (!TOOLS.contains(&s.as_ref()) && image)
+}
 
 fn main() -> ExitCode {
     let mut args: Vec<std::ffi::OsString> = std::env::args_os().collect();
@@ -31,13 +61,8 @@ fn main() -> ExitCode {
     let tool = match called.as_str() {
         "mkfs.pmemfs" => "mkfs".to_string(),
         "fsck.pmemfs" => "fsck".to_string(),
-        "pmemfs-mount" | "mount.pmemfs" => "mount".to_string(),
-        _ if args
-            .get(1)
-            .is_some_and(|a| a.to_string_lossy().starts_with("pmemfs:")) =>
-        {
-            "mount".to_string()
-        }
+        "pmemfs-mount" | "mount.pmemfs" | "mount.fuse.pmemfs" => "mount".to_string(),
+        _ if args.get(1).is_some_and(|a| names_an_image(a)) => "mount".to_string(),
         _ => {
             if args.len() < 2 {
                 eprintln!("{USAGE}");
@@ -56,6 +81,8 @@ fn main() -> ExitCode {
         "reflink" => pmemfs_tools::client::reflink(rest),
         "du" => pmemfs_tools::client::du(rest),
         "stat" => pmemfs_tools::client::stat(rest),
+        "install" => pmemfs_tools::install::install(rest),
+        "uninstall" => pmemfs_tools::install::uninstall(rest),
         "-h" | "--help" | "help" => {
             println!("{USAGE}");
             ExitCode::SUCCESS

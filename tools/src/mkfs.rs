@@ -143,6 +143,13 @@ fn run(o: &Options) -> anyhow::Result<()> {
             .with_context(|| format!("cannot open {}", path.display()))?;
         let md = f.metadata()?;
         if !o.dry_run {
+            if let Some(at) = crate::control::mount_of(path) {
+                bail!(
+                    "{} is mounted on {}; unmount it first",
+                    path.display(),
+                    at.display()
+                );
+            }
             match lock::lock_exclusive(&f) {
                 Err(Error::Locked) => bail!(
                     "{} is in use (mounted by pmemfs-mount, or open in a tool); unmount it first",
@@ -229,6 +236,13 @@ fn run(o: &Options) -> anyhow::Result<()> {
     .with_context(|| format!("cannot format {}", path.display()))?;
     file.sync_all()?;
     print_geometry(o, &g, &uuid, Some(domain));
+    if let Some(a) = crate::size::allocated(&file).filter(|_| !o.quiet) {
+        println!(
+            "  allocated: {} of {} in the image file",
+            human(a),
+            human(size)
+        );
+    }
     Ok(())
 }
 

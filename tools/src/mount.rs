@@ -20,9 +20,10 @@ const USAGE: &str = "\
 usage: pmemfs-mount [-o OPTIONS] [-f] [-d] IMAGE MOUNTPOINT
        mount -t pmemfs [-o OPTIONS] IMAGE MOUNTPOINT
 
-  -o OPTIONS  comma-separated: ro, rw, allow_other, default_permissions
-              (always on), threads=N, numa_nodes=N, dram_cache=SIZE,
-              writeback_cache
+  -o OPTIONS  comma-separated: ro, rw, allow_other (the default when
+              permitted), noallow_other, acl (default), noacl, nosuid,
+              nodev, noexec, default_permissions (always on), threads=N,
+              numa_nodes=N, dram_cache=SIZE, writeback_cache
   -f          stay in the foreground
   -d          foreground, and report what recovery did";
 
@@ -51,9 +52,13 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Options, String
                 let v = v.to_string_lossy();
                 if v.split(',').any(|o| o == "remount") {
                     // mount(8) passes every option of the mount, those the
-                    // kernel shows (user_id=, ...) included: keep ro/rw.
+                    // kernel shows (user_id=, ...) included: keep the
+                    // flags a remount can change.
                     remount = true;
-                    for o in v.split(',').filter(|o| matches!(*o, "ro" | "rw")) {
+                    let changeable = [
+                        "ro", "rw", "suid", "nosuid", "dev", "nodev", "exec", "noexec",
+                    ];
+                    for o in v.split(',').filter(|o| changeable.contains(o)) {
                         mount.apply(o)?;
                     }
                 } else {
@@ -93,7 +98,7 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Options, String
 
 /// Runs pmemfs-mount with `args` (without the program name).
 pub fn main(args: impl IntoIterator<Item = OsString>) -> ExitCode {
-    let opts = match parse(args) {
+    let mut opts = match parse(args) {
         Ok(o) => o,
         Err(e) if e.is_empty() => {
             println!("{USAGE}");
@@ -104,6 +109,19 @@ pub fn main(args: impl IntoIterator<Item = OsString>) -> ExitCode {
             return ExitCode::from(16);
         }
     };
+    if !opts.remount {
+        // SAFETY: getuid cannot fail.
+        let uid = unsafe { libc::getuid() };
+        let conf = std::fs::read_to_string("/etc/fuse.conf").ok();
+        match opts.mount.resolve_allow_other(uid, conf.as_deref()) {
+            Ok(None) => {}
+            Ok(Some(why)) => eprintln!("pmemfs-mount: {why}"),
+            Err(e) => {
+                eprintln!("pmemfs-mount: {e}");
+                return ExitCode::from(1);
+            }
+        }
+    }
     match run(&opts) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -119,6 +137,13 @@ fn run(o: &Options) -> anyhow::Result<()> {
     }
     if o.remount {
         return remount(o);
+    }
+    if let Some(at) = crate::control::mount_of(&o.image) {
+        bail!(
+            "{} is already mounted on {}",
+            o.image.display(),
+            at.display()
+        );
     }
     if o.foreground {
         return serve(o, None);
@@ -158,16 +183,25 @@ fn run(o: &Options) -> anyhow::Result<()> {
     }
 }
 
-/// Makes the mount at the mountpoint read-only or read-write again. The
-/// kernel enforces it; the daemon needs no word of it (it still writes its
-/// final checkpoint at unmount).
+/// Changes the flags of the mount at the mountpoint: read-only or
+/// read-write, nosuid, nodev, noexec (each flag left out is cleared, as
+/// mount(8) passes the whole set). The kernel enforces them; the daemon
+/// needs no word of it (it still writes its final checkpoint at unmount).
 fn remount(o: &Options) -> anyhow::Result<()> {
     use std::os::unix::ffi::OsStrExt;
     let target = std::ffi::CString::new(o.mountpoint.as_os_str().as_bytes())
         .context("mountpoint holds a NUL byte")?;
+    let m = &o.mount;
     let mut flags = libc::MS_REMOUNT;
-    if o.mount.read_only {
-        flags |= libc::MS_RDONLY;
+    for (set, flag) in [
+        (m.read_only, libc::MS_RDONLY),
+        (!m.suid, libc::MS_NOSUID),
+        (!m.dev, libc::MS_NODEV),
+        (!m.exec, libc::MS_NOEXEC),
+    ] {
+        if set {
+            flags |= flag;
+        }
     }
     // SAFETY: `target` is NUL-terminated; a remount takes no source, type
     // or data.

@@ -41,6 +41,15 @@ pub fn human(bytes: u64) -> String {
     }
 }
 
+/// Bytes a regular image file takes on its file system (its blocks), or
+/// `None` for a device: a sparse image takes less than its size until its
+/// pages are written, and trimmed pages are given back.
+pub fn allocated(file: &std::fs::File) -> Option<u64> {
+    use std::os::unix::fs::MetadataExt;
+    let md = file.metadata().ok()?;
+    md.is_file().then(|| md.blocks() * 512)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

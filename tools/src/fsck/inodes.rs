@@ -1,7 +1,9 @@
-//! Pass 3: inodes and their page maps.
+//! Pass 3: inodes, their page maps, flags and stored ACLs.
 
 use std::collections::BTreeSet;
 
+use pmemfs_ondisk::acl::{self, Acl};
+use pmemfs_ondisk::meta::flag;
 use pmemfs_ondisk::Body;
 
 use super::problem::Code;
@@ -57,6 +59,35 @@ pub fn check(c: &mut Check, l: &mut Loaded) {
             }
             Body::Dir(_) => dirs += 1,
             Body::Special => other += 1,
+        }
+        let unknown = inode.attr.flags & !flag::KNOWN;
+        if unknown != 0
+            && c.found(
+                Code::FlagsUnknown,
+                format!(
+                    "inode {ino}: flags {:#x}, unknown {unknown:#x}",
+                    inode.attr.flags
+                ),
+            )
+        {
+            inode.attr.flags &= flag::KNOWN;
+        }
+        let is_dir = matches!(inode.body, Body::Dir(_));
+        for name in [acl::ACCESS, acl::DEFAULT] {
+            let Some(value) = inode.xattrs.get(name) else {
+                continue;
+            };
+            let why = match Acl::decode(value) {
+                Err(e) => e.detail,
+                Ok(_) if name == acl::DEFAULT && !is_dir => {
+                    "a default ACL on a non-directory".into()
+                }
+                Ok(_) => continue,
+            };
+            let detail = format!("inode {ino}: {}: {why}", String::from_utf8_lossy(name));
+            if c.found(Code::AclBad, detail) {
+                inode.xattrs.remove(name);
+            }
         }
     }
     progress.finish();

@@ -1,7 +1,7 @@
 //! Pass 2: the checkpoint chain, then journal replay.
 
 use pmemfs_ondisk::journal::{self, End, Entry};
-use pmemfs_ondisk::superblock::{JournalPos, Superblock};
+use pmemfs_ondisk::superblock::{JournalPos, State, Superblock};
 use pmemfs_ondisk::{checkpoint, Corrupt, Meta, Pmem};
 
 use super::problem::Code;
@@ -58,6 +58,16 @@ pub fn check(c: &mut Check, pmem: &Pmem, sb: Superblock) -> Option<Loaded> {
         scan.entries.len(),
         sb.journal.off
     ));
+    if sb.state == State::InUse {
+        // Not a problem (recovery handles it), but a check that only says
+        // "clean" would hide that the image was not closed.
+        let n = scan.entries.len();
+        c.tell(if n == 0 {
+            "not unmounted cleanly (in use, or the daemon was killed); the journal is empty".to_string()
+        } else {
+            format!("not unmounted cleanly: the next mount replays {n} journal entries (checked here as replayed)")
+        });
+    }
     let mut torn_at = None;
     match &scan.end {
         End::Clean => {}

@@ -116,6 +116,8 @@ pub struct Check {
     name: String,
     mode: Mode,
     verbose: bool,
+    /// Prints nothing at all (checks of images held in memory).
+    quiet: bool,
     pub findings: Vec<Finding>,
 }
 
@@ -164,6 +166,14 @@ impl Check {
     fn pass(&self, n: u32, name: &str) {
         if self.verbose {
             println!("{}: pass {n}: {name}", self.name);
+        }
+    }
+
+    /// A fact about the image that is not a problem but that a user must
+    /// know (a journal the next mount replays), printed even without -v.
+    fn tell(&self, text: impl AsRef<str>) {
+        if !self.quiet {
+            println!("{}: {}", self.name, text.as_ref());
         }
     }
 
@@ -224,7 +234,14 @@ pub fn run(o: &Options) -> u8 {
         Ok(f) => f,
         Err(e) => return fail(format!("cannot open: {e}")),
     };
+    let mounted = crate::control::mount_of(&o.image);
     if writable {
+        if let Some(at) = &mounted {
+            return fail(format!(
+                "the image is mounted on {}; unmount it before repairing",
+                at.display()
+            ));
+        }
         match lock::lock_exclusive(&file) {
             Ok(()) => {}
             Err(Error::Locked) => {
@@ -232,18 +249,34 @@ pub fn run(o: &Options) -> u8 {
             }
             Err(e) => return fail(format!("cannot lock: {e}")),
         }
-    } else if lock::is_locked(&o.image).unwrap_or(false) {
+    } else if let Some(at) = &mounted {
+        eprintln!(
+            "fsck.pmemfs: {name}: warning: the image is mounted on {}; what is checked may change under the check",
+            at.display()
+        );
+    } else if !lock::released_within(&o.image, lock::LOCK_PATIENCE).unwrap_or(true) {
+        // Not mounted, yet held: a tool has it open, or a daemon is still
+        // writing its final checkpoint after umount (waited for above).
         eprintln!("fsck.pmemfs: {name}: warning: the image is in use; what is checked may change under the check");
     }
-    let pmem = match Pmem::map(&file, writable) {
-        Ok(p) => p,
-        Err(e) => return fail(format!("cannot map: {e}")),
-    };
     let mut check = Check {
         name: name.clone(),
         mode: o.mode,
         verbose: o.verbose,
+        quiet: false,
         findings: Vec::new(),
+    };
+    if let (Some(a), Ok(md)) = (crate::size::allocated(&file), file.metadata()) {
+        check.tell(format!(
+            "image {} ({} bytes), {} allocated",
+            crate::size::human(md.len()),
+            md.len(),
+            crate::size::human(a)
+        ));
+    }
+    let pmem = match Pmem::map(&file, writable) {
+        Ok(p) => p,
+        Err(e) => return fail(format!("cannot map: {e}")),
     };
 
     let loaded = match passes(&mut check, &pmem, o.mode == Mode::Preen && !o.force) {
@@ -325,6 +358,7 @@ pub fn check_pmem_loaded(pmem: &Pmem) -> (Vec<Finding>, Option<Meta>) {
         name: String::new(),
         mode: Mode::Check,
         verbose: false,
+        quiet: true,
         findings: Vec::new(),
     };
     let meta = match passes(&mut check, pmem, false) {

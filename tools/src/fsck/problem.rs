@@ -26,6 +26,8 @@ pub enum Code {
     ShareWrong,
     PageLeaked,
     PageUncounted,
+    AclBad,
+    FlagsUnknown,
 }
 
 pub struct Problem {
@@ -103,6 +105,18 @@ impl Code {
                 "IN3",
                 "a symbolic link target is empty or too long",
                 Some("replaced by \"?\""),
+                false,
+            ),
+            FlagsUnknown => p(
+                "IN5",
+                "an inode has flags pmemfs does not know",
+                Some("the unknown flags are cleared"),
+                true,
+            ),
+            AclBad => p(
+                "IN4",
+                "a stored POSIX ACL does not decode (or is a default ACL of a non-directory)",
+                Some("the ACL is removed; the mode bits stay"),
                 false,
             ),
             RootBad => p(
