@@ -34,11 +34,17 @@ use crate::ops::{OpCounters, Opcode};
 use crate::options::MountOptions;
 use crate::state::{now, Caller, NewInode, State};
 
-/// How long the kernel may trust attributes and entries. Every change goes
-/// through this daemon and the kernel updates its cache on each reply, so
-/// the TTL only bounds how stale a view another mount could see; there is
-/// no other mount.
-const TTL: Duration = Duration::from_secs(1);
+/// How long the kernel may trust attributes and entries: a day, as good as
+/// for ever. The daemon is the image's only writer (it holds the lock) and
+/// every change is a request the kernel sent, after whose reply it updates
+/// or drops its copy: the reply's attributes (setattr, create, link), or
+/// an invalidation of its own (write and fallocate: size and times;
+/// read and readdir: atime; setxattr of an ACL: the mode; unlink and
+/// rename: the nlink of the inodes). The one change the kernel does not
+/// see is the ctime that chattr sets, which it shows stale until the next
+/// change. The model test (tests/mount_model.rs) compares every attribute
+/// after random operations under this TTL.
+const TTL: Duration = Duration::from_secs(24 * 60 * 60);
 /// Largest request the kernel may send: 256 pages.
 const MAX_WRITE: u32 = 256 * PAGE_SIZE as u32;
 
