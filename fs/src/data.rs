@@ -84,6 +84,17 @@ fn push_maps(ino: Ino, pairs: &[(u64, u64)], ops: &mut Vec<Op>) {
     }
 }
 
+/// Who writes, as the FUSE request says.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Writer {
+    /// The writer may not keep set-uid and set-gid (see [`crate::privs`]);
+    /// file capabilities go on every write.
+    pub kill_suidgid: bool,
+    /// A writeback of the kernel's page cache (`-o writeback_cache`):
+    /// whole pages, and times the kernel keeps.
+    pub writeback: bool,
+}
+
 /// Where to allocate page `index` of a file so that it extends the file's
 /// run: after the pfn of page `index - 1`, in the page map or among the
 /// pages just taken for this transaction (the last run taken).
@@ -372,6 +383,16 @@ impl State {
         })
     }
 
+    /// Whether a write of `data` at `off` leaves every byte below the
+    /// file's size as it is (only what lies past the end is new).
+    fn rewrites_as_is(&self, ino: Ino, off: u64, data: &[u8]) -> FsResult<bool> {
+        let size = self.attr(ino)?.size;
+        let below =
+            usize::try_from(size.saturating_sub(off)).map_or(data.len(), |n| n.min(data.len()));
+        let have = self.read_pages(ino, off, below as u32, false)?;
+        Ok(have.as_slice() == &data[..below])
+    }
+
     /// How many of `len` bytes at `off` a write can store with the pages
     /// left: all of them when the range needs no more fresh pages (holes
     /// and shared pages) than are available, else those before the first
@@ -400,18 +421,11 @@ impl State {
     }
 
     pub fn write(&mut self, ino: Ino, off: u64, data: &[u8]) -> FsResult<u32> {
-        self.write_as(ino, off, data, false)
+        self.write_as(ino, off, data, Writer::default())
     }
 
-    /// A write; `kill_suidgid` says the writer may not keep set-uid and
-    /// set-gid (see [`crate::privs`]). File capabilities go either way.
-    pub fn write_as(
-        &mut self,
-        ino: Ino,
-        off: u64,
-        data: &[u8],
-        kill_suidgid: bool,
-    ) -> FsResult<u32> {
+    /// A write by `who` (see [`Writer`]).
+    pub fn write_as(&mut self, ino: Ino, off: u64, data: &[u8], who: Writer) -> FsResult<u32> {
         pages_of(self, ino)?;
         if off
             .checked_add(data.len() as u64)
@@ -419,7 +433,16 @@ impl State {
         {
             return fail(libc::EFBIG);
         }
-        self.may_write_at(ino, off, false)?;
+        if let Err(e) = self.may_write_at(ino, off, false) {
+            // The writeback cache writes back whole pages, so an append to
+            // an append-only file arrives as a write from the start of its
+            // last page, rewriting bytes below the end as they are: that
+            // changes nothing there, and is let through.
+            let append_only = self.flags(ino)? == pmemfs_ondisk::meta::flag::APPEND;
+            if !(who.writeback && append_only && self.rewrites_as_is(ino, off, data)?) {
+                return Err(e);
+            }
+        }
         // At ENOSPC a write stores the pages that fit and returns their
         // count, as Linux file systems do; only a write of which nothing
         // fits fails.
@@ -434,9 +457,13 @@ impl State {
             let t = now();
             ops.push(s.set_attr(ino, |a| {
                 a.size = a.size.max(end);
-                a.mtime = t;
-                a.ctime = t;
-                if kill_suidgid {
+                // Under the writeback cache the kernel keeps the times
+                // and sends them itself.
+                if !who.writeback {
+                    a.mtime = t;
+                    a.ctime = t;
+                }
+                if who.kill_suidgid {
                     crate::privs::kill_suid_sgid(a);
                 }
             })?);

@@ -90,6 +90,9 @@ impl PmemFs {
         let mut state = State::with_cache(img, opts.read_only, CacheOptions::from_mount(&opts));
         state.set_acls(opts.acl);
         state.set_atime_policy(opts.atime);
+        if opts.writeback_cache {
+            state.track_lookups();
+        }
         Ok(PmemFs {
             state: RwLock::new(state),
             listings: Mutex::new(HashMap::new()),
@@ -185,8 +188,12 @@ impl PmemFs {
     }
 
     fn entry(&self, ino: Ino, reply: ReplyEntry) {
-        match self.state.read().fuse_attr(ino) {
-            Ok(a) => reply.entry(&TTL, &a, Generation(0)),
+        let s = self.state.read();
+        match s.fuse_attr(ino) {
+            Ok(a) => {
+                s.looked_up(ino);
+                reply.entry(&TTL, &a, Generation(0))
+            }
             Err(e) => reply.error(e.errno()),
         }
     }
@@ -267,6 +274,9 @@ impl Filesystem for PmemFs {
     fn destroy(&mut self) {
         let mut s = self.state.write();
         if !s.is_read_only() {
+            if let Err(e) = s.delete_unlinked() {
+                eprintln!("pmemfs: {}: unlinked inodes could not be freed ({e}); the next mount frees them", self.name);
+            }
             if let Err(e) = s.flush_atimes() {
                 eprintln!(
                     "pmemfs: {}: access times could not be written ({e})",
@@ -301,11 +311,16 @@ impl Filesystem for PmemFs {
         }
     }
 
-    /// Node ids are inode numbers and nothing is kept per lookup, so
-    /// forgets only count (fuser hands a BATCH_FORGET over as one call
-    /// here per node).
-    fn forget(&self, _req: &Request, _ino: INodeNo, _nlookup: u64) {
+    /// Node ids are inode numbers; lookups are counted only under the
+    /// writeback cache, where an unlinked inode lives until forgotten
+    /// (fuser hands a BATCH_FORGET over as one call here per node).
+    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
         let _timer = self.ops.time(Opcode::Forget);
+        if let Err(e) = self.state.write().forgot(ino.0, nlookup) {
+            // No reply to carry it: the inode stays unlinked, and the
+            // next mount's recovery frees it.
+            eprintln!("pmemfs: {}: freeing inode {}: {e}", self.name, ino.0);
+        }
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
@@ -362,11 +377,14 @@ impl Filesystem for PmemFs {
             a.ctime = ctime.map_or(t, time_from_system);
         };
         let explicit = |t: &Option<TimeOrNow>| matches!(t, Some(TimeOrNow::SpecificTime(_)));
+        // Under the writeback cache the kernel sends the times it kept,
+        // with a ctime (which utimensat never sets): not a user's change.
+        let kernel_times = ctime.is_some() && atime.is_none();
         let owner_change = mode.is_some()
             || uid.is_some()
             || gid.is_some()
             || explicit(&atime)
-            || explicit(&mtime)
+            || (explicit(&mtime) && !kernel_times)
             || crtime.is_some();
         let r = {
             let mut s = self.state.write();
@@ -609,9 +627,21 @@ impl Filesystem for PmemFs {
         reply: ReplyWrite,
     ) {
         let _timer = self.ops.time(Opcode::Write);
-        let kill = write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID);
-        match self.state.write().write_as(ino.0, offset, data, kill) {
+        let who = crate::data::Writer {
+            kill_suidgid: write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID),
+            writeback: write_flags.contains(WriteFlags::FUSE_WRITE_CACHE),
+        };
+        match self.state.write().write_as(ino.0, offset, data, who) {
             Ok(n) => reply.written(n),
+            // Under the writeback cache the kernel writes back dirty pages
+            // of a file after its last close, when an unlinked file is
+            // gone already: nobody can read them, so they are done with,
+            // not an error that `sync` would report.
+            Err(FsError::Posix(libc::ENOENT))
+                if write_flags.contains(WriteFlags::FUSE_WRITE_CACHE) =>
+            {
+                reply.written(data.len() as u32)
+            }
             Err(e) => reply.error(e.errno()),
         }
     }
@@ -832,14 +862,17 @@ impl Filesystem for PmemFs {
                 umask,
             )
             .and_then(|ino| s.opened(ino).map(|()| ino));
-        match r.and_then(|ino| s.fuse_attr(ino)) {
-            Ok(attr) => reply.created(
-                &TTL,
-                &attr,
-                Generation(0),
-                FileHandle(0),
-                FopenFlags::FOPEN_KEEP_CACHE,
-            ),
+        match r.and_then(|ino| s.fuse_attr(ino).map(|a| (ino, a))) {
+            Ok((ino, attr)) => {
+                s.looked_up(ino);
+                reply.created(
+                    &TTL,
+                    &attr,
+                    Generation(0),
+                    FileHandle(0),
+                    FopenFlags::FOPEN_KEEP_CACHE,
+                )
+            }
             Err(e) => reply.error(e.errno()),
         }
     }
@@ -871,6 +904,13 @@ impl Filesystem for PmemFs {
         reply: ReplyLseek,
     ) {
         let _timer = self.ops.time(Opcode::Lseek);
+        // Under the writeback cache data may sit in the kernel that the
+        // daemon has not seen, and the kernel asks before writing it back:
+        // ENOSYS makes it answer itself, all data up to EOF, never a hole
+        // where data is.
+        if self.opts.writeback_cache {
+            return reply.error(Errno::ENOSYS);
+        }
         // A negative offset is ENXIO for SEEK_DATA and SEEK_HOLE, as on
         // ext4 and XFS (there is no data or hole before the start).
         let Ok(off) = u64::try_from(offset) else {

@@ -28,6 +28,10 @@ pub struct State {
     /// Open handles per inode: an unlinked inode lives until the last
     /// closes.
     opens: HashMap<Ino, u32>,
+    /// Under the writeback cache, the kernel's lookup count per inode: it
+    /// may write back pages and times of an unlinked file after its last
+    /// close, so such a file lives until the kernel forgets it.
+    lookups: Option<parking_lot::Mutex<HashMap<Ino, u64>>>,
     cache: Cache,
     /// POSIX ACLs stored and honoured (see [`crate::acl`]).
     acls: bool,
@@ -116,11 +120,75 @@ impl State {
             image,
             read_only,
             opens: HashMap::new(),
+            lookups: None,
             cache: Cache::new(cache),
             acls: true,
             atime_policy: AtimePolicy::default(),
             atimes: Atimes::default(),
         }
+    }
+
+    /// Keeps unlinked inodes until the kernel forgets them, not only until
+    /// their last close (for the writeback cache).
+    pub fn track_lookups(&mut self) {
+        self.lookups = Some(parking_lot::Mutex::new(HashMap::new()));
+    }
+
+    /// The kernel learnt of `ino` from a reply (an entry it may cache).
+    pub fn looked_up(&self, ino: Ino) {
+        if let Some(l) = &self.lookups {
+            *l.lock().entry(ino).or_default() += 1;
+        }
+    }
+
+    /// Whether the kernel may still send requests for `ino` on its own.
+    fn known_to_kernel(&self, ino: Ino) -> bool {
+        self.lookups
+            .as_ref()
+            .is_some_and(|l| l.lock().get(&ino).is_some_and(|&n| n > 0))
+    }
+
+    /// The kernel forgot `n` lookups of `ino`; an unlinked inode nobody
+    /// has open goes when the kernel knows it no more.
+    pub fn forgot(&mut self, ino: Ino, n: u64) -> FsResult<()> {
+        let Some(l) = &self.lookups else {
+            return Ok(());
+        };
+        let left = {
+            let mut l = l.lock();
+            let Some(count) = l.get_mut(&ino) else {
+                return Ok(());
+            };
+            *count = count.saturating_sub(n);
+            let left = *count;
+            if left == 0 {
+                l.remove(&ino);
+            }
+            left
+        };
+        if left == 0 && !self.opens.contains_key(&ino) {
+            self.delete_if_unlinked(ino)?;
+        }
+        Ok(())
+    }
+
+    /// Deletes `ino` if no name is left to it.
+    fn delete_if_unlinked(&mut self, ino: Ino) -> FsResult<()> {
+        if self.inode(ino).is_ok_and(|i| i.attr.nlink == 0) && !self.read_only {
+            self.commit(&[Op::Delete { ino }])?;
+        }
+        Ok(())
+    }
+
+    /// Deletes every unlinked inode (at unmount, when the kernel sends no
+    /// more forgets), so the final checkpoint holds none.
+    pub fn delete_unlinked(&mut self) -> FsResult<()> {
+        let gone = pmemfs_ondisk::image::unlinked_inodes(self.image.meta());
+        if gone.is_empty() || self.read_only {
+            return Ok(());
+        }
+        let ops: Vec<Op> = gone.into_iter().map(|ino| Op::Delete { ino }).collect();
+        self.commit(&ops)
     }
 
     /// How reads update access times (see [`crate::atime`]).
@@ -413,7 +481,7 @@ impl State {
         } else {
             attr.nlink.saturating_sub(1)
         };
-        if left == 0 && !self.opens.contains_key(&ino) {
+        if left == 0 && !self.opens.contains_key(&ino) && !self.known_to_kernel(ino) {
             ops.push(Op::Delete { ino });
         } else {
             ops.push(Op::SetAttr {
@@ -648,8 +716,8 @@ impl State {
             self.opens.remove(&ino);
             // Spaces are made again by the next read; DRAM copies stay.
             self.cache.forget(ino);
-            if self.attr(ino).is_ok_and(|a| a.nlink == 0) && !self.read_only {
-                self.commit(&[Op::Delete { ino }])?;
+            if !self.known_to_kernel(ino) {
+                self.delete_if_unlinked(ino)?;
             }
         }
         Ok(())

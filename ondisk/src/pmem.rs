@@ -35,6 +35,8 @@ pub const CACHE_LINE: u64 = 64;
 pub enum DomainKind {
     MapSync,
     Msync,
+    /// A file on a memory file system (tmpfs, ramfs): see [`Shm`].
+    Shm,
     Memory,
     /// A test backend that records stores between fences.
     Recording,
@@ -46,6 +48,7 @@ impl DomainKind {
         match self {
             DomainKind::MapSync => "MAP_SYNC (cache-line write-back + fence: the image is on DAX)",
             DomainKind::Msync => "msync (the image is not on a DAX file system)",
+            DomainKind::Shm => "memory file system (tmpfs): stores are durable against a killed daemon at once, and nothing survives the machine, so nothing is flushed",
             DomainKind::Memory => "memory (nothing is durable)",
             DomainKind::Recording => "recording (test backend)",
         }
@@ -110,6 +113,7 @@ impl Pmem {
         let domain: Box<dyn PersistenceDomain> = if writable {
             match MapSync::map(file, len) {
                 Ok(m) => Box::new(m),
+                Err(_) if on_memory_fs(file) => Box::new(Shm(Msync::map(file, true)?)),
                 Err(_) => Box::new(Msync::map(file, true)?),
             }
         } else {
@@ -401,6 +405,46 @@ unsafe impl PersistenceDomain for Msync {
     }
     fn flush(&self, off: u64, len: u64) -> io::Result<()> {
         self.map.flush_range(off as usize, len as usize)
+    }
+    fn fence(&self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Whether `file` lives on a memory file system (tmpfs or ramfs), whose
+/// pages are the page cache itself.
+fn on_memory_fs(file: &File) -> bool {
+    const TMPFS_MAGIC: i64 = 0x0102_1994;
+    const RAMFS_MAGIC: i64 = 0x8584_58f6;
+    // SAFETY: fstatfs fills the struct for a descriptor; zeroed is valid.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::fstatfs(file.as_raw_fd(), &mut st) } != 0 {
+        return false;
+    }
+    matches!(st.f_type as i64, TMPFS_MAGIC | RAMFS_MAGIC)
+}
+
+/// An image file on tmpfs (`/dev/shm`): a shared mapping of it is the
+/// page cache, which is all the storage there is. A store is in the file
+/// the moment it is made, so a killed daemon loses nothing, and no flush
+/// can make anything survive a crash of the machine: msync would cost a
+/// system call per commit and buy nothing. Ordering still holds, as the
+/// stores of one thread reach the page cache in program order.
+struct Shm(Msync);
+
+// SAFETY: the inner mapping's guarantees, unchanged.
+unsafe impl PersistenceDomain for Shm {
+    fn kind(&self) -> DomainKind {
+        DomainKind::Shm
+    }
+    fn base(&self) -> *mut u8 {
+        self.0.base()
+    }
+    fn len(&self) -> u64 {
+        self.0.len()
+    }
+    fn flush(&self, _off: u64, _len: u64) -> io::Result<()> {
+        Ok(())
     }
     fn fence(&self) -> io::Result<()> {
         Ok(())

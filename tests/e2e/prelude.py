@@ -13,6 +13,9 @@ import time
 import traceback
 
 M = sys.argv[1]
+# Mounted with the kernel's writeback cache (PMEMFS_TEST_MOUNT_OPTS): the
+# kernel answers SEEK_DATA/SEEK_HOLE itself then, all data up to EOF.
+WRITEBACK = "writeback_cache" in os.environ.get("PMEMFS_TEST_MOUNT_OPTS", "")
 ARGS = sys.argv[2:]
 libc = ctypes.CDLL(None, use_errno=True)
 AT_FDCWD = -100

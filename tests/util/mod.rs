@@ -566,8 +566,15 @@ impl Mount {
             panic!("cannot mount: /dev/fuse cannot be opened read-write ({e}); the mount tests need it");
         }
         let mut c = tool("pmemfs-mount");
-        if !self.opts.is_empty() {
-            c.arg("-o").arg(&self.opts);
+        // PMEMFS_TEST_MOUNT_OPTS adds options to every test mount (e.g.
+        // writeback_cache, to run the suites on such mounts).
+        let extra = std::env::var("PMEMFS_TEST_MOUNT_OPTS").unwrap_or_default();
+        let opts: Vec<&str> = [self.opts.as_str(), extra.as_str()]
+            .into_iter()
+            .filter(|o| !o.is_empty())
+            .collect();
+        if !opts.is_empty() {
+            c.arg("-o").arg(opts.join(","));
         }
         c.arg(&self.image).arg(&self.mnt);
         let o = run_captured(c, Duration::from_secs(30));
