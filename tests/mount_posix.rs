@@ -651,46 +651,26 @@ fn permissions_for_another_user() {
         m.path(),
         r#"
         # The checks run in a child that drops to nobody (uid/gid 65534).
-        r, w = os.pipe()
-        pid = os.fork()
-        if pid == 0:
-            os.close(r)
-            try:
-                os.setgroups([])
-                os.setgid(65534)
-                os.setuid(65534)
-                assert os.geteuid() == 65534
-                expect_errno(errno.EACCES, open, P("secret"), "rb")
-                eq(read(P("public")), b"public", "reading the 0644 file")
-                expect_errno(errno.EACCES, open, P("public"), "ab")
-                expect_errno(errno.EACCES, os.truncate, P("public"), 0)
-                expect_errno(errno.EACCES, os.listdir, P("private"))
-                expect_errno(errno.EACCES, open, P("private/new"), "wb")
-                expect_errno(errno.EACCES, os.mkdir, P("private/d"))
-                expect_errno(errno.EACCES, open, P("new_in_root"), "wb")
-                expect_errno(errno.EPERM, os.chmod, P("public"), 0o666)
-                expect_errno(errno.EPERM, os.chown, P("public"), 65534, 65534)
-                expect_errno(errno.EACCES, os.setxattr, P("public"), "user.x", b"v")
-                expect_errno(errno.EACCES, os.unlink, P("public"))
-                # Where it may write, what it makes is its own.
-                write(P("open/mine"), b"mine", 0o600)
-                st = os.stat(P("open/mine"))
-                eq((st.st_uid, st.st_gid), (65534, 65534), "owner of a file nobody made")
-                os.chmod(P("open/mine"), 0o640)
-                eq(stat.S_IMODE(os.stat(P("open/mine")).st_mode), 0o640, "chmod by the owner")
-                os.write(w, b"ok")
-            except BaseException as e:
-                os.write(w, traceback.format_exc().encode())
-            os._exit(0)
-        os.close(w)
-        msg = b""
-        while True:
-            b = os.read(r, 65536)
-            if not b:
-                break
-            msg += b
-        os.waitpid(pid, 0)
-        assert msg == b"ok", "as uid 65534:\n" + msg.decode()
+        def nobody():
+            expect_errno(errno.EACCES, open, P("secret"), "rb")
+            eq(read(P("public")), b"public", "reading the 0644 file")
+            expect_errno(errno.EACCES, open, P("public"), "ab")
+            expect_errno(errno.EACCES, os.truncate, P("public"), 0)
+            expect_errno(errno.EACCES, os.listdir, P("private"))
+            expect_errno(errno.EACCES, open, P("private/new"), "wb")
+            expect_errno(errno.EACCES, os.mkdir, P("private/d"))
+            expect_errno(errno.EACCES, open, P("new_in_root"), "wb")
+            expect_errno(errno.EPERM, os.chmod, P("public"), 0o666)
+            expect_errno(errno.EPERM, os.chown, P("public"), 65534, 65534)
+            expect_errno(errno.EACCES, os.setxattr, P("public"), "user.x", b"v")
+            expect_errno(errno.EACCES, os.unlink, P("public"))
+            # Where it may write, what it makes is its own.
+            write(P("open/mine"), b"mine", 0o600)
+            st = os.stat(P("open/mine"))
+            eq((st.st_uid, st.st_gid), (65534, 65534), "owner of a file nobody made")
+            os.chmod(P("open/mine"), 0o640)
+            eq(stat.S_IMODE(os.stat(P("open/mine")).st_mode), 0o640, "chmod by the owner")
+        as_user(65534, 65534, nobody)
         # Root still reads the 0600 file, and the failed attempts changed nothing.
         eq(read(P("secret")), b"secret", "root reads the 0600 file")
         eq(read(P("public")), b"public", "the 0644 file is untouched")

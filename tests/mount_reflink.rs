@@ -3,29 +3,10 @@
 
 mod util;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use util::*;
-
-/// `pmemfs du --raw FILE`: (total, exclusive, shared) of its one file.
-fn du(file: &Path) -> (u64, u64, u64) {
-    let mut c = tool("pmemfs");
-    c.args(["du", "--raw"]).arg(file);
-    let o = run(c);
-    assert_eq!(code(&o), 0, "pmemfs du: {}", both(&o));
-    let out = stdout(&o);
-    let line = out
-        .lines()
-        .nth(1)
-        .unwrap_or_else(|| panic!("pmemfs du printed:\n{out}"));
-    let f: Vec<u64> = line
-        .split_whitespace()
-        .take(3)
-        .map(|w| w.parse().expect("a byte count"))
-        .collect();
-    (f[0], f[1], f[2])
-}
 
 fn sha256(file: &Path) -> String {
     let o = Command::new("sha256sum")
@@ -53,20 +34,6 @@ fn df_free(dir: &Path) -> u64 {
         .trim()
         .parse()
         .expect("df number")
-}
-
-fn preload_library() -> PathBuf {
-    let dir = Path::new(env!("CARGO_BIN_EXE_pmemfs"))
-        .parent()
-        .expect("profile dir")
-        .to_path_buf();
-    let lib = dir.join("libpmemfs_reflink.so");
-    assert!(
-        lib.exists(),
-        "{} is missing: build it with cargo build --release --workspace",
-        lib.display()
-    );
-    lib
 }
 
 const GIB: u64 = 1 << 30;

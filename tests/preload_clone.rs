@@ -11,7 +11,7 @@
 
 mod util;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
@@ -26,22 +26,6 @@ const HANG: Duration = Duration::from_secs(30);
 /// byte.
 const MAX_SIZE: u64 = i64::MAX as u64;
 
-/// The preload library beside the binaries of this build, wherever
-/// CARGO_TARGET_DIR put them.
-fn preload_library() -> PathBuf {
-    let dir = Path::new(env!("CARGO_BIN_EXE_pmemfs"))
-        .parent()
-        .expect("profile dir")
-        .to_path_buf();
-    let lib = dir.join("libpmemfs_reflink.so");
-    assert!(
-        lib.exists(),
-        "{} is missing: build it with cargo build --release --workspace",
-        lib.display()
-    );
-    lib
-}
-
 /// Clone helpers for the snippets, after the prelude: the ioctls go
 /// through the C library's ioctl, where the preload library sits.
 const CLONE_PY: &str = r#"
@@ -52,14 +36,11 @@ FICLONE = 0x40049409
 FICLONERANGE = 0x4020940D
 PAGE = 4096
 
-
 def ficlone(dst, src):
     fcntl.ioctl(dst, FICLONE, src)
 
-
 def ficlonerange(src, src_off, length, dst, dst_off):
     fcntl.ioctl(dst, FICLONERANGE, struct.pack("qQQQ", src, src_off, length, dst_off))
-
 
 def size(fd):
     return os.fstat(fd).st_size
@@ -83,25 +64,6 @@ fn py_clone(mnt: &Path, code: &str, args: &[&Path]) -> String {
         both(&o)
     );
     stdout(&o)
-}
-
-/// `pmemfs du --raw FILE`: (total, exclusive, shared) of its one file.
-fn du(file: &Path) -> (u64, u64, u64) {
-    let mut c = tool("pmemfs");
-    c.args(["du", "--raw"]).arg(file);
-    let o = run(c);
-    assert_eq!(code(&o), 0, "pmemfs du: {}", both(&o));
-    let out = stdout(&o);
-    let line = out
-        .lines()
-        .nth(1)
-        .unwrap_or_else(|| panic!("pmemfs du printed:\n{out}"));
-    let f: Vec<u64> = line
-        .split_whitespace()
-        .take(3)
-        .map(|w| w.parse().expect("a byte count"))
-        .collect();
-    (f[0], f[1], f[2])
 }
 
 #[test]

@@ -764,3 +764,38 @@ pub fn unmount(dir: &Path) -> bool {
     }
     ok
 }
+
+/// `pmemfs du --raw FILE`: (total, exclusive, shared) of its one file.
+pub fn du(file: &Path) -> (u64, u64, u64) {
+    let mut c = tool("pmemfs");
+    c.args(["du", "--raw"]).arg(file);
+    let o = run(c);
+    assert_eq!(code(&o), 0, "pmemfs du: {}", both(&o));
+    let out = stdout(&o);
+    let line = out
+        .lines()
+        .nth(1)
+        .unwrap_or_else(|| panic!("pmemfs du printed:\n{out}"));
+    let f: Vec<u64> = line
+        .split_whitespace()
+        .take(3)
+        .map(|w| w.parse().expect("a byte count"))
+        .collect();
+    (f[0], f[1], f[2])
+}
+
+/// The preload library beside the binaries of this build, wherever
+/// CARGO_TARGET_DIR put them.
+pub fn preload_library() -> PathBuf {
+    let dir = Path::new(env!("CARGO_BIN_EXE_pmemfs"))
+        .parent()
+        .expect("profile dir")
+        .to_path_buf();
+    let lib = dir.join("libpmemfs_reflink.so");
+    assert!(
+        lib.exists(),
+        "{} is missing: build it with cargo build --release --workspace",
+        lib.display()
+    );
+    lib
+}

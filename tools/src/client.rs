@@ -17,7 +17,8 @@ usage: pmemfs reflink [--range SRC_OFF:LEN:DST_OFF] SRC DST
        pmemfs du [--raw] PATH...
        pmemfs stat [--ops [--reset]] MOUNTPOINT";
 
-fn finish(tool: &str, r: anyhow::Result<()>) -> ExitCode {
+/// Exit status of `pmemfs TOOL`: the error, if any, on one line.
+pub(crate) fn finish(tool: &str, r: anyhow::Result<()>) -> ExitCode {
     match r {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

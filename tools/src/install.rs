@@ -17,6 +17,8 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context};
 
+use crate::client::finish;
+
 pub use crate::links::LINKS;
 /// The helpers mount(8) and fsck(8) look for in /sbin.
 const SBIN_HELPERS: [&str; 3] = ["mount.pmemfs", "mount.fuse.pmemfs", "fsck.pmemfs"];
@@ -89,16 +91,6 @@ pub fn uninstall(args: impl IntoIterator<Item = OsString>) -> ExitCode {
         Err(e) => {
             eprintln!("pmemfs uninstall: {e}\n{USAGE}");
             ExitCode::from(16)
-        }
-    }
-}
-
-fn finish(tool: &str, r: anyhow::Result<()>) -> ExitCode {
-    match r {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("pmemfs {tool}: {e:#}");
-            ExitCode::from(1)
         }
     }
 }
