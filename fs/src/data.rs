@@ -296,7 +296,9 @@ impl State {
             }
         }
         let mut i = 0;
-        let mut page = vec![0u8; PAGE];
+        // The buffer for partial fresh pages, made only when one needs it:
+        // an in-place write, the common case, takes no allocation.
+        let mut page = Vec::new();
         while i < need.len() {
             let goal = goal(self, ino, need[i].0, fresh);
             let run = self
@@ -310,6 +312,7 @@ impl State {
                 if bytes.len() == PAGE {
                     self.image.pmem().write(pfn * PAGE_SIZE, bytes)?;
                 } else {
+                    page.resize(PAGE, 0);
                     match old {
                         Some(old) => self.image.pmem().read(old * PAGE_SIZE, &mut page)?,
                         None => page.fill(0),
