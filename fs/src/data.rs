@@ -441,7 +441,9 @@ impl State {
             // an append-only file arrives as a write from the start of its
             // last page, rewriting bytes below the end as they are: that
             // changes nothing there, and is let through.
-            let append_only = self.flags(ino)? == pmemfs_ondisk::meta::flag::APPEND;
+            use pmemfs_ondisk::meta::flag;
+            let f = self.flags(ino)?;
+            let append_only = f & flag::APPEND != 0 && f & flag::IMMUTABLE == 0;
             if !(who.writeback && append_only && self.rewrites_as_is(ino, off, data)?) {
                 return Err(e);
             }

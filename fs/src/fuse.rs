@@ -388,13 +388,14 @@ impl Filesystem for PmemFs {
             || crtime.is_some();
         let r = {
             let mut s = self.state.write();
-            // What chattr +i and +a forbid (crate::flags).
-            let allowed = if size.is_some() {
-                s.may_write_at(ino.0, 0, true)
-            } else if owner_change {
+            // What chattr +i and +a forbid (crate::flags); a size change
+            // is checked by set_size.
+            let allowed = if owner_change {
                 s.may_change(ino.0)
-            } else {
+            } else if size.is_none() {
                 s.may_touch(ino.0)
+            } else {
+                Ok(())
             };
             let acl_op = match mode {
                 Some(m) => allowed.and_then(|()| s.chmod_acl(ino.0, (m & 0o7777) as u16)),

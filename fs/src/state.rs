@@ -247,8 +247,9 @@ impl State {
     /// The FUSE attributes of `ino`, as they are now shown (a pending
     /// access time included).
     pub fn fuse_attr(&self, ino: Ino) -> FsResult<fuser::FileAttr> {
-        let mut fa = crate::attr::to_fuse(ino, self.inode(ino)?);
-        fa.atime = crate::attr::time_to_system(self.attr(ino)?.atime);
+        let inode = self.inode(ino)?;
+        let mut fa = crate::attr::to_fuse(ino, inode);
+        fa.atime = crate::attr::time_to_system(self.atimes.overlay(ino, inode.attr).atime);
         Ok(fa)
     }
 

@@ -165,14 +165,20 @@ fn format_on(pmem: &Pmem, opts: &FormatOptions, zero_head: bool) -> Result<Super
 }
 
 /// Zeroes a byte range of a regular file by punching a hole, which costs
-/// nothing and allocates nothing. Returns false where that is not possible
-/// (a device, a file system without hole punching): the caller then writes
-/// zeroes.
+/// nothing and allocates nothing, and makes the hole durable (the
+/// superblock format writes relies on it). Returns false where that is not
+/// possible (a device, a file system without hole punching): the caller
+/// then writes zeroes.
 fn discard(file: &File, off: u64, len: u64) -> bool {
+    file.metadata().is_ok_and(|m| m.is_file())
+        && punch_hole(file, off, len).is_ok()
+        && file.sync_all().is_ok()
+}
+
+/// Punches `[off, off + len)` out of `file`: the range reads as zeros and
+/// takes no space (EOPNOTSUPP where the file system or device cannot).
+fn punch_hole(file: &File, off: u64, len: u64) -> std::io::Result<()> {
     use std::os::fd::AsRawFd;
-    if !file.metadata().is_ok_and(|m| m.is_file()) {
-        return false;
-    }
     // SAFETY: fallocate on a valid descriptor has no memory effects.
     let r = unsafe {
         libc::fallocate(
@@ -182,8 +188,11 @@ fn discard(file: &File, off: u64, len: u64) -> bool {
             len as libc::off_t,
         )
     };
-    // The hole must be durable before the superblock that relies on it.
-    r == 0 && file.sync_all().is_ok()
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
 }
 
 /// Pages in a 2 MiB block: large allocations start at a pfn congruent to
@@ -555,23 +564,10 @@ impl Image {
     /// an I/O error of EOPNOTSUPP where the image cannot give pages back
     /// (no file, or a file system or device without hole punching).
     fn punch(&self, pfn: u64, len: u64) -> Result<()> {
-        use std::os::fd::AsRawFd;
         let unsupported = || Error::Io(std::io::Error::from_raw_os_error(libc::EOPNOTSUPP));
         let file = self.file.as_ref().ok_or_else(unsupported)?;
-        // SAFETY: fallocate on a valid descriptor has no memory effects;
-        // the pages are free, so no mapping of them is read or written.
-        let r = unsafe {
-            libc::fallocate(
-                file.as_raw_fd(),
-                libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
-                (pfn * PAGE_SIZE) as libc::off_t,
-                (len * PAGE_SIZE) as libc::off_t,
-            )
-        };
-        if r != 0 {
-            return Err(Error::Io(std::io::Error::last_os_error()));
-        }
-        Ok(())
+        // The pages are free, so no mapping of them is read or written.
+        punch_hole(file, pfn * PAGE_SIZE, len * PAGE_SIZE).map_err(Error::Io)
     }
 
     /// Writes the whole metadata as a new checkpoint and restarts the

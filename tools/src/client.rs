@@ -125,15 +125,19 @@ struct Du {
 }
 
 impl Du {
-    fn file(&mut self, path: &Path, u: Usage) {
+    /// One line: the three figures, then what they are of.
+    fn line(&self, u: Usage, what: &str) {
         let fmt = |b: u64| if self.raw { b.to_string() } else { human(b) };
         println!(
-            "{:>14} {:>14} {:>14}  {}",
+            "{:>14} {:>14} {:>14}  {what}",
             fmt(u.total),
             fmt(u.exclusive),
-            fmt(u.shared),
-            path.display()
+            fmt(u.shared)
         );
+    }
+
+    fn file(&mut self, path: &Path, u: Usage) {
+        self.line(u, &path.display().to_string());
         self.sum.total += u.total;
         self.sum.exclusive += u.exclusive;
         self.sum.shared += u.shared;
@@ -189,14 +193,7 @@ fn do_du(paths: &[PathBuf], raw: bool) -> anyhow::Result<()> {
             du.file(p, control::usage(p)?);
         }
     }
-    let s = du.sum;
-    let fmt = |b: u64| if raw { b.to_string() } else { human(b) };
-    println!(
-        "{:>14} {:>14} {:>14}  total",
-        fmt(s.total),
-        fmt(s.exclusive),
-        fmt(s.shared)
-    );
+    du.line(du.sum, "total");
     Ok(())
 }
 
