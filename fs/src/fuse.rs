@@ -12,6 +12,7 @@ use std::fs::File;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use fuser::{
@@ -30,8 +31,9 @@ use crate::ioctl::{
     FITRIM, PMEMFS_IOC_DIR_USAGE, PMEMFS_IOC_OPS, PMEMFS_IOC_OPS_RESET, PMEMFS_IOC_STATS,
     PMEMFS_IOC_UNSHARE, PMEMFS_IOC_USAGE,
 };
-use crate::ops::{OpCounters, Opcode};
+use crate::ops::{OpCounters, Opcode, Timer};
 use crate::options::MountOptions;
+use crate::poll::Poller;
 use crate::state::{now, Caller, NewInode, State};
 
 /// How long the kernel may trust attributes and entries: a day, as good as
@@ -57,6 +59,8 @@ pub struct PmemFs {
     next_fh: AtomicU64,
     /// Requests served, per opcode (`pmemfs stat --ops`).
     ops: OpCounters,
+    /// Polls the device while requests come quickly (see [`crate::poll`]).
+    poller: Arc<Poller>,
     opts: MountOptions,
     name: String,
 }
@@ -98,6 +102,7 @@ impl PmemFs {
             listings: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
             ops: OpCounters::default(),
+            poller: Poller::new(opts.poll),
             name: image
                 .canonicalize()
                 .unwrap_or_else(|_| image.to_path_buf())
@@ -105,6 +110,18 @@ impl PmemFs {
                 .to_string(),
             opts,
         })
+    }
+
+    /// The mount's poller: the session attaches its device after INIT.
+    pub fn poller(&self) -> Arc<Poller> {
+        Arc::clone(&self.poller)
+    }
+
+    /// Starts serving a request of `op`: the poller hears of it, and the
+    /// returned timer counts it when dropped.
+    fn begin(&self, op: Opcode) -> Timer<'_> {
+        self.poller.busy();
+        self.ops.time(op)
     }
 
     /// What recovery found when the image was opened.
@@ -272,6 +289,7 @@ impl Filesystem for PmemFs {
     }
 
     fn destroy(&mut self) {
+        self.poller.stop();
         let mut s = self.state.write();
         if !s.is_read_only() {
             if let Err(e) = s.delete_unlinked() {
@@ -290,7 +308,7 @@ impl Filesystem for PmemFs {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        let _timer = self.ops.time(Opcode::Lookup);
+        let _timer = self.begin(Opcode::Lookup);
         // "." and ".." come from the kernel only to find an inode (or its
         // parent) from a file handle that outlived its cache
         // (FUSE_EXPORT_SUPPORT): "." names any inode itself.
@@ -315,7 +333,7 @@ impl Filesystem for PmemFs {
     /// writeback cache, where an unlinked inode lives until forgotten
     /// (fuser hands a BATCH_FORGET over as one call here per node).
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
-        let _timer = self.ops.time(Opcode::Forget);
+        let _timer = self.begin(Opcode::Forget);
         if let Err(e) = self.state.write().forgot(ino.0, nlookup) {
             // No reply to carry it: the inode stays unlinked, and the
             // next mount's recovery frees it.
@@ -324,7 +342,7 @@ impl Filesystem for PmemFs {
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        let _timer = self.ops.time(Opcode::Getattr);
+        let _timer = self.begin(Opcode::Getattr);
         self.attr_reply(ino.0, reply)
     }
 
@@ -346,7 +364,7 @@ impl Filesystem for PmemFs {
         _flags: Option<BsdFileFlags>,
         reply: ReplyAttr,
     ) {
-        let _timer = self.ops.time(Opcode::Setattr);
+        let _timer = self.begin(Opcode::Setattr);
         let t = now();
         // Set-uid and set-gid go on chown, and on truncate by anyone but
         // root, unless the same request sets the mode (crate::privs).
@@ -429,7 +447,7 @@ impl Filesystem for PmemFs {
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
-        let _timer = self.ops.time(Opcode::Readlink);
+        let _timer = self.begin(Opcode::Readlink);
         match self.state.read().readlink(ino.0) {
             Ok(t) => reply.data(&t),
             Err(e) => reply.error(e.errno()),
@@ -446,7 +464,7 @@ impl Filesystem for PmemFs {
         rdev: u32,
         reply: ReplyEntry,
     ) {
-        let _timer = self.ops.time(Opcode::Mknod);
+        let _timer = self.begin(Opcode::Mknod);
         self.make(
             req,
             parent,
@@ -470,7 +488,7 @@ impl Filesystem for PmemFs {
         umask: u32,
         reply: ReplyEntry,
     ) {
-        let _timer = self.ops.time(Opcode::Mkdir);
+        let _timer = self.begin(Opcode::Mkdir);
         let mode = (mode & 0o7777) | libc::S_IFDIR;
         self.make(
             req,
@@ -487,7 +505,7 @@ impl Filesystem for PmemFs {
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let _timer = self.ops.time(Opcode::Unlink);
+        let _timer = self.begin(Opcode::Unlink);
         empty(
             self.state.write().unlink(parent.0, name.as_bytes(), false),
             reply,
@@ -495,7 +513,7 @@ impl Filesystem for PmemFs {
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let _timer = self.ops.time(Opcode::Rmdir);
+        let _timer = self.begin(Opcode::Rmdir);
         empty(
             self.state.write().unlink(parent.0, name.as_bytes(), true),
             reply,
@@ -510,7 +528,7 @@ impl Filesystem for PmemFs {
         target: &Path,
         reply: ReplyEntry,
     ) {
-        let _timer = self.ops.time(Opcode::Symlink);
+        let _timer = self.begin(Opcode::Symlink);
         let target = Some(target.as_os_str().as_bytes());
         self.make(
             req,
@@ -536,7 +554,7 @@ impl Filesystem for PmemFs {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
-        let _timer = self.ops.time(Opcode::Rename);
+        let _timer = self.begin(Opcode::Rename);
         let r = self.state.write().rename_as(
             parent.0,
             name.as_bytes(),
@@ -556,7 +574,7 @@ impl Filesystem for PmemFs {
         newname: &OsStr,
         reply: ReplyEntry,
     ) {
-        let _timer = self.ops.time(Opcode::Link);
+        let _timer = self.begin(Opcode::Link);
         let r = self
             .state
             .write()
@@ -568,7 +586,7 @@ impl Filesystem for PmemFs {
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        let _timer = self.ops.time(Opcode::Open);
+        let _timer = self.begin(Opcode::Open);
         let mut s = self.state.write();
         let writes = flags.0 & libc::O_ACCMODE != libc::O_RDONLY;
         let r = match s.attr(ino.0) {
@@ -604,7 +622,7 @@ impl Filesystem for PmemFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        let _timer = self.ops.time(Opcode::Read);
+        let _timer = self.begin(Opcode::Read);
         let s = self.state.read();
         match s.read(ino.0, offset, size) {
             Ok(d) => {
@@ -627,7 +645,7 @@ impl Filesystem for PmemFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        let _timer = self.ops.time(Opcode::Write);
+        let _timer = self.begin(Opcode::Write);
         let who = crate::data::Writer {
             kill_suidgid: write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID),
             writeback: write_flags.contains(WriteFlags::FUSE_WRITE_CACHE),
@@ -655,7 +673,7 @@ impl Filesystem for PmemFs {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        let _timer = self.ops.time(Opcode::Flush);
+        let _timer = self.begin(Opcode::Flush);
         // Nothing is buffered here. ENOSYS tells the kernel so once, and it
         // stops sending a flush with every close.
         reply.error(Errno::ENOSYS)
@@ -671,7 +689,7 @@ impl Filesystem for PmemFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        let _timer = self.ops.time(Opcode::Release);
+        let _timer = self.begin(Opcode::Release);
         empty(self.state.write().closed(ino.0), reply)
     }
 
@@ -686,7 +704,7 @@ impl Filesystem for PmemFs {
         datasync: bool,
         reply: ReplyEmpty,
     ) {
-        let _timer = self.ops.time(Opcode::Fsync);
+        let _timer = self.begin(Opcode::Fsync);
         if datasync {
             return reply.ok();
         }
@@ -694,7 +712,7 @@ impl Filesystem for PmemFs {
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        let _timer = self.ops.time(Opcode::Opendir);
+        let _timer = self.begin(Opcode::Opendir);
         // An open directory lives until its last release, like an open
         // file: rmdir or a rename over it leaves it to its holders.
         let r = {
@@ -723,7 +741,7 @@ impl Filesystem for PmemFs {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        let _timer = self.ops.time(Opcode::Readdir);
+        let _timer = self.begin(Opcode::Readdir);
         let mut listings = self.listings.lock();
         let Some(l) = listings.get_mut(&fh.0) else {
             return reply.error(Errno::EBADF);
@@ -757,7 +775,7 @@ impl Filesystem for PmemFs {
         _flags: OpenFlags,
         reply: ReplyEmpty,
     ) {
-        let _timer = self.ops.time(Opcode::Releasedir);
+        let _timer = self.begin(Opcode::Releasedir);
         self.listings.lock().remove(&fh.0);
         empty(self.state.write().closed(ino.0), reply)
     }
@@ -770,12 +788,12 @@ impl Filesystem for PmemFs {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        let _timer = self.ops.time(Opcode::Fsyncdir);
+        let _timer = self.begin(Opcode::Fsyncdir);
         reply.ok()
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
-        let _timer = self.ops.time(Opcode::Statfs);
+        let _timer = self.begin(Opcode::Statfs);
         let s = self.state.read();
         let g = s.image.geometry();
         let free = s.image.free_pages();
@@ -804,7 +822,7 @@ impl Filesystem for PmemFs {
         _position: u32,
         reply: ReplyEmpty,
     ) {
-        let _timer = self.ops.time(Opcode::Setxattr);
+        let _timer = self.begin(Opcode::Setxattr);
         let name = name.as_bytes();
         let mut s = self.state.write();
         let r = if crate::acl::is_acl_name(name) {
@@ -819,19 +837,19 @@ impl Filesystem for PmemFs {
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
-        let _timer = self.ops.time(Opcode::Getxattr);
+        let _timer = self.begin(Opcode::Getxattr);
         let v = self.state.read().getxattr(ino.0, name.as_bytes());
         xattr_reply(v, size, reply)
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
-        let _timer = self.ops.time(Opcode::Listxattr);
+        let _timer = self.begin(Opcode::Listxattr);
         let v = self.state.read().listxattr(ino.0);
         xattr_reply(v, size, reply)
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let _timer = self.ops.time(Opcode::Removexattr);
+        let _timer = self.begin(Opcode::Removexattr);
         empty(
             self.state.write().removexattr(ino.0, name.as_bytes()),
             reply,
@@ -848,7 +866,7 @@ impl Filesystem for PmemFs {
         _flags: i32,
         reply: ReplyCreate,
     ) {
-        let _timer = self.ops.time(Opcode::Create);
+        let _timer = self.begin(Opcode::Create);
         let mut s = self.state.write();
         let r = s
             .make_masked(
@@ -888,7 +906,7 @@ impl Filesystem for PmemFs {
         mode: i32,
         reply: ReplyEmpty,
     ) {
-        let _timer = self.ops.time(Opcode::Fallocate);
+        let _timer = self.begin(Opcode::Fallocate);
         empty(
             self.state.write().fallocate(ino.0, offset, length, mode),
             reply,
@@ -904,7 +922,7 @@ impl Filesystem for PmemFs {
         whence: i32,
         reply: ReplyLseek,
     ) {
-        let _timer = self.ops.time(Opcode::Lseek);
+        let _timer = self.begin(Opcode::Lseek);
         // Under the writeback cache data may sit in the kernel that the
         // daemon has not seen, and the kernel asks before writing it back:
         // ENOSYS makes it answer itself, all data up to EOF, never a hole
@@ -937,7 +955,7 @@ impl Filesystem for PmemFs {
         out_size: u32,
         reply: fuser::ReplyIoctl,
     ) {
-        let _timer = self.ops.time(Opcode::Ioctl);
+        let _timer = self.begin(Opcode::Ioctl);
         if cmd == PMEMFS_IOC_UNSHARE {
             let mode = libc::FALLOC_FL_UNSHARE_RANGE | libc::FALLOC_FL_KEEP_SIZE;
             let r = match crate::ioctl::decode_range(in_data) {
@@ -1015,7 +1033,7 @@ impl Filesystem for PmemFs {
         flags: CopyFileRangeFlags,
         reply: ReplyWrite,
     ) {
-        let _timer = self.ops.time(Opcode::CopyFileRange);
+        let _timer = self.begin(Opcode::CopyFileRange);
         if !flags.is_empty() {
             return reply.error(Errno::EINVAL);
         }

@@ -30,6 +30,7 @@ pub mod fuse;
 pub mod ioctl;
 pub mod ops;
 pub mod options;
+pub mod poll;
 pub mod privs;
 pub mod state;
 

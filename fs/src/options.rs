@@ -3,6 +3,14 @@
 
 use crate::atime::{AtimeMode, AtimePolicy};
 
+/// The polling window by default: longer than the gap between the
+/// requests of one busy caller (a few to a few tens of microseconds), short
+/// enough that an idle mount stops spinning at once.
+pub const DEFAULT_POLL: std::time::Duration = std::time::Duration::from_micros(200);
+
+/// The longest polling window a mount may ask for.
+pub const MAX_POLL_US: u64 = 100_000;
+
 /// What a mount asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MountOptions {
@@ -30,6 +38,10 @@ pub struct MountOptions {
     pub default_permissions: bool,
     /// FUSE worker threads.
     pub threads: usize,
+    /// How long one worker keeps polling `/dev/fuse` after a request
+    /// before it sleeps in read again (`poll=USECS`; 0 never polls; see
+    /// [`crate::poll`]).
+    pub poll: std::time::Duration,
     /// Emulated NUMA nodes; `None` uses the machine's topology.
     pub numa_nodes: Option<usize>,
     /// Bytes of DRAM copies allowed across nodes; 0 disables the DRAM cache.
@@ -51,9 +63,15 @@ impl Default for MountOptions {
             discard: false,
             atime: AtimePolicy::default(),
             default_permissions: true,
+            // Half the CPUs: while requests come quickly one worker polls
+            // (crate::poll) and keeps a CPU, and the callers need the rest.
+            // On two CPUs one worker serves a single caller's requests
+            // fastest; a second would be woken for every request only to
+            // find the poller has taken it.
             threads: std::thread::available_parallelism()
-                .map_or(2, |n| n.get())
-                .clamp(2, 16),
+                .map_or(1, |n| n.get() / 2)
+                .clamp(1, 16),
+            poll: DEFAULT_POLL,
             numa_nodes: None,
             dram_cache: 0,
             writeback_cache: false,
@@ -99,6 +117,14 @@ impl MountOptions {
                     return Err("no_default_permissions is not supported: pmemfs relies on the kernel's permission checks".into())
                 }
                 "threads" => self.threads = (number(value)? as usize).clamp(1, 256),
+                "poll" => {
+                    let us = number(value)?;
+                    if us > MAX_POLL_US {
+                        return Err(format!("poll={us}: at most {MAX_POLL_US} microseconds"));
+                    }
+                    self.poll = std::time::Duration::from_micros(us);
+                }
+                "nopoll" => self.poll = std::time::Duration::ZERO,
                 "numa_nodes" => {
                     let n = number(value)? as usize;
                     if n == 0 || n > 64 {

@@ -8,7 +8,7 @@
 
 use std::ffi::OsString;
 use std::io::{Read, Write};
-use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, FromRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -23,7 +23,7 @@ usage: pmemfs-mount [-o OPTIONS] [-f] [-d] IMAGE MOUNTPOINT
   -o OPTIONS  comma-separated: ro, rw, allow_other (the default when
               permitted), noallow_other, acl (default), noacl, nosuid,
               nodev, noexec, default_permissions (always on), threads=N,
-              numa_nodes=N, dram_cache=SIZE, writeback_cache
+              poll=USECS (200), nopoll, numa_nodes=N, dram_cache=SIZE, writeback_cache
   -f          stay in the foreground
   -d          foreground, and report what recovery did";
 
@@ -253,7 +253,12 @@ fn serve(o: &Options, ready: Option<OwnedFd>) -> anyhow::Result<()> {
         );
     }
     let config = fs.config();
-    let session = match fuser::spawn_mount(fs, &o.mountpoint, &config) {
+    let poller = fs.poller();
+    let session = match fuser::Session::new(fs, &o.mountpoint, &config).and_then(|s| {
+        // Polling needs the device after INIT, which Session::new did.
+        poller.attach(s.as_fd())?;
+        s.spawn()
+    }) {
         Ok(s) => s,
         Err(e) => {
             let msg = format!("cannot mount on {}: {e}", o.mountpoint.display());

@@ -1,0 +1,91 @@
+//! Adaptive polling of /dev/fuse (fs/src/poll.rs), through a mount: a
+//! burst of requests is served (by the polling worker), and once requests
+//! stop the daemon goes back to sleep instead of spinning; `nopoll` and
+//! `poll=USECS` mount and serve the same; a window out of range is refused.
+
+mod util;
+
+use std::time::Duration;
+
+use util::*;
+
+const SIZE: &str = "64M";
+
+/// CPU time (user + system, in clock ticks) the process has used.
+fn cpu_ticks(p: &Proc) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{}/stat", p.pid)).expect("daemon's stat");
+    let rest = &stat[stat.rfind(')').expect("stat format") + 1..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15; after the name, 12 and 13.
+    f[11].parse::<u64>().expect("utime") + f[12].parse::<u64>().expect("stime")
+}
+
+/// Ticks per second of the counters in /proc/PID/stat.
+fn ticks_per_second() -> u64 {
+    // SAFETY: sysconf with a constant name.
+    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    u64::try_from(t).unwrap_or(100)
+}
+
+const BURST: &str = r#"
+for i in range(2000):
+    write(P(f"f{i}"), b"x" * (i % 5000))
+for i in range(2000):
+    assert read(P(f"f{i}")) == b"x" * (i % 5000), i
+for i in range(2000):
+    os.unlink(P(f"f{i}"))
+print(len(os.listdir(P(""))))
+"#;
+
+/// Serves a burst, then checks that the daemon, left alone, uses almost no
+/// CPU: a worker that kept polling would use all of one.
+fn served_then_idle(opts: &str) {
+    let m = Mount::new(&format!("poll-{opts}"), SIZE, opts);
+    let daemon = *m.daemon().first().expect("daemon");
+    assert_eq!(py(m.path(), BURST).trim(), "1", "only lost+found is left");
+    // Longer than any window a mount may ask for (0.1 s), then a second.
+    std::thread::sleep(Duration::from_millis(300));
+    let before = cpu_ticks(&daemon);
+    std::thread::sleep(Duration::from_secs(1));
+    let used = cpu_ticks(&daemon) - before;
+    assert!(
+        used * 10 < ticks_per_second(),
+        "-o {opts}: the idle daemon used {used} ticks of CPU in a second (of {} a second): \
+         it kept polling after the requests stopped",
+        ticks_per_second()
+    );
+    m.finish();
+}
+
+#[test]
+fn a_burst_is_served_and_an_idle_daemon_sleeps() {
+    served_then_idle("");
+}
+
+#[test]
+fn the_longest_window_also_ends() {
+    served_then_idle("poll=100000");
+}
+
+#[test]
+fn nopoll_and_many_threads_serve_the_same() {
+    served_then_idle("nopoll,threads=4");
+    served_then_idle("poll=50,threads=3");
+}
+
+#[test]
+fn a_window_out_of_range_is_refused() {
+    let dir = TempDir::new("poll-range");
+    let image = dir.join("img");
+    let mnt = dir.join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    format_image(&image, 64 << 20);
+    for bad in ["poll=100001", "poll=x", "poll"] {
+        let mut c = tool("pmemfs-mount");
+        c.args(["-o", bad]).arg(&image).arg(&mnt);
+        let o = run_captured(c, Duration::from_secs(30));
+        assert_ne!(code(&o), 0, "-o {bad} mounted");
+        assert!(both(&o).contains("poll"), "-o {bad}: {}", both(&o));
+        assert!(!is_mount_point(&mnt), "-o {bad} left a mount");
+    }
+}
