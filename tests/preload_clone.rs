@@ -7,7 +7,9 @@
 //! or past the size limits (EINVAL, EFBIG); and that a valid clone of a
 //! sparse source costs its mapped pages, never its size: an 8 EiB file with
 //! one page clones at once, and the source's holes become holes of the
-//! destination, over whatever data it had there.
+//! destination, over whatever data it had there (SEEK_DATA and FIEMAP both
+//! say so); and that FS_IOC_FIEMAP through the preload reports extents,
+//! shared pages and the last extent as the kernel's FIEMAP does.
 
 mod util;
 
@@ -44,6 +46,25 @@ def ficlonerange(src, src_off, length, dst, dst_off):
 
 def size(fd):
     return os.fstat(fd).st_size
+
+FS_IOC_FIEMAP = 0xC020660B
+FIEMAP_EXTENT_LAST = 0x1
+FIEMAP_EXTENT_SHARED = 0x2000
+
+def fiemap(fd, start=0, length=2**64 - 1, count=64, flags=0):
+    """FS_IOC_FIEMAP: (mapped count, [(logical, length, flags)])."""
+    buf = bytearray(struct.pack("QQIIII", start, length, flags, 0, count, 0) + bytes(56 * count))
+    fcntl.ioctl(fd, FS_IOC_FIEMAP, buf)
+    mapped = struct.unpack_from("QQIIII", buf)[3]
+    out = []
+    for i in range(min(mapped, count)):
+        lo, _, ln, _, _, fl = struct.unpack_from("QQQQQI", buf, 32 + 56 * i)
+        out.append((lo, ln, fl))
+    return mapped, out
+
+def data_extents(fd):
+    """The (logical, length) of each extent, as the daemon's page maps say."""
+    return [(lo, ln) for lo, ln, _ in fiemap(fd)[1]]
 "#;
 
 /// Runs a Python snippet after the prelude and [`CLONE_PY`] with the
@@ -298,7 +319,7 @@ fn cp_reflink_of_an_8_eib_sparse_file_costs_its_one_page() {
         m.p("huge").display(),
         m.p("copy").display()
     ));
-    let out = py(
+    let out = py_clone(
         m.path(),
         &format!(
             r#"
@@ -311,11 +332,14 @@ fn cp_reflink_of_an_8_eib_sparse_file_costs_its_one_page() {
             for off in (0, 1 << 20, {at} - 4096, {at} + 4096, 1 << 62 | 1 << 61, {MAX_SIZE} - 100):
                 n = min(4096, {MAX_SIZE} - off)
                 eq(os.pread(c, n, off), b"\0" * n, f"the copy at {{off}}")
-            eq(os.lseek(c, 0, os.SEEK_DATA), {at}, "the copy's first data")
-            eq(os.lseek(c, {at}, os.SEEK_HOLE), {at} + 4096, "the copy's first hole after it")
+            eq(data_extents(c), [({at}, 4096)], "the copy's one extent")
+            if not WRITEBACK:
+                eq(os.lseek(c, 0, os.SEEK_DATA), {at}, "the copy's first data")
+                eq(os.lseek(c, {at}, os.SEEK_HOLE), {at} + 4096, "the copy's first hole after it")
             print("ok")
             "#
         ),
+        &[],
     );
     assert!(out.contains("ok"), "{out}");
     assert_eq!(du(&m.p("huge")), (4096, 0, 4096), "the source's one page");
@@ -378,9 +402,11 @@ fn source_holes_become_holes_over_destination_data() {
         eq(os.pread(hd, PAGE, 3 * PAGE), pattern(PAGE, 3), "huge-dst's one page")
         for off in far + (MAX - 100,):
             eq(os.pread(hd, 100, off), b"\0" * 100, f"huge-dst at {off}")
-        eq(os.lseek(hd, 0, os.SEEK_DATA), 3 * PAGE, "huge-dst's first data")
-        eq(os.lseek(hd, 3 * PAGE, os.SEEK_HOLE), 4 * PAGE, "huge-dst's hole after it")
-        expect_errno(errno.ENXIO, os.lseek, hd, 4 * PAGE, os.SEEK_DATA)
+        eq(data_extents(hd), [(3 * PAGE, PAGE)], "huge-dst's one extent")
+        if not WRITEBACK:
+            eq(os.lseek(hd, 0, os.SEEK_DATA), 3 * PAGE, "huge-dst's first data")
+            eq(os.lseek(hd, 3 * PAGE, os.SEEK_HOLE), 4 * PAGE, "huge-dst's hole after it")
+            expect_errno(errno.ENXIO, os.lseek, hd, 4 * PAGE, os.SEEK_DATA)
         print("ok")
         "#,
         &[],
@@ -395,6 +421,65 @@ fn source_holes_become_holes_over_destination_data() {
         (total, shared),
         (21 * 4096 + 4096, 4096),
         "b: 20 pages of its own data left, one shared"
+    );
+    m.finish();
+}
+
+#[test]
+fn fiemap_shows_extents_and_shared_pages_as_the_kernel_would() {
+    let m = Mount::new("fiemap", "64M", "");
+    let out = py_clone(
+        m.path(),
+        r#"
+        # Data at pages 0..4 and 10..12, a hole between, size 16 pages.
+        a = os.open(P("a"), os.O_RDWR | os.O_CREAT, 0o644)
+        os.ftruncate(a, 16 * PAGE)
+        os.pwrite(a, pattern(4 * PAGE, 1), 0)
+        os.pwrite(a, pattern(2 * PAGE, 2), 10 * PAGE)
+        b = os.open(P("b"), os.O_RDWR | os.O_CREAT, 0o644)
+        ficlonerange(a, PAGE, 2 * PAGE, b, 0)
+        def pages(fd):
+            mapped, ext = fiemap(fd)
+            eq(mapped, len(ext), "mapped extents")
+            got = []
+            for lo, ln, fl in ext:
+                for p in range(lo // PAGE, (lo + ln) // PAGE):
+                    got.append((p, bool(fl & FIEMAP_EXTENT_SHARED)))
+            eq(bool(ext[-1][2] & FIEMAP_EXTENT_LAST), True, "the last extent")
+            eq(sum(bool(fl & FIEMAP_EXTENT_LAST) for _, _, fl in ext), 1, "one last extent")
+            return got
+        eq(pages(a), [(0, False), (1, True), (2, True), (3, False), (10, False), (11, False)], "a")
+        eq(pages(b), [(0, True), (1, True)], "b")
+        # Counting only (no room): the kernel's fm_extent_count = 0.
+        n, ext = fiemap(a, count=0)
+        eq((n >= 3, ext), (True, []), "counted")
+        # A range: only the extents that overlap it.
+        eq([lo // PAGE for lo, _, _ in fiemap(a, 8 * PAGE, 8 * PAGE)[1]], [10], "from page 8")
+        eq(fiemap(a, 4 * PAGE, 6 * PAGE)[1], [], "inside the hole")
+        # Room for one: one extent, and the count stops there.
+        n, ext = fiemap(a, count=1)
+        eq((n, [lo for lo, _, _ in ext]), (1, [0]), "room for one")
+        # As the kernel: a zero length is EINVAL, an unknown flag EBADR.
+        expect_errno(errno.EINVAL, fiemap, a, 0, 0)
+        expect_errno(errno.EBADR, fiemap, a, 0, 2**64 - 1, 4, 2)
+        # FIEMAP_FLAG_SYNC is taken.
+        eq(len(fiemap(a, flags=1)[1]) >= 3, True, "with FIEMAP_FLAG_SYNC")
+        print("ok")
+        "#,
+        &[],
+    );
+    assert!(out.contains("ok"), "{out}");
+    // filefrag, as a user runs it.
+    let mut c = Command::new("filefrag");
+    c.env("LD_PRELOAD", preload_library())
+        .arg("-v")
+        .arg(m.p("b"));
+    let o = run_captured(c, HANG);
+    assert!(o.status.success(), "filefrag -v: {}", both(&o));
+    let text = stdout(&o);
+    assert!(
+        text.contains("shared") && text.contains("last") && text.contains("1 extent found"),
+        "filefrag -v of a clone:\n{text}"
     );
     m.finish();
 }

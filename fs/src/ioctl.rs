@@ -7,7 +7,7 @@
 use pmemfs_ondisk::{Body, Ino, PAGE_SIZE};
 
 use crate::cache::CacheStats;
-use crate::error::FsResult;
+use crate::error::{fail, FsResult};
 use crate::state::State;
 
 const fn ior(nr: u32, size: u32) -> u32 {
@@ -45,6 +45,13 @@ pub const PMEMFS_IOC_DIR_USAGE: u32 = iowr(4, DirUsage::BYTES as u32);
 pub fn decode_position(bytes: &[u8]) -> Option<u64> {
     Some(u64::from_le_bytes(bytes.get(..8)?.try_into().ok()?))
 }
+
+/// A file's extents from a byte offset on: what `FS_IOC_FIEMAP` reports
+/// (the kernel refuses FIEMAP on FUSE before the daemon hears of it, so the
+/// preload library asks this instead) and where the preload's clone finds
+/// the source's data. In-data: one u64, the byte offset to start at; out:
+/// see [`Extents`].
+pub const PMEMFS_IOC_EXTENTS: u32 = iowr(7, Extents::BYTES as u32);
 
 /// The per-opcode request counters ([`crate::ops::OpCounters::encode`]),
 /// asked of any inode.
@@ -107,6 +114,67 @@ impl DirUsage {
             })
             .collect();
         Some(DirUsage { files, next: w[1] })
+    }
+}
+
+/// One extent: `length` bytes of the file from `logical` on, at byte
+/// `physical` of the image, on consecutive pages that are all shared with
+/// another reference (`shared`) or all not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Extent {
+    pub logical: u64,
+    pub physical: u64,
+    pub length: u64,
+    pub shared: bool,
+}
+
+/// One answer of [`PMEMFS_IOC_EXTENTS`]: `[count, next, last]`, then
+/// `count` records of `[logical, physical, length, flags]` (flags bit 0:
+/// shared), zero-padded. `next` is the byte offset to ask from next; `last`
+/// is 1 when no extent follows these. The preload library reads this
+/// layout (preload/src/lib.rs): the fixed-bytes test below pins it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Extents {
+    pub extents: Vec<Extent>,
+    pub next: u64,
+    pub last: bool,
+}
+
+impl Extents {
+    /// Records per answer: as many as fit the 14-bit size of an ioctl
+    /// number with the header.
+    pub const RECORDS: usize = 400;
+    pub const BYTES: usize = 24 + Self::RECORDS * 32;
+    /// Flag bit of a shared extent.
+    pub const SHARED: u64 = 1;
+
+    pub fn encode(&self) -> Vec<u8> {
+        let mut w = vec![self.extents.len() as u64, self.next, self.last as u64];
+        for e in &self.extents {
+            let flags = if e.shared { Self::SHARED } else { 0 };
+            w.extend([e.logical, e.physical, e.length, flags]);
+        }
+        w.resize(Self::BYTES / 8, 0);
+        encode(&w)
+    }
+
+    pub fn decode(bytes: &[u8]) -> Option<Extents> {
+        let w = decode::<{ Self::BYTES / 8 }>(bytes)?;
+        let n = usize::try_from(w[0]).ok().filter(|&n| n <= Self::RECORDS)?;
+        let extents = w[3..3 + 4 * n]
+            .chunks_exact(4)
+            .map(|r| Extent {
+                logical: r[0],
+                physical: r[1],
+                length: r[2],
+                shared: r[3] & Self::SHARED != 0,
+            })
+            .collect();
+        Some(Extents {
+            extents,
+            next: w[1],
+            last: w[2] != 0,
+        })
     }
 }
 
@@ -261,6 +329,46 @@ impl State {
         Ok(u)
     }
 
+    /// The extents of file `ino` from byte `from` on, at most
+    /// [`Extents::RECORDS`]: runs of consecutive pages on consecutive
+    /// pfns, split where the pages' sharing changes; one that starts
+    /// before `from`'s page is reported from that page on.
+    pub fn extents(&self, ino: Ino, from: u64) -> FsResult<Extents> {
+        let Body::File(map) = &self.inode(ino)?.body else {
+            return fail(libc::EINVAL);
+        };
+        let shares = &self.image.meta().shares;
+        let mut out = Extents::default();
+        let mut index = from / PAGE_SIZE;
+        while let Some(run) = map.first_at_or_after(index) {
+            for c in shares.range(run.value, run.len) {
+                let e = Extent {
+                    logical: (run.start + (c.start - run.value)) * PAGE_SIZE,
+                    physical: c.start * PAGE_SIZE,
+                    length: c.len * PAGE_SIZE,
+                    shared: c.value > 1,
+                };
+                if let Some(p) = out.extents.last_mut() {
+                    if p.shared == e.shared
+                        && p.logical + p.length == e.logical
+                        && p.physical + p.length == e.physical
+                    {
+                        p.length += e.length;
+                        continue;
+                    }
+                }
+                if out.extents.len() == Extents::RECORDS {
+                    out.next = e.logical;
+                    return Ok(out);
+                }
+                out.extents.push(e);
+            }
+            index = run.start + run.len;
+        }
+        out.last = true;
+        Ok(out)
+    }
+
     /// The usage of the regular files of directory `dir`, from its
     /// `from`th entry on (in name order), at most [`DirUsage::RECORDS`].
     pub fn dir_usage(&self, dir: Ino, from: u64) -> FsResult<DirUsage> {
@@ -352,5 +460,157 @@ mod tests {
         bad[0] = 255;
         bad[1] = 255;
         assert_eq!(DirUsage::decode(&bad), None);
+    }
+
+    #[test]
+    fn extents_round_trip_and_fixed_bytes() {
+        // preload/src/lib.rs spells the number and the layout out.
+        assert_eq!(PMEMFS_IOC_EXTENTS, 0xf218_5007);
+        const { assert!(Extents::BYTES < 1 << 14) };
+        let e = Extents {
+            extents: vec![
+                Extent {
+                    logical: 0,
+                    physical: 0x10_0000,
+                    length: 0x2000,
+                    shared: true,
+                },
+                Extent {
+                    logical: 0x4000,
+                    physical: 0x5000,
+                    length: 0x1000,
+                    shared: false,
+                },
+            ],
+            next: 0,
+            last: true,
+        };
+        let bytes = e.encode();
+        assert_eq!(bytes.len(), Extents::BYTES);
+        let words: Vec<u64> = bytes[..11 * 8]
+            .chunks_exact(8)
+            .map(|c| u64::from_le_bytes(c.try_into().unwrap()))
+            .collect();
+        assert_eq!(
+            words,
+            [2, 0, 1, 0, 0x10_0000, 0x2000, 1, 0x4000, 0x5000, 0x1000, 0]
+        );
+        assert!(bytes[11 * 8..].iter().all(|&b| b == 0), "zero-padded");
+        assert_eq!(Extents::decode(&bytes), Some(e));
+        let mut bad = bytes.clone();
+        bad[0] = 0xff;
+        bad[1] = 0xff;
+        assert_eq!(Extents::decode(&bad), None, "more records than fit");
+        assert_eq!(Extents::decode(&bytes[..100]), None, "short");
+    }
+
+    fn state() -> State {
+        use pmemfs_ondisk::{format_pmem, FormatOptions, Image, Pmem, MIN_IMAGE_BYTES};
+        let pmem = Pmem::memory(MIN_IMAGE_BYTES);
+        format_pmem(&pmem, &FormatOptions::fixed("extents")).expect("format");
+        State::new(Image::open_pmem(pmem).expect("open"), false)
+    }
+
+    fn file(st: &mut State, name: &str) -> Ino {
+        use crate::state::{Caller, NewInode};
+        let new = NewInode {
+            mode: libc::S_IFREG | 0o644,
+            rdev: 0,
+            target: None,
+        };
+        st.make(
+            pmemfs_ondisk::ROOT_INO,
+            name.as_bytes(),
+            new,
+            Caller { uid: 0, gid: 0 },
+        )
+        .expect("create")
+    }
+
+    #[test]
+    fn extents_follow_the_page_map_and_its_sharing() {
+        let mut st = state();
+        let a = file(&mut st, "a");
+        let pg = PAGE_SIZE as usize;
+        // Pages 0..4 and 8..10, a hole between.
+        st.write(a, 0, &vec![1u8; 4 * pg]).expect("write");
+        st.write(a, 8 * PAGE_SIZE, &vec![2u8; 2 * pg])
+            .expect("write");
+        let b = file(&mut st, "b");
+        // b shares a's pages 1 and 2 at its own pages 1 and 2.
+        st.copy_range(a, PAGE_SIZE, b, PAGE_SIZE, 2 * PAGE_SIZE)
+            .expect("clone");
+        let e = st.extents(a, 0).expect("extents");
+        assert!(e.last);
+        let shape: Vec<(u64, u64, bool)> = e
+            .extents
+            .iter()
+            .map(|x| (x.logical / PAGE_SIZE, x.length / PAGE_SIZE, x.shared))
+            .collect();
+        // Page 0 and 3 alone, 1..3 shared, 8..10 alone; a run on
+        // consecutive pfns may already have been split by the allocator,
+        // so only the sharing boundaries are certain.
+        let pages = |from: u64, to: u64, shared: bool| {
+            shape
+                .iter()
+                .filter(|&&(l, n, s)| l >= from && l + n <= to && s == shared)
+                .map(|&(_, n, _)| n)
+                .sum::<u64>()
+        };
+        assert_eq!(pages(0, 1, false), 1, "{shape:?}");
+        assert_eq!(pages(1, 3, true), 2, "{shape:?}");
+        assert_eq!(pages(3, 4, false), 1, "{shape:?}");
+        assert_eq!(pages(8, 10, false), 2, "{shape:?}");
+        assert_eq!(shape.iter().map(|s| s.1).sum::<u64>(), 6, "{shape:?}");
+        let eb = st.extents(b, 0).expect("extents");
+        assert_eq!(eb.extents.len(), 1);
+        assert_eq!(
+            (
+                eb.extents[0].logical,
+                eb.extents[0].length,
+                eb.extents[0].shared
+            ),
+            (PAGE_SIZE, 2 * PAGE_SIZE, true)
+        );
+        let shared_a: Vec<u64> = e
+            .extents
+            .iter()
+            .filter(|x| x.shared)
+            .map(|x| x.physical)
+            .collect();
+        assert_eq!(shared_a, [eb.extents[0].physical], "the same pages");
+        // From the middle of the hole on: only the last run.
+        let tail = st.extents(a, 5 * PAGE_SIZE).expect("extents");
+        assert_eq!(
+            tail.extents.iter().map(|x| x.logical).min(),
+            Some(8 * PAGE_SIZE)
+        );
+        assert!(st
+            .extents(a, 10 * PAGE_SIZE)
+            .expect("extents")
+            .extents
+            .is_empty());
+    }
+
+    #[test]
+    fn many_extents_come_in_answers_that_continue() {
+        let mut st = state();
+        let a = file(&mut st, "a");
+        let n = Extents::RECORDS as u64 + 50;
+        for i in 0..n {
+            st.write(a, 2 * i * PAGE_SIZE, &[7u8; 10]).expect("write");
+        }
+        let mut from = 0;
+        let mut got = Vec::new();
+        loop {
+            let e = st.extents(a, from).expect("extents");
+            got.extend(e.extents.iter().map(|x| x.logical / PAGE_SIZE));
+            if e.last {
+                break;
+            }
+            assert_eq!(e.extents.len(), Extents::RECORDS);
+            from = e.next;
+        }
+        assert_eq!(got, (0..n).map(|i| 2 * i).collect::<Vec<_>>());
     }
 }

@@ -15,7 +15,10 @@
 //! copied and its holes punched, so a sparse file clones at the cost of its
 //! mapped pages, not of its size. Likewise the kernel refuses `fallocate`
 //! with `FALLOC_FL_UNSHARE_RANGE` on FUSE; aimed at a pmemfs mount it
-//! becomes pmemfs's unshare ioctl.
+//! becomes pmemfs's unshare ioctl. And the kernel refuses `FS_IOC_FIEMAP`
+//! on FUSE (`filefrag`, `xfs_io -c fiemap`, dedupe tools): aimed at a
+//! pmemfs file it is answered from pmemfs's extent ioctl, shared pages
+//! flagged `FIEMAP_EXTENT_SHARED`.
 //!
 //! ```sh
 //! LD_PRELOAD=target/release/libpmemfs_reflink.so cp --reflink=always SRC DST
@@ -31,6 +34,18 @@ const FICLONERANGE: c_ulong = 0x4020_940d;
 /// `_IOW('P', 3, [u64; 2])`: pmemfs's unshare ioctl (pmemfs_fs::ioctl).
 const PMEMFS_IOC_UNSHARE: c_ulong = 0x4010_5003;
 const FALLOC_FL_UNSHARE_RANGE: c_int = 0x40;
+/// `_IOWR('f', 11, struct fiemap)`
+const FS_IOC_FIEMAP: c_ulong = 0xc020_660b;
+const FIEMAP_FLAG_SYNC: u32 = 1;
+const FIEMAP_EXTENT_LAST: u32 = 1;
+const FIEMAP_EXTENT_SHARED: u32 = 0x2000;
+/// `_IOWR('P', 7, ...)`: pmemfs's extent ioctl, and the layout of its
+/// answer (pmemfs_fs::ioctl::Extents, whose fixed-bytes test pins both):
+/// `[count, next, last]`, then `count` records of `[logical, physical,
+/// length, flags]`, flag bit 0 meaning shared, little-endian u64s.
+const PMEMFS_IOC_EXTENTS: c_ulong = 0xf218_5007;
+const EXTENT_RECORDS: usize = 400;
+const EXTENTS_WORDS: usize = 3 + 4 * EXTENT_RECORDS;
 
 /// The f_type of every FUSE mount.
 const FUSE_SUPER_MAGIC: i64 = 0x6573_5546;
@@ -43,6 +58,28 @@ const PAGE: u64 = 4096;
 /// The largest file size: the kernel's MAX_LFS_FILESIZE, which is FUSE's
 /// s_maxbytes, and pmemfs's own limit.
 const MAX_SIZE: u64 = i64::MAX as u64;
+
+/// `struct fiemap`'s header; `fm_extent_count` extents follow it.
+#[repr(C)]
+struct FiemapHeader {
+    fm_start: u64,
+    fm_length: u64,
+    fm_flags: u32,
+    fm_mapped_extents: u32,
+    fm_extent_count: u32,
+    fm_reserved: u32,
+}
+
+/// `struct fiemap_extent`.
+#[repr(C)]
+struct FiemapExtent {
+    fe_logical: u64,
+    fe_physical: u64,
+    fe_length: u64,
+    fe_reserved64: [u64; 2],
+    fe_flags: u32,
+    fe_reserved: [u32; 3],
+}
 
 #[repr(C)]
 struct FileCloneRange {
@@ -292,15 +329,142 @@ fn plan(
     }))
 }
 
-/// lseek with SEEK_DATA or SEEK_HOLE; `None` at ENXIO (no more data).
-fn seek(fd: c_int, off: u64, whence: c_int) -> Result<Option<u64>, c_int> {
-    // SAFETY: lseek on a descriptor; off is at most i64::MAX (checked).
-    let r = unsafe { libc::lseek(fd, off as libc::off_t, whence) };
-    match r {
-        r if r >= 0 => Ok(Some(r as u64)),
-        _ if errno() == libc::ENXIO => Ok(None),
+/// One extent of a pmemfs file, in bytes.
+#[derive(Debug, Clone, Copy)]
+struct Extent {
+    logical: u64,
+    physical: u64,
+    length: u64,
+    shared: bool,
+}
+
+/// pmemfs's extents of `fd` from byte `from` on, one answer's worth: the
+/// extents, where to ask next, and whether none follow. The daemon answers
+/// from its page maps, so this sees the media even where the kernel's
+/// writeback cache answers SEEK_DATA itself (all data).
+fn extents(fd: c_int, from: u64) -> Result<(Vec<Extent>, u64, bool), c_int> {
+    let Some(real) = real_ioctl() else {
+        return Err(libc::ENOSYS);
+    };
+    let mut buf = vec![0u64; EXTENTS_WORDS];
+    buf[0] = from.to_le();
+    // SAFETY: the buffer is as large as the number says, and lives across
+    // the call.
+    if unsafe { real(fd, PMEMFS_IOC_EXTENTS, buf.as_mut_ptr() as *mut c_void) } != 0 {
+        return Err(errno());
+    }
+    let w = |i: usize| u64::from_le(buf[i]);
+    let n = usize::try_from(w(0)).unwrap_or(usize::MAX);
+    if n > EXTENT_RECORDS {
+        return Err(libc::EIO);
+    }
+    let list = (0..n)
+        .map(|i| Extent {
+            logical: w(3 + 4 * i),
+            physical: w(4 + 4 * i),
+            length: w(5 + 4 * i),
+            shared: w(6 + 4 * i) & 1 != 0,
+        })
+        .collect();
+    Ok((list, w(1), w(2) != 0))
+}
+
+/// Where the next data at or after `pos` starts, or `None` if none does.
+fn next_data(fd: c_int, pos: u64) -> Result<Option<u64>, c_int> {
+    let (list, _, _) = extents(fd, pos)?;
+    Ok(list.first().map(|e| e.logical.max(pos)))
+}
+
+/// Writes back what the kernel holds of `fd` (under the writeback cache;
+/// otherwise nothing is held), so that the daemon's page maps are the
+/// file's data, as the kernel's own FIEMAP and remap do first.
+fn write_back(fd: c_int) -> Result<(), c_int> {
+    let how = libc::SYNC_FILE_RANGE_WAIT_BEFORE
+        | libc::SYNC_FILE_RANGE_WRITE
+        | libc::SYNC_FILE_RANGE_WAIT_AFTER;
+    // SAFETY: sync_file_range on a descriptor, over the whole file.
+    match unsafe { libc::sync_file_range(fd, 0, 0, how) } {
+        0 => Ok(()),
         _ => Err(errno()),
     }
+}
+
+/// FS_IOC_FIEMAP on a pmemfs file, as the kernel's ioctl_fiemap and
+/// fiemap_prep do it: the extents that overlap `[fm_start, fm_start +
+/// fm_length)`, counted only when `fm_extent_count` is 0, shared pages
+/// flagged FIEMAP_EXTENT_SHARED and the file's last extent
+/// FIEMAP_EXTENT_LAST; only FIEMAP_FLAG_SYNC is supported (any other flag:
+/// EBADR, with the unsupported ones left in `fm_flags`).
+///
+/// # Safety
+/// `arg` must point to a `struct fiemap` with room for its
+/// `fm_extent_count` extents, as for the real ioctl.
+unsafe fn fiemap(fd: c_int, arg: *mut c_void) -> Result<(), c_int> {
+    if arg.is_null() {
+        return Err(libc::EFAULT);
+    }
+    // SAFETY: the caller's struct fiemap, read and written in place.
+    let head = unsafe { &mut *(arg as *mut FiemapHeader) };
+    if head.fm_length == 0 {
+        return Err(libc::EINVAL);
+    }
+    if head.fm_flags & !FIEMAP_FLAG_SYNC != 0 {
+        head.fm_flags &= !FIEMAP_FLAG_SYNC;
+        return Err(libc::EBADR);
+    }
+    if head.fm_start > MAX_SIZE {
+        return Err(libc::EFBIG);
+    }
+    if head.fm_flags & FIEMAP_FLAG_SYNC != 0 {
+        write_back(fd)?;
+    }
+    let end = head.fm_start.saturating_add(head.fm_length).min(MAX_SIZE);
+    let room = head.fm_extent_count as usize;
+    // SAFETY: the extents follow the header, `room` of them.
+    let out = unsafe {
+        std::slice::from_raw_parts_mut(
+            (arg as *mut u8).add(std::mem::size_of::<FiemapHeader>()) as *mut FiemapExtent,
+            room,
+        )
+    };
+    let mut mapped = 0usize;
+    let mut from = head.fm_start;
+    'answers: loop {
+        let (list, next, last) = extents(fd, from)?;
+        let count = list.len();
+        for (i, e) in list.into_iter().enumerate() {
+            if e.logical >= end {
+                break 'answers;
+            }
+            if room > 0 {
+                if mapped == room {
+                    break 'answers;
+                }
+                let mut flags = 0;
+                if e.shared {
+                    flags |= FIEMAP_EXTENT_SHARED;
+                }
+                if last && i + 1 == count {
+                    flags |= FIEMAP_EXTENT_LAST;
+                }
+                out[mapped] = FiemapExtent {
+                    fe_logical: e.logical,
+                    fe_physical: e.physical,
+                    fe_length: e.length,
+                    fe_reserved64: [0; 2],
+                    fe_flags: flags,
+                    fe_reserved: [0; 3],
+                };
+            }
+            mapped += 1;
+        }
+        if last {
+            break;
+        }
+        from = next;
+    }
+    head.fm_mapped_extents = u32::try_from(mapped).unwrap_or(u32::MAX);
+    Ok(())
 }
 
 /// One copy_file_range of at most `len` bytes; returns how many pmemfs
@@ -336,35 +500,21 @@ fn punch(dst: c_int, from: u64, to: u64, size: u64) -> Result<(), c_int> {
     }
 }
 
-/// Clones a checked range: data extents of the source (found with
-/// SEEK_DATA/SEEK_HOLE) through copy_file_range, its holes as holes, then
-/// the destination's size, so a sparse source costs its mapped pages and
-/// never its size.
+/// Clones a checked range: from each data extent's start (the daemon's
+/// extents, after the kernel's dirty pages of the source are written back)
+/// one copy_file_range over as much as pmemfs takes in one call, holes
+/// within it and all (pmemfs clones a hole as a hole), so a file of many
+/// small extents costs a few requests, not a few per extent; the holes
+/// between calls are skipped and punched in the destination, then the
+/// destination's size is set, so a sparse source costs its mapped pages
+/// and never its size. The source's file offset does not move.
 fn clone_planned(p: &Plan) -> Result<(), c_int> {
-    // SEEK_DATA/SEEK_HOLE move the source's file offset, which a clone
-    // must leave where it was.
-    // SAFETY: lseek on a descriptor.
-    let offset = unsafe { libc::lseek(p.src, 0, libc::SEEK_CUR) };
-    let done = walk(p);
-    if offset >= 0 {
-        // SAFETY: as above; back to where the caller left it.
-        unsafe { libc::lseek(p.src, offset, libc::SEEK_SET) };
-    }
-    done
-}
-
-/// The walk of [`clone_planned`] over the source range: from each data
-/// extent's start one copy_file_range over as much as pmemfs takes in one
-/// call, holes within it and all (pmemfs clones a hole as a hole), so a
-/// file of many small extents costs a few requests, not a few per extent;
-/// SEEK_DATA skips the holes between calls, so a sparse source costs its
-/// mapped pages and never its size.
-fn walk(p: &Plan) -> Result<(), c_int> {
     let end = p.src_off + p.len;
     let at_dst = |off: u64| p.dst_off + (off - p.src_off);
     let mut pos = p.src_off;
+    write_back(p.src)?;
     while pos < end {
-        let data = seek(p.src, pos, libc::SEEK_DATA)?.map_or(end, |d| d.clamp(pos, end));
+        let data = next_data(p.src, pos)?.map_or(end, |d| d.clamp(pos, end));
         if data > pos {
             punch(p.dst, at_dst(pos), at_dst(data), p.dst_size)?;
         }
@@ -440,6 +590,16 @@ pub unsafe extern "C" fn ioctl(fd: c_int, request: c_ulong, arg: *mut c_void) ->
                 Ok(src) => clone_range(src, r.src_offset, r.src_length, fd, r.dest_offset),
                 Err(_) => {
                     set_errno(libc::EBADF);
+                    -1
+                }
+            }
+        }
+        FS_IOC_FIEMAP if on_pmemfs(fd) => {
+            // SAFETY: the caller's struct fiemap, as for the real ioctl.
+            match unsafe { fiemap(fd, arg) } {
+                Ok(()) => 0,
+                Err(e) => {
+                    set_errno(e);
                     -1
                 }
             }
