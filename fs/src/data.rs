@@ -54,7 +54,7 @@ impl ReadData<'_> {
     }
 }
 
-fn pages_of(state: &State, ino: Ino) -> FsResult<&RangeMap<u64>> {
+pub(crate) fn pages_of(state: &State, ino: Ino) -> FsResult<&RangeMap<u64>> {
     match &state.inode(ino)?.body {
         Body::File(m) => Ok(m),
         Body::Dir(_) => fail(libc::EISDIR),

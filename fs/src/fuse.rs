@@ -28,8 +28,8 @@ use crate::attr::{kind_to_fuse, time_from_system};
 use crate::cache::CacheOptions;
 use crate::error::{fail, FsError, FsResult};
 use crate::ioctl::{
-    FITRIM, PMEMFS_IOC_DIR_USAGE, PMEMFS_IOC_EXTENTS, PMEMFS_IOC_OPS, PMEMFS_IOC_OPS_RESET,
-    PMEMFS_IOC_STATS, PMEMFS_IOC_UNSHARE, PMEMFS_IOC_USAGE,
+    FITRIM, PMEMFS_IOC_DEDUPE, PMEMFS_IOC_DIR_USAGE, PMEMFS_IOC_EXTENTS, PMEMFS_IOC_OPS,
+    PMEMFS_IOC_OPS_RESET, PMEMFS_IOC_STATS, PMEMFS_IOC_UNSHARE, PMEMFS_IOC_USAGE,
 };
 use crate::ops::{OpCounters, Opcode, Timer};
 use crate::options::MountOptions;
@@ -1002,6 +1002,22 @@ impl Filesystem for PmemFs {
                 Err(e) => reply.error(e.errno()),
             };
         }
+        if cmd == PMEMFS_IOC_DEDUPE {
+            let r = match crate::ioctl::DedupeRequest::decode(in_data) {
+                Some(d) => {
+                    let may_write = |a: &pmemfs_ondisk::Attr| may_write(req, a);
+                    self.state
+                        .write()
+                        .dedupe(ino.0, d.src_off, d.len, &d.dsts, may_write)
+                        .map(|o| crate::ioctl::DedupeAnswer(o).encode())
+                }
+                None => fail(libc::EINVAL),
+            };
+            return match r {
+                Ok(v) => reply.ioctl(0, &v),
+                Err(e) => reply.error(e.errno()),
+            };
+        }
         let s = self.state.read();
         let out = match cmd {
             PMEMFS_IOC_USAGE => s.usage(ino.0).map(|u| u.encode()),
@@ -1049,6 +1065,22 @@ impl Filesystem for PmemFs {
             Ok(n) => reply.written(n as u32),
             Err(e) => reply.error(e.errno()),
         }
+    }
+}
+
+/// Whether the caller of `req` may change a file with attributes `a` as a
+/// dedupe destination, as the kernel's may_dedupe_file: root, the owner,
+/// or write permission by the mode bits. (The kernel also admits a caller
+/// holding the file open for writing, which such a caller has shown at
+/// open, and consults an ACL, which this does not.)
+fn may_write(req: &Request, a: &pmemfs_ondisk::Attr) -> bool {
+    let perm = u32::from(a.perm);
+    if req.uid() == 0 || req.uid() == a.uid {
+        true
+    } else if in_group(req, a.gid) {
+        perm & 0o020 != 0
+    } else {
+        perm & 0o002 != 0
     }
 }
 

@@ -53,6 +53,15 @@ pub fn decode_position(bytes: &[u8]) -> Option<u64> {
 /// see [`Extents`].
 pub const PMEMFS_IOC_EXTENTS: u32 = iowr(7, Extents::BYTES as u32);
 
+/// FIDEDUPERANGE, asked of the source: see [`crate::dedupe`]. In-data: a
+/// [`DedupeRequest`]; out: a [`DedupeAnswer`] in the same buffer.
+pub const PMEMFS_IOC_DEDUPE: u32 = iowr(8, DEDUPE_BYTES as u32);
+
+/// Destinations per dedupe request: as the kernel's, whose request must
+/// fit a page (24 bytes of header and 32 per destination).
+pub const DEDUPE_DESTS: usize = 127;
+const DEDUPE_BYTES: usize = 24 + DEDUPE_DESTS * 16;
+
 /// The per-opcode request counters ([`crate::ops::OpCounters::encode`]),
 /// asked of any inode.
 pub const PMEMFS_IOC_OPS: u32 = ior(5, crate::ops::OpCounters::BYTES as u32);
@@ -175,6 +184,81 @@ impl Extents {
             next: w[1],
             last: w[2] != 0,
         })
+    }
+}
+
+/// A dedupe request: `[src_off, len, count]`, then `count` records of
+/// `[dst_ino, dst_off]`, zero-padded to the ioctl's size. The preload
+/// library writes this layout (preload/src/lib.rs): the fixed-bytes test
+/// pins it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DedupeRequest {
+    pub src_off: u64,
+    pub len: u64,
+    pub dsts: Vec<(Ino, u64)>,
+}
+
+impl DedupeRequest {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut w = vec![self.src_off, self.len, self.dsts.len() as u64];
+        for &(ino, off) in &self.dsts {
+            w.extend([ino, off]);
+        }
+        w.resize(DEDUPE_BYTES / 8, 0);
+        encode(&w)
+    }
+
+    pub fn decode(bytes: &[u8]) -> Option<DedupeRequest> {
+        let w = decode::<{ DEDUPE_BYTES / 8 }>(bytes)?;
+        let n = usize::try_from(w[2]).ok().filter(|&n| n <= DEDUPE_DESTS)?;
+        let dsts = w[3..3 + 2 * n]
+            .chunks_exact(2)
+            .map(|r| (r[0], r[1]))
+            .collect();
+        Some(DedupeRequest {
+            src_off: w[0],
+            len: w[1],
+            dsts,
+        })
+    }
+}
+
+/// A dedupe answer: `[0, 0, count]`, then per destination `[status,
+/// bytes]`, status as the kernel's `file_dedupe_range_info.status` (0
+/// same, 1 differs, a negative errno) in an i64's bits.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DedupeAnswer(pub Vec<crate::dedupe::Outcome>);
+
+impl DedupeAnswer {
+    pub fn encode(&self) -> Vec<u8> {
+        use crate::dedupe::Outcome;
+        let mut w = vec![0, 0, self.0.len() as u64];
+        for o in &self.0 {
+            let (status, bytes) = match *o {
+                Outcome::Same { bytes } => (0i64, bytes),
+                Outcome::Differs => (1, 0),
+                Outcome::Failed(e) => (-i64::from(e), 0),
+            };
+            w.extend([status as u64, bytes]);
+        }
+        w.resize(DEDUPE_BYTES / 8, 0);
+        encode(&w)
+    }
+
+    pub fn decode(bytes: &[u8]) -> Option<DedupeAnswer> {
+        use crate::dedupe::Outcome;
+        let w = decode::<{ DEDUPE_BYTES / 8 }>(bytes)?;
+        let n = usize::try_from(w[2]).ok().filter(|&n| n <= DEDUPE_DESTS)?;
+        let outcomes = w[3..3 + 2 * n]
+            .chunks_exact(2)
+            .map(|r| match r[0] as i64 {
+                0 => Some(Outcome::Same { bytes: r[1] }),
+                1 => Some(Outcome::Differs),
+                e if e < 0 => i32::try_from(-e).ok().map(Outcome::Failed),
+                _ => None,
+            })
+            .collect::<Option<Vec<_>>>()?;
+        Some(DedupeAnswer(outcomes))
     }
 }
 
@@ -460,6 +544,44 @@ mod tests {
         bad[0] = 255;
         bad[1] = 255;
         assert_eq!(DirUsage::decode(&bad), None);
+    }
+
+    #[test]
+    fn dedupe_round_trip_and_fixed_bytes() {
+        use crate::dedupe::Outcome;
+        // preload/src/lib.rs spells the number and the layouts out.
+        assert_eq!(PMEMFS_IOC_DEDUPE, 0xc808_5008);
+        let r = DedupeRequest {
+            src_off: 4096,
+            len: 8192,
+            dsts: vec![(12, 0), (13, 65536)],
+        };
+        let bytes = r.encode();
+        assert_eq!(bytes.len(), DEDUPE_BYTES);
+        assert_eq!(&bytes[..8], &4096u64.to_le_bytes());
+        assert_eq!(&bytes[16..24], &2u64.to_le_bytes());
+        assert_eq!(&bytes[24..32], &12u64.to_le_bytes());
+        assert_eq!(&bytes[48..56], &65536u64.to_le_bytes());
+        assert!(bytes[56..].iter().all(|&b| b == 0));
+        assert_eq!(DedupeRequest::decode(&bytes), Some(r));
+        let a = DedupeAnswer(vec![
+            Outcome::Same { bytes: 8192 },
+            Outcome::Differs,
+            Outcome::Failed(libc::EPERM),
+        ]);
+        let bytes = a.encode();
+        assert_eq!(&bytes[16..24], &3u64.to_le_bytes());
+        assert_eq!(
+            &bytes[24..40],
+            &[0, 0, 0, 0, 0, 0, 0, 0, 0, 0x20, 0, 0, 0, 0, 0, 0]
+        );
+        assert_eq!(&bytes[40..48], &1u64.to_le_bytes());
+        assert_eq!(&bytes[56..64], &(-1i64).to_le_bytes(), "-EPERM");
+        assert_eq!(DedupeAnswer::decode(&bytes), Some(a));
+        let mut bad = bytes.clone();
+        bad[16] = 200;
+        assert_eq!(DedupeAnswer::decode(&bad), None, "more than fit");
+        assert_eq!(DedupeRequest::decode(&bytes[..64]), None, "short");
     }
 
     #[test]

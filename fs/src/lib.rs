@@ -24,6 +24,7 @@ pub mod atime;
 pub mod attr;
 pub mod cache;
 pub mod data;
+pub mod dedupe;
 pub mod error;
 pub mod flags;
 pub mod fuse;

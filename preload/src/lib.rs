@@ -18,7 +18,9 @@
 //! becomes pmemfs's unshare ioctl. And the kernel refuses `FS_IOC_FIEMAP`
 //! on FUSE (`filefrag`, `xfs_io -c fiemap`, dedupe tools): aimed at a
 //! pmemfs file it is answered from pmemfs's extent ioctl, shared pages
-//! flagged `FIEMAP_EXTENT_SHARED`.
+//! flagged `FIEMAP_EXTENT_SHARED`. `FIDEDUPERANGE` (`jdupes -B`, `xfs_io
+//! dedupe`) likewise becomes pmemfs's dedupe ioctl: equal ranges are
+//! shared, differing ones reported as such.
 //!
 //! ```sh
 //! LD_PRELOAD=target/release/libpmemfs_reflink.so cp --reflink=always SRC DST
@@ -46,6 +48,17 @@ const FIEMAP_EXTENT_SHARED: u32 = 0x2000;
 const PMEMFS_IOC_EXTENTS: c_ulong = 0xf218_5007;
 const EXTENT_RECORDS: usize = 400;
 const EXTENTS_WORDS: usize = 3 + 4 * EXTENT_RECORDS;
+/// `_IOWR(0x94, 54, struct file_dedupe_range)`
+const FIDEDUPERANGE: c_ulong = 0xc018_9436;
+const FILE_DEDUPE_RANGE_SAME: i32 = 0;
+/// `_IOWR('P', 8, ...)`: pmemfs's dedupe ioctl, asked of the source
+/// (pmemfs_fs::ioctl::DedupeRequest and DedupeAnswer, pinned by their
+/// fixed-bytes test): in, `[src_off, len, count]` then `[dst_ino,
+/// dst_off]` per destination; out, `[0, 0, count]` then `[status, bytes]`
+/// per destination; little-endian u64s, 127 destinations at most.
+const PMEMFS_IOC_DEDUPE: c_ulong = 0xc808_5008;
+const DEDUPE_DESTS: usize = 127;
+const DEDUPE_WORDS: usize = 3 + 2 * DEDUPE_DESTS;
 
 /// The f_type of every FUSE mount.
 const FUSE_SUPER_MAGIC: i64 = 0x6573_5546;
@@ -79,6 +92,26 @@ struct FiemapExtent {
     fe_reserved64: [u64; 2],
     fe_flags: u32,
     fe_reserved: [u32; 3],
+}
+
+/// `struct file_dedupe_range`'s header; `dest_count` infos follow it.
+#[repr(C)]
+struct DedupeHeader {
+    src_offset: u64,
+    src_length: u64,
+    dest_count: u16,
+    reserved1: u16,
+    reserved2: u32,
+}
+
+/// `struct file_dedupe_range_info`.
+#[repr(C)]
+struct DedupeInfo {
+    dest_fd: i64,
+    dest_offset: u64,
+    bytes_deduped: u64,
+    status: i32,
+    reserved: u32,
 }
 
 #[repr(C)]
@@ -500,6 +533,107 @@ fn punch(dst: c_int, from: u64, to: u64, size: u64) -> Result<(), c_int> {
     }
 }
 
+/// FIDEDUPERANGE with a pmemfs source, as the kernel's
+/// ioctl_file_dedupe_range and vfs_dedupe_file_range do it: the checks of
+/// the source fail the call, those of a destination set its status
+/// (-EBADF, -EXDEV, -EISDIR, -EINVAL here; the daemon's own: -EPERM,
+/// -EINVAL, FILE_DEDUPE_RANGE_DIFFERS), and pmemfs compares and shares the
+/// valid destinations in one request and one transaction.
+///
+/// # Safety
+/// `arg` must point to a `struct file_dedupe_range` with its
+/// `dest_count` infos, as for the real ioctl.
+unsafe fn dedupe(src: c_int, arg: *mut c_void) -> Result<(), c_int> {
+    if arg.is_null() {
+        return Err(libc::EFAULT);
+    }
+    // SAFETY: the caller's struct, read and written in place.
+    let head = unsafe { &mut *(arg as *mut DedupeHeader) };
+    let count = usize::from(head.dest_count);
+    let size = std::mem::size_of::<DedupeHeader>() + count * std::mem::size_of::<DedupeInfo>();
+    if size > PAGE as usize {
+        return Err(libc::ENOMEM);
+    }
+    // SAFETY: the infos follow the header, `count` of them.
+    let infos = unsafe {
+        std::slice::from_raw_parts_mut(
+            (arg as *mut u8).add(std::mem::size_of::<DedupeHeader>()) as *mut DedupeInfo,
+            count,
+        )
+    };
+    let s = End::of(src)?;
+    if !s.readable() || head.reserved1 != 0 || head.reserved2 != 0 {
+        return Err(libc::EINVAL);
+    }
+    match s.kind() {
+        libc::S_IFDIR => return Err(libc::EISDIR),
+        libc::S_IFREG => {}
+        _ => return Err(libc::EINVAL),
+    }
+    let (off, len) = (head.src_offset, head.src_length);
+    check_area(off, len)?;
+    if off + len > s.size() {
+        return Err(libc::EINVAL);
+    }
+    for i in infos.iter_mut() {
+        i.bytes_deduped = 0;
+        i.status = FILE_DEDUPE_RANGE_SAME;
+    }
+    // Which infos go to the daemon, in its request's order.
+    let mut asked = Vec::new();
+    let mut words = vec![0u64; DEDUPE_WORDS];
+    for (n, info) in infos.iter_mut().enumerate() {
+        let status = match c_int::try_from(info.dest_fd).map(End::of) {
+            _ if info.reserved != 0 => Err(libc::EINVAL),
+            Ok(Ok(d)) if d.st.st_dev != s.st.st_dev => Err(libc::EXDEV),
+            Ok(Ok(d)) if d.kind() == libc::S_IFDIR => Err(libc::EISDIR),
+            Ok(Ok(d)) if d.kind() != libc::S_IFREG => Err(libc::EINVAL),
+            Ok(Ok(d)) => Ok(d),
+            Ok(Err(_)) | Err(_) => Err(libc::EBADF),
+        };
+        match status {
+            Ok(d) => {
+                words[3 + 2 * asked.len()] = d.st.st_ino.to_le();
+                words[4 + 2 * asked.len()] = info.dest_offset.to_le();
+                asked.push(n);
+            }
+            Err(e) => info.status = -e,
+        }
+    }
+    if asked.is_empty() {
+        return Ok(());
+    }
+    // The kernel compares the page cache; pmemfs compares the media, so
+    // what the writeback cache holds goes there first.
+    write_back(src)?;
+    for &n in &asked {
+        if let Ok(fd) = c_int::try_from(infos[n].dest_fd) {
+            write_back(fd)?;
+        }
+    }
+    words[0] = off.to_le();
+    words[1] = len.to_le();
+    words[2] = (asked.len() as u64).to_le();
+    let Some(real) = real_ioctl() else {
+        return Err(libc::ENOSYS);
+    };
+    // SAFETY: the buffer is as large as the number says, and lives across
+    // the call.
+    if unsafe { real(src, PMEMFS_IOC_DEDUPE, words.as_mut_ptr() as *mut c_void) } != 0 {
+        return Err(errno());
+    }
+    let w = |i: usize| u64::from_le(words[i]);
+    if w(2) != asked.len() as u64 {
+        return Err(libc::EIO);
+    }
+    for (k, &n) in asked.iter().enumerate() {
+        let status = w(3 + 2 * k) as i64;
+        infos[n].status = i32::try_from(status).map_err(|_| libc::EIO)?;
+        infos[n].bytes_deduped = w(4 + 2 * k);
+    }
+    Ok(())
+}
+
 /// Clones a checked range: from each data extent's start (the daemon's
 /// extents, after the kernel's dirty pages of the source are written back)
 /// one copy_file_range over as much as pmemfs takes in one call, holes
@@ -590,6 +724,17 @@ pub unsafe extern "C" fn ioctl(fd: c_int, request: c_ulong, arg: *mut c_void) ->
                 Ok(src) => clone_range(src, r.src_offset, r.src_length, fd, r.dest_offset),
                 Err(_) => {
                     set_errno(libc::EBADF);
+                    -1
+                }
+            }
+        }
+        FIDEDUPERANGE if on_pmemfs(fd) => {
+            // SAFETY: the caller's struct file_dedupe_range, as for the
+            // real ioctl.
+            match unsafe { dedupe(fd, arg) } {
+                Ok(()) => 0,
+                Err(e) => {
+                    set_errno(e);
                     -1
                 }
             }
