@@ -179,6 +179,9 @@ enum Act {
     Punch(String, u64, u64),
     Setxattr(String, String, u64, u64),
     Clone(String, u64, String, u64, u64),
+    /// FIDEDUPERANGE of one destination: shares only if the bytes are
+    /// equal, and never changes a byte.
+    Dedupe(String, u64, String, u64, u64),
     /// rename(2) with RENAME_EXCHANGE.
     Exchange(String, String),
     Removexattr(String, String),
@@ -356,6 +359,17 @@ fn exec(
                 .map_err(e)?;
             Ok(vec![])
         }
+        Act::Dedupe(src, so, dst, dof, len) => {
+            let (si, di) = (resolve(st, src)?, resolve(st, dst)?);
+            let out = st
+                .dedupe(si, *so, *len, &[(di, *dof)], |_| true)
+                .map_err(e)?;
+            match out.as_slice() {
+                [pmemfs_fs::dedupe::Outcome::Failed(code)] => Err(format!("dedupe: errno {code}")),
+                [_] => Ok(vec![]),
+                other => Err(format!("dedupe: {other:?}")),
+            }
+        }
         Act::Clone(src, so, dst, dof, len) => {
             let (si, di) = (resolve(st, src)?, resolve(st, dst)?);
             let n = st.copy_range(si, *so, di, *dof, *len).map_err(e)?;
@@ -402,6 +416,10 @@ fn templates() -> Vec<Act> {
         Setxattr(s("/h"), s("user.x"), 50, 18),
         Clone(s("/h"), 0, s("/e"), 0, 2 * PAGE),
         Clone(s("/a/f"), PAGE, s("/a/g"), PAGE, PAGE),
+        Dedupe(s("/h"), 0, s("/q"), 0, 2 * PAGE), // equal: /q's pages go
+        Dedupe(s("/a/f"), 0, s("/a/g"), 0, PAGE), // differs: nothing moves
+        Write(s("/q"), 10, 100, 20),              // the destination, in place or by copy on write
+        Write(s("/h"), 4000, 200, 21),            // the source, across a page edge
         Symlink(s("/b/sl"), s("../a/f")),
         Exchange(s("/a/f"), s("/h")),
         Rename(s("/b/sub"), s("/d")), // a directory over an empty one
@@ -479,7 +497,14 @@ fn random_act(st: &State, rng: &mut Rng) -> Act {
             } else {
                 rng.below(4 * PAGE)
             };
-            Act::Clone(pick(&files, rng), so, pick(&files, rng), dof, n)
+            let (src, dst) = (pick(&files, rng), pick(&files, rng));
+            // Random ranges seldom match: dedupe mostly finds them
+            // different, and shares what clones made equal.
+            if rng.chance(25) {
+                Act::Dedupe(src, so, dst, dof - dof % PAGE, n)
+            } else {
+                Act::Clone(src, so, dst, dof, n)
+            }
         }
         49..=54 => Act::Create(new_name(rng, &dirs)),
         55..=56 => Act::Open(pick(&files, rng)),
@@ -523,6 +548,7 @@ fn random_act(st: &State, rng: &mut Rng) -> Act {
 /// /a/g    5000 bytes                    /h       2 pages, xattr user.x
 /// /e      empty                         /k       a clone of /h (shared)
 /// /s      symlink to a/f                /d/      empty directory
+/// /q      /h's bytes, on pages of its own
 /// ```
 fn base_image() -> &'static (Arc<Vec<u8>>, Contents) {
     static BASE: OnceLock<(Arc<Vec<u8>>, Contents)> = OnceLock::new();
@@ -550,6 +576,8 @@ fn base_image() -> &'static (Arc<Vec<u8>>, Contents) {
             Clone(s("/h"), 0, s("/k"), 0, 2 * PAGE),
             Create(s("/e")),
             Symlink(s("/s"), s("a/f")),
+            Create(s("/q")),
+            Write(s("/q"), 0, 2 * PAGE, 3),
         ] {
             exec(&mut st, &act, &mut model, &mut vec![]).expect("setup");
         }

@@ -12,11 +12,16 @@
 //! times changed. The comparison and the sharing happen under the state's
 //! exclusive lock, so no writer of either file comes between them, and
 //! every destination's sharing is one journal transaction.
+//!
+//! Finding the equal pages is the deduplicator's job (`pmemfs dedupe`):
+//! [`State::page_hashes`] gives it a fingerprint per page, taken from pmem
+//! here, so that it scans without copying file data through FUSE.
 
 use pmemfs_ondisk::{Attr, Ino, Kind, Op, PAGE_SIZE};
 
 use crate::data::pages_of;
 use crate::error::{fail, FsResult};
+use crate::ioctl::{PageHash, PageHashes};
 use crate::state::State;
 
 /// The most one call compares and shares, as the kernel's 1 GiB limit per
@@ -35,7 +40,44 @@ pub enum Outcome {
     Failed(i32),
 }
 
+/// A page's fingerprint: xxh3, 64 bits. Equal fingerprints make pages
+/// candidates only; their bytes are compared before anything is shared.
+pub fn fingerprint(page: &[u8]) -> u64 {
+    xxhash_rust::xxh3::xxh3_64(page)
+}
+
 impl State {
+    /// The fingerprints of file `ino`'s mapped whole pages (those wholly
+    /// inside its size) from page `from` on, at most
+    /// [`PageHashes::RECORDS`], with their pfns (equal pfns are shared
+    /// already). Holes have none: they cost nothing to begin with.
+    pub fn page_hashes(&self, ino: Ino, from: u64) -> FsResult<PageHashes> {
+        let map = pages_of(self, ino)?;
+        let whole = self.attr(ino)?.size / PAGE_SIZE;
+        let pmem = self.image.pmem();
+        let mut out = PageHashes::default();
+        let mut index = from;
+        while let Some(run) = map.first_at_or_after(index).filter(|r| r.start < whole) {
+            let len = run.len.min(whole - run.start);
+            for k in 0..len {
+                if out.pages.len() == PageHashes::RECORDS {
+                    out.next = run.start + k;
+                    return Ok(out);
+                }
+                let pfn = run.value + k;
+                let bytes = pmem.bytes(pfn * PAGE_SIZE, PAGE_SIZE)?;
+                out.pages.push(PageHash {
+                    index: run.start + k,
+                    pfn,
+                    hash: fingerprint(bytes),
+                });
+            }
+            index = run.start + len;
+        }
+        out.last = true;
+        Ok(out)
+    }
+
     /// Shares `[src_off, src_off + len)` of `src` into each destination
     /// `(inode, offset)` whose bytes there are equal; `may_write` says
     /// whether the caller may change a destination (the kernel's

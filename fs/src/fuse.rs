@@ -29,7 +29,8 @@ use crate::cache::CacheOptions;
 use crate::error::{fail, FsError, FsResult};
 use crate::ioctl::{
     FITRIM, PMEMFS_IOC_DEDUPE, PMEMFS_IOC_DIR_USAGE, PMEMFS_IOC_EXTENTS, PMEMFS_IOC_OPS,
-    PMEMFS_IOC_OPS_RESET, PMEMFS_IOC_STATS, PMEMFS_IOC_UNSHARE, PMEMFS_IOC_USAGE,
+    PMEMFS_IOC_OPS_RESET, PMEMFS_IOC_PAGE_HASHES, PMEMFS_IOC_STATS, PMEMFS_IOC_UNSHARE,
+    PMEMFS_IOC_USAGE,
 };
 use crate::ops::{OpCounters, Opcode, Timer};
 use crate::options::MountOptions;
@@ -1023,6 +1024,10 @@ impl Filesystem for PmemFs {
             PMEMFS_IOC_USAGE => s.usage(ino.0).map(|u| u.encode()),
             PMEMFS_IOC_STATS => Ok(s.stats().encode()),
             PMEMFS_IOC_OPS => Ok(self.ops.encode()),
+            PMEMFS_IOC_PAGE_HASHES => match crate::ioctl::decode_position(in_data) {
+                Some(from) => s.page_hashes(ino.0, from).map(|h| h.encode()),
+                None => fail(libc::EINVAL),
+            },
             PMEMFS_IOC_EXTENTS => match crate::ioctl::decode_position(in_data) {
                 Some(from) => s.extents(ino.0, from).map(|e| e.encode()),
                 None => fail(libc::EINVAL),

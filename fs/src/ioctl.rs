@@ -62,6 +62,11 @@ pub const PMEMFS_IOC_DEDUPE: u32 = iowr(8, DEDUPE_BYTES as u32);
 pub const DEDUPE_DESTS: usize = 127;
 const DEDUPE_BYTES: usize = 24 + DEDUPE_DESTS * 16;
 
+/// The fingerprints of a file's pages, for `pmemfs dedupe`: see
+/// [`crate::dedupe`]. In-data: one u64, the page index to start at; out:
+/// see [`PageHashes`].
+pub const PMEMFS_IOC_PAGE_HASHES: u32 = iowr(9, PageHashes::BYTES as u32);
+
 /// The per-opcode request counters ([`crate::ops::OpCounters::encode`]),
 /// asked of any inode.
 pub const PMEMFS_IOC_OPS: u32 = ior(5, crate::ops::OpCounters::BYTES as u32);
@@ -259,6 +264,59 @@ impl DedupeAnswer {
             })
             .collect::<Option<Vec<_>>>()?;
         Some(DedupeAnswer(outcomes))
+    }
+}
+
+/// One page's fingerprint: its index in the file, its pfn, the hash of
+/// its bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PageHash {
+    pub index: u64,
+    pub pfn: u64,
+    pub hash: u64,
+}
+
+/// One answer of [`PMEMFS_IOC_PAGE_HASHES`]: `[count, next, last]`, then
+/// `count` records of `[index, pfn, hash]`, zero-padded. `next` is the page
+/// index to ask from next; `last` is 1 when no page follows these.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PageHashes {
+    pub pages: Vec<PageHash>,
+    pub next: u64,
+    pub last: bool,
+}
+
+impl PageHashes {
+    /// Records per answer: as many as fit the 14-bit size of an ioctl
+    /// number with the header.
+    pub const RECORDS: usize = 600;
+    pub const BYTES: usize = 24 + Self::RECORDS * 24;
+
+    pub fn encode(&self) -> Vec<u8> {
+        let mut w = vec![self.pages.len() as u64, self.next, self.last as u64];
+        for p in &self.pages {
+            w.extend([p.index, p.pfn, p.hash]);
+        }
+        w.resize(Self::BYTES / 8, 0);
+        encode(&w)
+    }
+
+    pub fn decode(bytes: &[u8]) -> Option<PageHashes> {
+        let w = decode::<{ Self::BYTES / 8 }>(bytes)?;
+        let n = usize::try_from(w[0]).ok().filter(|&n| n <= Self::RECORDS)?;
+        let pages = w[3..3 + 3 * n]
+            .chunks_exact(3)
+            .map(|r| PageHash {
+                index: r[0],
+                pfn: r[1],
+                hash: r[2],
+            })
+            .collect();
+        Some(PageHashes {
+            pages,
+            next: w[1],
+            last: w[2] != 0,
+        })
     }
 }
 
@@ -582,6 +640,61 @@ mod tests {
         bad[16] = 200;
         assert_eq!(DedupeAnswer::decode(&bad), None, "more than fit");
         assert_eq!(DedupeRequest::decode(&bytes[..64]), None, "short");
+    }
+
+    #[test]
+    fn page_hashes_round_trip() {
+        const { assert!(PageHashes::BYTES < 1 << 14) };
+        let h = PageHashes {
+            pages: vec![PageHash {
+                index: 3,
+                pfn: 99,
+                hash: 0xdead_beef,
+            }],
+            next: 0,
+            last: true,
+        };
+        let bytes = h.encode();
+        assert_eq!(&bytes[..8], &1u64.to_le_bytes());
+        assert_eq!(&bytes[16..24], &1u64.to_le_bytes());
+        assert_eq!(&bytes[40..48], &0xdead_beefu64.to_le_bytes());
+        assert_eq!(PageHashes::decode(&bytes), Some(h));
+        assert_eq!(PageHashes::decode(&bytes[..48]), None);
+    }
+
+    #[test]
+    fn page_hashes_of_equal_pages_are_equal_and_holes_have_none() {
+        let mut st = state();
+        let a = file(&mut st, "a");
+        let pg = PAGE_SIZE as usize;
+        st.write(a, 0, &vec![5u8; 2 * pg]).expect("write");
+        st.write(a, 4 * PAGE_SIZE, &[6u8; 10]).expect("write");
+        let h = st.page_hashes(a, 0).expect("hashes");
+        assert!(h.last);
+        // Pages 0 and 1 (equal bytes), not the hole, not the partial tail.
+        assert_eq!(h.pages.iter().map(|p| p.index).collect::<Vec<_>>(), [0, 1]);
+        assert_eq!(h.pages[0].hash, h.pages[1].hash);
+        assert_ne!(h.pages[0].pfn, h.pages[1].pfn);
+        st.write(a, 5 * PAGE_SIZE, &vec![6u8; pg]).expect("write");
+        let h = st.page_hashes(a, 1).expect("hashes");
+        // Page 4 is whole now that the file ends after page 5.
+        assert_eq!(
+            h.pages.iter().map(|p| p.index).collect::<Vec<_>>(),
+            [1, 4, 5]
+        );
+        assert_ne!(h.pages[0].hash, h.pages[1].hash);
+        assert_ne!(h.pages[1].hash, h.pages[2].hash);
+        assert_eq!(
+            h.pages[1].hash,
+            crate::dedupe::fingerprint(&st_page(&st, a, 4))
+        );
+    }
+
+    fn st_page(st: &State, ino: Ino, index: u64) -> Vec<u8> {
+        st.read(ino, index * PAGE_SIZE, PAGE_SIZE as u32)
+            .expect("read")
+            .as_slice()
+            .to_vec()
     }
 
     #[test]

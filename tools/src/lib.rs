@@ -10,6 +10,7 @@
 
 pub mod client;
 pub mod control;
+pub mod dedupe;
 pub mod fsck;
 pub mod install;
 pub mod links;

@@ -20,18 +20,20 @@ tools:
   mount  mount an image            (pmemfs-mount, mount.pmemfs)
   reflink SRC DST                  clone a file (shares its pages)
   du [--raw] PATH...               total, exclusive and shared bytes
+  dedupe [-r] [-n] PATH...         share the equal pages of files
   stat [--ops [--reset]] MOUNTPOINT
                                    usage, sharing ratio, page maps; or
                                    requests served per FUSE opcode
   install [--dest DIR]             put the tools where mount(8) finds them
   uninstall [--dest DIR]           take them away again";
 
-const TOOLS: [&str; 11] = [
+const TOOLS: [&str; 12] = [
     "mkfs",
     "fsck",
     "mount",
     "reflink",
     "du",
+    "dedupe",
     "stat",
     "install",
     "uninstall",
@@ -80,6 +82,7 @@ fn main() -> ExitCode {
         "mount" => pmemfs_tools::mount::main(rest),
         "reflink" => pmemfs_tools::client::reflink(rest),
         "du" => pmemfs_tools::client::du(rest),
+        "dedupe" => pmemfs_tools::dedupe::dedupe(rest),
         "stat" => pmemfs_tools::client::stat(rest),
         "install" => pmemfs_tools::install::install(rest),
         "uninstall" => pmemfs_tools::install::uninstall(rest),

@@ -1,9 +1,11 @@
-//! Dedupe through the preload library (issue 14): FIDEDUPERANGE on a
-//! pmemfs mount shares equal ranges and reports differing ones, with the
+//! Dedupe through a mount (issue 14): FIDEDUPERANGE through the preload
+//! library shares equal ranges and reports differing ones, with the
 //! kernel's semantics per destination (statuses, alignment, EOF, shortened
 //! lengths, permissions, unchanged times); `xfs_io -c dedupe` and
-//! `jdupes -rB` work as on XFS, every file keeps its bytes, and the freed
-//! space shows in df and `pmemfs du`.
+//! `jdupes -rB` work as on XFS; `pmemfs dedupe` finds and shares the equal
+//! pages of a tree itself (`-n` changes nothing, `-r` descends). Every file
+//! keeps its bytes, the freed space shows in df and `pmemfs du`, and fsck
+//! finds the image clean.
 
 mod util;
 
@@ -209,4 +211,99 @@ fn jdupes_dedupes_a_tree_and_every_file_keeps_its_bytes() {
     let (_, exclusive, _) = du(&tree.join("g"));
     assert_eq!(exclusive, 8 << 20, "the differing file keeps its own pages");
     m.finish();
+}
+
+#[test]
+fn pmemfs_dedupe_shares_the_equal_pages_of_a_tree() {
+    let m = Mount::new_shm("dedupe-tool", "256M", "");
+    let t = m.p("tree");
+    sh(&format!(
+        "mkdir -p {t}/sub/deeper && head -c 4M /dev/urandom > {t}/f0 \
+         && for p in f1 f2 sub/f3 sub/deeper/f4; do cp --reflink=never {t}/f0 {t}/$p; done \
+         && ln {t}/f1 {t}/f1-link \
+         && cp --reflink=never {t}/f0 {t}/g && printf Q | dd of={t}/g bs=1 seek=100000 conv=notrunc status=none \
+         && head -c 2M {t}/f0 > {t}/half && head -c 1M /dev/urandom >> {t}/half \
+         && truncate -s 64M {t}/sparse && dd if={t}/f0 of={t}/sparse bs=1M count=1 seek=40 conv=notrunc status=none \
+         && cd {t} && find . -type f | sort | xargs sha256sum > ../sums",
+        t = t.display()
+    ));
+    let used = || -> u64 {
+        sh(&format!(
+            "df -B1 --output=used {} | tail -1",
+            m.path().display()
+        ))
+        .trim()
+        .parse()
+        .expect("df")
+    };
+    let dedupe = |args: &[&str]| {
+        let mut c = tool("pmemfs");
+        c.arg("dedupe").args(args).arg(&t);
+        let o = run_captured(c, LIMIT);
+        assert!(o.status.success(), "pmemfs dedupe {args:?}: {}", both(&o));
+        stdout(&o)
+    };
+    let before = used();
+    let dry = dedupe(&["-r", "-n"]);
+    assert!(
+        dry.contains("would free") && dry.contains("nothing changed"),
+        "{dry}"
+    );
+    assert_eq!(used(), before, "-n changed nothing");
+    assert_eq!(du(&t.join("f1")).1, 4 << 20, "-n: f1 still its own");
+    // Without -r only the top directory's files: f1, f2, g, half, sparse
+    // against f0; the copies below stay.
+    let top = dedupe(&[]);
+    assert!(top.contains("freed"), "{top}");
+    assert_eq!(du(&t.join("sub/f3")).1, 4 << 20, "no -r: sub/f3 untouched");
+    assert_eq!(du(&t.join("f2")).1, 0, "f2 shares all its pages");
+    let all = dedupe(&["-r"]);
+    assert!(all.contains("freed"), "{all}");
+    // Every copy shares all its pages; g all but the page it differs in;
+    // half its first 2 MiB; sparse its 1 MiB of data, its holes stay holes.
+    for f in ["f1", "f2", "sub/f3", "sub/deeper/f4"] {
+        assert_eq!(du(&t.join(f)), (4 << 20, 0, 4 << 20), "{f}");
+    }
+    assert_eq!(du(&t.join("g")).1, 4096, "g keeps the page it differs in");
+    assert_eq!(
+        du(&t.join("half")).1,
+        1 << 20,
+        "half keeps its own last 1 MiB"
+    );
+    assert_eq!(
+        du(&t.join("sparse")),
+        (1 << 20, 0, 1 << 20),
+        "sparse: its data shared, holes free"
+    );
+    let freed = before - used();
+    let dup = (4 + 1) * (4u64 << 20) - 4096 + (2 << 20) + (1 << 20);
+    assert!(
+        freed >= dup * 99 / 100,
+        "freed {freed} of {dup} duplicate bytes: {all}"
+    );
+    sh(&format!(
+        "cd {} && sha256sum -c --quiet ../sums",
+        t.display()
+    ));
+    let again = dedupe(&["-r"]);
+    assert!(
+        again.contains(" 0 duplicate pages"),
+        "a second run finds nothing: {again}"
+    );
+    m.finish();
+}
+
+#[test]
+fn pmemfs_dedupe_refuses_what_is_not_pmemfs() {
+    let dir = TempDir::new("dedupe-elsewhere");
+    std::fs::write(dir.join("a"), b"x").unwrap();
+    let mut c = tool("pmemfs");
+    c.arg("dedupe").arg(dir.join("a"));
+    let o = run_captured(c, LIMIT);
+    assert_eq!(code(&o), 1, "{}", both(&o));
+    assert!(both(&o).contains("not on a pmemfs mount"), "{}", both(&o));
+    let mut c = tool("pmemfs");
+    c.arg("dedupe");
+    let o = run_captured(c, LIMIT);
+    assert_eq!(code(&o), 2, "no path is a usage error: {}", both(&o));
 }
