@@ -307,3 +307,93 @@ fn pmemfs_dedupe_refuses_what_is_not_pmemfs() {
     let o = run_captured(c, LIMIT);
     assert_eq!(code(&o), 2, "no path is a usage error: {}", both(&o));
 }
+
+/// `pmemfs stat`'s dedupe line.
+fn dedupe_line(m: &Mount) -> String {
+    let mut c = tool("pmemfs");
+    c.arg("stat").arg(m.path());
+    let out = stdout(&run_captured(c, LIMIT));
+    out.lines()
+        .find(|l| l.trim_start().starts_with("dedupe"))
+        .unwrap_or("")
+        .to_string()
+}
+
+/// The number before `word` in `line`.
+fn count_before(line: &str, word: &str) -> u64 {
+    let words: Vec<&str> = line.split_whitespace().collect();
+    words
+        .windows(2)
+        .find(|w| w[1].trim_end_matches([',', ';']) == word)
+        .and_then(|w| w[0].parse().ok())
+        .unwrap_or_else(|| panic!("no count before {word:?} in {line:?}"))
+}
+
+#[test]
+fn online_dedupe_merges_copies_and_never_pages_that_differ() {
+    // A faster rate than the default, to keep the test short.
+    let m = Mount::new_shm("dedupe-online", "256M", "dedupe=online,dedupe_pages=2000");
+    let t = m.path();
+    sh(&format!(
+        "head -c 8M /dev/urandom > {t}/a && cp --reflink=never {t}/a {t}/b \
+         && cp --reflink=never {t}/a {t}/c && printf Q | dd of={t}/c bs=1 seek=3000000 conv=notrunc status=none \
+         && sha256sum {t}/a {t}/b {t}/c > {t}/../sums",
+        t = t.display()
+    ));
+    let pages = (8u64 << 20) / 4096;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let mut line = dedupe_line(&m);
+    // b's pages and all but one of c's.
+    while count_before(&line, "merged") < 2 * pages - 1 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not merged within 60 s: {line}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+        line = dedupe_line(&m);
+    }
+    assert!(line.contains("online"), "{line}");
+    assert_eq!(du(&m.p("b")), (8 << 20, 0, 8 << 20), "b: {line}");
+    assert_eq!(
+        du(&m.p("c")).1,
+        4096,
+        "c keeps the page it differs in: {line}"
+    );
+    sh(&format!("sha256sum -c --quiet {}/../sums", t.display()));
+    // A write into a merged page copies it: the others keep their bytes.
+    py(
+        t,
+        r#"
+        with open(P("b"), "r+b") as f:
+            f.seek(4096 * 7 + 5)
+            f.write(b"changed")
+        a, b = read(P("a")), read(P("b"))
+        eq(b[4096 * 7 + 5 : 4096 * 7 + 12], b"changed", "b")
+        eq(a[: 4096 * 7 + 5] + a[4096 * 7 + 12 :], b[: 4096 * 7 + 5] + b[4096 * 7 + 12 :], "the rest")
+        "#,
+    );
+    // a and c as they were.
+    sh(&format!(
+        "grep -v '/b$' {}/../sums | sha256sum -c --quiet",
+        t.display()
+    ));
+    m.finish();
+}
+
+#[test]
+fn without_the_option_nothing_is_merged() {
+    let m = Mount::new_shm("dedupe-off", "64M", "");
+    let t = m.path();
+    sh(&format!(
+        "head -c 1M /dev/urandom > {t}/a && cp --reflink=never {t}/a {t}/b",
+        t = t.display()
+    ));
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        dedupe_line(&m).contains("online off"),
+        "{}",
+        dedupe_line(&m)
+    );
+    assert_eq!(du(&m.p("b")), (1 << 20, 1 << 20, 0));
+    m.finish();
+}

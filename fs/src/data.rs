@@ -475,6 +475,7 @@ impl State {
             ops.extend(s.kill_capability(ino));
             Ok(())
         })?;
+        self.ksm_queue().push(ino);
         Ok(data.len() as u32)
     }
 
@@ -816,6 +817,9 @@ impl State {
             })?);
             Ok(())
         })?;
+        if clone_pages == 0 || !head.is_empty() || !tail.is_empty() {
+            self.ksm_queue().push(dst);
+        }
         Ok(len)
     }
 }

@@ -52,21 +52,36 @@ impl State {
     /// [`PageHashes::RECORDS`], with their pfns (equal pfns are shared
     /// already). Holes have none: they cost nothing to begin with.
     pub fn page_hashes(&self, ino: Ino, from: u64) -> FsResult<PageHashes> {
+        let (pages, next) = self.page_hashes_from(ino, from, PageHashes::RECORDS)?;
+        Ok(PageHashes {
+            pages,
+            next: next.unwrap_or(0),
+            last: next.is_none(),
+        })
+    }
+
+    /// At most `max` fingerprints as [`State::page_hashes`] gives them, and
+    /// the page to go on from, `None` when no page follows.
+    pub fn page_hashes_from(
+        &self,
+        ino: Ino,
+        from: u64,
+        max: usize,
+    ) -> FsResult<(Vec<PageHash>, Option<u64>)> {
         let map = pages_of(self, ino)?;
         let whole = self.attr(ino)?.size / PAGE_SIZE;
         let pmem = self.image.pmem();
-        let mut out = PageHashes::default();
+        let mut out = Vec::new();
         let mut index = from;
         while let Some(run) = map.first_at_or_after(index).filter(|r| r.start < whole) {
             let len = run.len.min(whole - run.start);
             for k in 0..len {
-                if out.pages.len() == PageHashes::RECORDS {
-                    out.next = run.start + k;
-                    return Ok(out);
+                if out.len() == max {
+                    return Ok((out, Some(run.start + k)));
                 }
                 let pfn = run.value + k;
                 let bytes = pmem.bytes(pfn * PAGE_SIZE, PAGE_SIZE)?;
-                out.pages.push(PageHash {
+                out.push(PageHash {
                     index: run.start + k,
                     pfn,
                     hash: fingerprint(bytes),
@@ -74,8 +89,7 @@ impl State {
             }
             index = run.start + len;
         }
-        out.last = true;
-        Ok(out)
+        Ok((out, None))
     }
 
     /// Shares `[src_off, src_off + len)` of `src` into each destination

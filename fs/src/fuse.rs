@@ -54,7 +54,9 @@ const MAX_WRITE: u32 = 256 * PAGE_SIZE as u32;
 type Listing = Vec<(Ino, Kind, Vec<u8>)>;
 
 pub struct PmemFs {
-    state: RwLock<State>,
+    state: Arc<RwLock<State>>,
+    /// The online dedupe scanner, while the mount runs one.
+    scanner: Mutex<Option<crate::ksm::Scanner>>,
     /// Directory listings taken at opendir, served by readdir.
     listings: Mutex<HashMap<u64, Listing>>,
     next_fh: AtomicU64,
@@ -99,7 +101,8 @@ impl PmemFs {
             state.track_lookups();
         }
         Ok(PmemFs {
-            state: RwLock::new(state),
+            state: Arc::new(RwLock::new(state)),
+            scanner: Mutex::new(None),
             listings: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
             ops: OpCounters::default(),
@@ -286,11 +289,22 @@ impl Filesystem for PmemFs {
         let _ = config.add_capabilities(want);
         let _ = config.set_max_write(MAX_WRITE);
         let _ = config.set_max_readahead(MAX_WRITE);
+        if self.opts.dedupe_online && !self.opts.read_only {
+            self.state.read().ksm_queue().enable();
+            let scanner =
+                crate::ksm::Scanner::start(Arc::clone(&self.state), self.opts.dedupe_rate)?;
+            *self.scanner.lock() = Some(scanner);
+        }
         Ok(())
     }
 
     fn destroy(&mut self) {
         self.poller.stop();
+        // The scanner takes the state's lock: it stops before the last
+        // checkpoint takes it.
+        if let Some(mut scanner) = self.scanner.lock().take() {
+            scanner.stop();
+        }
         let mut s = self.state.write();
         if !s.is_read_only() {
             if let Err(e) = s.delete_unlinked() {

@@ -352,6 +352,8 @@ pub struct Stats {
     pub map_runs: u64,
     pub checkpoint_pages: u64,
     pub cache: CacheStats,
+    /// The online dedupe scanner's counters.
+    pub ksm: crate::ksm::KsmStats,
 }
 
 fn encode(words: &[u64]) -> Vec<u8> {
@@ -385,7 +387,7 @@ impl Usage {
 
 impl Stats {
     /// Words in the encoding.
-    pub const WORDS: usize = 21;
+    pub const WORDS: usize = 28;
     /// Bytes of the encoding: the ioctl's size.
     pub const BYTES: usize = Self::WORDS * 8;
 
@@ -415,6 +417,13 @@ impl Stats {
             c.dram_refused,
             c.numa_nodes,
             c.desc_bytes,
+            self.ksm.on as u64,
+            self.ksm.scanned,
+            self.ksm.merged,
+            self.ksm.unshared,
+            self.ksm.differed,
+            self.ksm.files,
+            self.ksm.queued,
         ]
     }
 
@@ -447,6 +456,15 @@ impl Stats {
                 dram_refused: w[18],
                 numa_nodes: w[19],
                 desc_bytes: w[20],
+            },
+            ksm: crate::ksm::KsmStats {
+                on: w[21] != 0,
+                scanned: w[22],
+                merged: w[23],
+                unshared: w[24],
+                differed: w[25],
+                files: w[26],
+                queued: w[27],
             },
         })
     }
@@ -537,6 +555,7 @@ impl State {
             inodes: meta.inodes.len() as u64,
             checkpoint_pages: self.image.checkpoint_pfns().len() as u64,
             cache: self.cache().stats(),
+            ksm: self.ksm_queue().stats(),
             ..Stats::default()
         };
         for r in meta.shares.iter() {
@@ -576,7 +595,7 @@ mod tests {
         };
         assert_eq!(Usage::decode(&u.encode()), Some(u));
         assert_eq!(Usage::decode(&[0; 31]), None);
-        assert_eq!(PMEMFS_IOC_STATS, 0x80a8_5002);
+        assert_eq!(PMEMFS_IOC_STATS, 0x80e0_5002);
         let mut s = Stats {
             data_pages: 9,
             map_runs: 4,

@@ -29,6 +29,7 @@ pub mod error;
 pub mod flags;
 pub mod fuse;
 pub mod ioctl;
+pub mod ksm;
 pub mod ops;
 pub mod options;
 pub mod poll;

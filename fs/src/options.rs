@@ -49,6 +49,11 @@ pub struct MountOptions {
     /// The kernel's writeback cache: faster small writes, but SEEK_HOLE
     /// does not see data still in the kernel.
     pub writeback_cache: bool,
+    /// Online dedupe (`dedupe=online`): a scanner merges identical pages
+    /// of written files (see [`crate::ksm`]); off by default.
+    pub dedupe_online: bool,
+    /// Its rate (`dedupe_pages=N`: pages per 20 ms).
+    pub dedupe_rate: crate::ksm::Rate,
 }
 
 impl Default for MountOptions {
@@ -75,6 +80,8 @@ impl Default for MountOptions {
             numa_nodes: None,
             dram_cache: 0,
             writeback_cache: false,
+            dedupe_online: false,
+            dedupe_rate: crate::ksm::Rate::default(),
         }
     }
 }
@@ -134,6 +141,18 @@ impl MountOptions {
                 }
                 "dram_cache" => self.dram_cache = number(value)?,
                 "writeback_cache" => self.writeback_cache = true,
+                "dedupe" => match value {
+                    Some("online") => self.dedupe_online = true,
+                    Some("off") => self.dedupe_online = false,
+                    _ => return Err(format!("{opt}: dedupe=online or dedupe=off")),
+                },
+                "dedupe_pages" => {
+                    let n = number(value)?;
+                    if !(1..=1_000_000).contains(&n) {
+                        return Err(format!("dedupe_pages={n}: between 1 and 1000000"));
+                    }
+                    self.dedupe_rate.pages = n;
+                }
                 "no_writeback_cache" => self.writeback_cache = false,
                 "relatime" | "atime" => self.atime.mode = AtimeMode::Relatime,
                 "strictatime" | "norelatime" => self.atime.mode = AtimeMode::Strict,
@@ -245,6 +264,21 @@ mod tests {
         assert!(o.atime.mode == AtimeMode::Strict && o.atime.nodiratime);
         o.apply("noatime").unwrap();
         assert_eq!(o.atime.mode, AtimeMode::Never);
+        assert!(!o.dedupe_online);
+        o.apply("dedupe=online,dedupe_pages=500").unwrap();
+        assert!(o.dedupe_online && o.dedupe_rate.pages == 500);
+        o.apply("dedupe=off").unwrap();
+        assert!(!o.dedupe_online);
+        for bad in ["dedupe", "dedupe=yes", "dedupe_pages=0", "dedupe_pages=x"] {
+            assert!(o.apply(bad).is_err(), "{bad}");
+        }
+        assert_eq!(o.poll, DEFAULT_POLL);
+        o.apply("poll=0").unwrap();
+        assert!(o.poll.is_zero());
+        o.apply("poll=100000").unwrap();
+        assert!(o.apply("poll=100001").is_err());
+        o.apply("nopoll").unwrap();
+        assert!(o.poll.is_zero());
     }
 
     #[test]

@@ -38,6 +38,8 @@ pub struct State {
     atime_policy: AtimePolicy,
     /// Access times recorded by reads, not yet committed.
     atimes: Atimes,
+    /// Files written since the online dedupe scanner saw them.
+    ksm: crate::ksm::Queue,
 }
 
 /// The page range `[first, last]` of a file whose mapping `op` changes;
@@ -125,7 +127,14 @@ impl State {
             acls: true,
             atime_policy: AtimePolicy::default(),
             atimes: Atimes::default(),
+            ksm: crate::ksm::Queue::default(),
         }
+    }
+
+    /// The files the online dedupe scanner has yet to see (empty, and
+    /// never filled, unless the mount scans).
+    pub fn ksm_queue(&self) -> &crate::ksm::Queue {
+        &self.ksm
     }
 
     /// Keeps unlinked inodes until the kernel forgets them, not only until

@@ -296,5 +296,22 @@ fn do_stat(mnt: &Path) -> anyhow::Result<()> {
             human(c.desc_bytes)
         );
     }
+    let k = &s.ksm;
+    if k.on {
+        // As /sys/kernel/mm/ksm: pages_scanned, pages_sharing (merged),
+        // pages_unshared.
+        println!(
+            "  dedupe     online: {} pages scanned in {} files ({} queued); {} merged ({} saved), {} without a twin, {} differed",
+            k.scanned,
+            k.files,
+            k.queued,
+            k.merged,
+            pg(k.merged),
+            k.unshared,
+            k.differed
+        );
+    } else {
+        println!("  dedupe     online off");
+    }
     Ok(())
 }

@@ -23,7 +23,8 @@ usage: pmemfs-mount [-o OPTIONS] [-f] [-d] IMAGE MOUNTPOINT
   -o OPTIONS  comma-separated: ro, rw, allow_other (the default when
               permitted), noallow_other, acl (default), noacl, nosuid,
               nodev, noexec, default_permissions (always on), threads=N,
-              poll=USECS (200), nopoll, numa_nodes=N, dram_cache=SIZE, writeback_cache
+              poll=USECS (200), nopoll, dedupe=online, dedupe_pages=N,
+              numa_nodes=N, dram_cache=SIZE, writeback_cache
   -f          stay in the foreground
   -d          foreground, and report what recovery did";
 
