@@ -37,18 +37,7 @@ def dedupe(src, off, length, dests):
 "#;
 
 fn py_dedupe(mnt: &Path, code: &str) -> String {
-    let mut c = Command::new(python3());
-    c.env("LD_PRELOAD", preload_library())
-        .arg("-c")
-        .arg(format!("{PY_PRELUDE}\n{DEDUPE_PY}\n{}", dedent(code)))
-        .arg(mnt);
-    let o = run_captured(c, LIMIT);
-    assert!(
-        o.status.success(),
-        "python snippet failed:\n{code}\n{}",
-        both(&o)
-    );
-    stdout(&o)
+    py_preloaded(mnt, DEDUPE_PY, code, &[], LIMIT)
 }
 
 #[test]
@@ -182,15 +171,7 @@ fn jdupes_dedupes_a_tree_and_every_file_keeps_its_bytes() {
          && cd {t} && find . -type f | sort | xargs sha256sum > ../sums",
         t = tree.display()
     ));
-    let used = || -> u64 {
-        sh(&format!(
-            "df -B1 --output=used {} | tail -1",
-            m.path().display()
-        ))
-        .trim()
-        .parse()
-        .expect("df")
-    };
+    let used = || df_used(m.path());
     let before = used();
     let mut c = Command::new("jdupes");
     c.env("LD_PRELOAD", preload_library()).arg("-rB").arg(&tree);
@@ -227,15 +208,7 @@ fn pmemfs_dedupe_shares_the_equal_pages_of_a_tree() {
          && cd {t} && find . -type f | sort | xargs sha256sum > ../sums",
         t = t.display()
     ));
-    let used = || -> u64 {
-        sh(&format!(
-            "df -B1 --output=used {} | tail -1",
-            m.path().display()
-        ))
-        .trim()
-        .parse()
-        .expect("df")
-    };
+    let used = || df_used(m.path());
     let dedupe = |args: &[&str]| {
         let mut c = tool("pmemfs");
         c.arg("dedupe").args(args).arg(&t);

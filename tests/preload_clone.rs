@@ -72,19 +72,7 @@ def data_extents(fd):
 /// the paths in `args`; fails the test unless it exits 0 within [`HANG`].
 /// Returns its stdout.
 fn py_clone(mnt: &Path, code: &str, args: &[&Path]) -> String {
-    let mut c = Command::new(python3());
-    c.env("LD_PRELOAD", preload_library())
-        .arg("-c")
-        .arg(format!("{PY_PRELUDE}\n{CLONE_PY}\n{}", dedent(code)))
-        .arg(mnt)
-        .args(args);
-    let o = run_captured(c, HANG);
-    assert!(
-        o.status.success(),
-        "python snippet failed:\n{code}\n{}",
-        both(&o)
-    );
-    stdout(&o)
+    py_preloaded(mnt, CLONE_PY, code, args, HANG)
 }
 
 #[test]

@@ -172,17 +172,17 @@ fn run(state: &RwLock<State>, rate: Rate, stop: &(Mutex<bool>, Condvar)) {
             }
             for p in pages {
                 counters.scanned.fetch_add(1, Ordering::Relaxed);
+                // This page, as the one to stand for its fingerprint.
+                let here = Seen {
+                    ino,
+                    index: p.index,
+                    pfn: p.pfn,
+                };
                 match seen.get(&p.hash).copied() {
                     Some(first) if first.pfn == p.pfn => {}
                     Some(first) if first.ino == ino && first.index == p.index => {
                         // Rewritten since: this is the page now.
-                        seen.insert(
-                            p.hash,
-                            Seen {
-                                pfn: p.pfn,
-                                ..first
-                            },
-                        );
+                        seen.insert(p.hash, here);
                     }
                     Some(first) => {
                         let out = state.write().dedupe(
@@ -200,26 +200,12 @@ fn run(state: &RwLock<State>, rate: Rate, stop: &(Mutex<bool>, Condvar)) {
                                 counters.differed.fetch_add(1, Ordering::Relaxed);
                                 // The first page changed (or collides):
                                 // this one stands for the fingerprint now.
-                                seen.insert(
-                                    p.hash,
-                                    Seen {
-                                        ino,
-                                        index: p.index,
-                                        pfn: p.pfn,
-                                    },
-                                );
+                                seen.insert(p.hash, here);
                             }
                             // The first page's file is gone or refuses
                             // (append-only, say): this one takes its place.
                             _ => {
-                                seen.insert(
-                                    p.hash,
-                                    Seen {
-                                        ino,
-                                        index: p.index,
-                                        pfn: p.pfn,
-                                    },
-                                );
+                                seen.insert(p.hash, here);
                             }
                         }
                     }
@@ -230,14 +216,7 @@ fn run(state: &RwLock<State>, rate: Rate, stop: &(Mutex<bool>, Condvar)) {
                                 seen.remove(&old);
                             }
                         }
-                        seen.insert(
-                            p.hash,
-                            Seen {
-                                ino,
-                                index: p.index,
-                                pfn: p.pfn,
-                            },
-                        );
+                        seen.insert(p.hash, here);
                         order.push_back(p.hash);
                     }
                 }

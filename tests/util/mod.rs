@@ -358,6 +358,43 @@ pub fn py_args(mnt: &Path, code: &str, args: &[&str]) -> String {
     stdout(&o)
 }
 
+/// Runs a Python snippet after [`PY_PRELUDE`] and `helpers` with the
+/// preload library in LD_PRELOAD, `M` the mount point `mnt` and `ARGS`
+/// the paths in `args`, failing the test (with the traceback) unless it
+/// exits 0 within `limit`; returns its stdout.
+pub fn py_preloaded(
+    mnt: &Path,
+    helpers: &str,
+    code: &str,
+    args: &[&Path],
+    limit: Duration,
+) -> String {
+    let mut c = Command::new(python3());
+    c.env("LD_PRELOAD", preload_library())
+        .arg("-c")
+        .arg(format!("{PY_PRELUDE}\n{helpers}\n{}", dedent(code)))
+        .arg(mnt)
+        .args(args);
+    let o = run_captured(c, limit);
+    assert!(
+        o.status.success(),
+        "python snippet failed:\n{code}\n{}",
+        both(&o)
+    );
+    stdout(&o)
+}
+
+/// Bytes in use on the file system holding `path`, as df says.
+pub fn df_used(path: &Path) -> u64 {
+    sh(&format!(
+        "df -B1 --output=used {} | tail -1",
+        path.display()
+    ))
+    .trim()
+    .parse()
+    .expect("df's used bytes")
+}
+
 /// `code` without the indentation all its non-blank lines share, so that
 /// snippets can sit indented in the Rust source.
 pub fn dedent(code: &str) -> String {

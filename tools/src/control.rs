@@ -45,31 +45,35 @@ pub fn dir_usage(dir: &Path) -> anyhow::Result<std::collections::HashMap<u64, Us
     loop {
         let mut buf = vec![0u8; DirUsage::BYTES];
         buf[..8].copy_from_slice(&from.to_le_bytes());
-        // SAFETY: the ioctl reads 8 bytes of buf and writes at most
-        // DirUsage::BYTES (encoded in the number) into it.
-        let r = unsafe {
-            libc::ioctl(
-                f.as_raw_fd(),
-                PMEMFS_IOC_DIR_USAGE as libc::c_ulong,
-                buf.as_mut_ptr(),
-            )
-        };
-        if r != 0 {
-            let e = std::io::Error::last_os_error();
-            if matches!(
-                e.raw_os_error(),
-                Some(libc::ENOTTY | libc::ENOSYS | libc::EOPNOTSUPP)
-            ) {
-                bail!("{} is not on a pmemfs mount", dir.display());
-            }
-            return Err(e).with_context(|| format!("{}", dir.display()));
-        }
+        ask(&f, PMEMFS_IOC_DIR_USAGE, &mut buf).map_err(|e| on_pmemfs(e, dir))?;
         let d = DirUsage::decode(&buf).context("bad answer")?;
         out.extend(d.files);
         if d.next == 0 {
             return Ok(out);
         }
         from = d.next;
+    }
+}
+
+/// A pmemfs ioctl whose number says `buf.len()` bytes go in and come back
+/// in `buf` (`_IOWR`).
+pub fn ask(f: &File, cmd: u32, buf: &mut [u8]) -> std::io::Result<()> {
+    // SAFETY: the buffer is as large as the number says; the ioctl reads
+    // it and writes at most that much into it.
+    match unsafe { libc::ioctl(f.as_raw_fd(), cmd as libc::c_ulong, buf.as_mut_ptr()) } {
+        0 => Ok(()),
+        _ => Err(std::io::Error::last_os_error()),
+    }
+}
+
+/// The error of an ioctl on `path`: that it is not on pmemfs, when the
+/// errno says no such ioctl, else the errno.
+pub fn on_pmemfs(e: std::io::Error, path: &Path) -> anyhow::Error {
+    match e.raw_os_error() {
+        Some(libc::ENOTTY | libc::ENOSYS | libc::EOPNOTSUPP) => {
+            anyhow::anyhow!("{} is not on a pmemfs mount", path.display())
+        }
+        _ => anyhow::Error::new(e).context(path.display().to_string()),
     }
 }
 

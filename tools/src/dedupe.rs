@@ -19,7 +19,6 @@
 use std::collections::HashSet;
 use std::ffi::OsString;
 use std::fs::File;
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -34,6 +33,7 @@ use pmemfs_fs::ioctl::{
 use pmemfs_ondisk::PAGE_SIZE;
 
 use crate::client::finish;
+use crate::control;
 use crate::progress::Progress;
 use crate::size::human;
 
@@ -228,19 +228,8 @@ fn scan(f: &Target, mut each: impl FnMut(pmemfs_fs::ioctl::PageHash)) -> anyhow:
     loop {
         let mut buf = vec![0u8; PageHashes::BYTES];
         buf[..8].copy_from_slice(&from.to_le_bytes());
-        // SAFETY: the ioctl reads 8 bytes of buf and writes at most
-        // PageHashes::BYTES (encoded in the number) into it.
-        let r = unsafe {
-            libc::ioctl(
-                file.as_raw_fd(),
-                PMEMFS_IOC_PAGE_HASHES as libc::c_ulong,
-                buf.as_mut_ptr(),
-            )
-        };
-        if r != 0 {
-            return Err(std::io::Error::last_os_error())
-                .with_context(|| format!("cannot scan {}", f.path.display()));
-        }
+        control::ask(&file, PMEMFS_IOC_PAGE_HASHES, &mut buf)
+            .map_err(|e| control::on_pmemfs(e, &f.path))?;
         let h = PageHashes::decode(&buf).context("a malformed answer")?;
         h.pages.iter().copied().for_each(&mut each);
         if h.last {
@@ -319,17 +308,7 @@ fn apply(files: &[Target], shares: &[Share], t: &mut Tally) -> anyhow::Result<()
                     .collect(),
             };
             let mut buf = req.encode();
-            // SAFETY: the buffer is as large as the number says; the ioctl
-            // reads it and writes the answer into it.
-            let r = unsafe {
-                libc::ioctl(
-                    file.as_raw_fd(),
-                    PMEMFS_IOC_DEDUPE as libc::c_ulong,
-                    buf.as_mut_ptr(),
-                )
-            };
-            if r != 0 {
-                let e = std::io::Error::last_os_error();
+            if let Err(e) = control::ask(&file, PMEMFS_IOC_DEDUPE, &mut buf) {
                 t.refused += chunk.len() as u64;
                 t.first_refusal
                     .get_or_insert(format!("{}: {e}", src.path.display()));
