@@ -346,7 +346,11 @@ impl State {
         }
         let mut ops = Vec::new();
         let mut fresh = Fresh(Vec::new());
-        let r = build(self, &mut ops, &mut fresh).and_then(|()| self.commit(&ops));
+        // Nothing to commit when nothing changed but bytes stored in place.
+        let r = build(self, &mut ops, &mut fresh).and_then(|()| match ops.is_empty() {
+            true => Ok(()),
+            false => self.commit(&ops),
+        });
         if r.is_err() {
             fresh.give_back(self);
         }
@@ -460,7 +464,8 @@ impl State {
         self.transact(|s, ops, fresh| {
             s.store(ino, off, data, ops, fresh)?;
             let t = now();
-            ops.push(s.set_attr(ino, |a| {
+            let before = s.attr(ino)?;
+            let attr = s.set_attr(ino, |a| {
                 a.size = a.size.max(end);
                 // Under the writeback cache the kernel keeps the times
                 // and sends them itself.
@@ -471,7 +476,14 @@ impl State {
                 if who.kill_suidgid {
                     crate::privs::kill_suid_sgid(a);
                 }
-            })?);
+            })?;
+            // An in-place write within the size whose times do not move
+            // (the coarse clock has not ticked, or the writeback cache
+            // keeps them) changes no metadata: its stores are durable
+            // already, and no transaction is written.
+            if !matches!(&attr, Op::SetAttr { attr, .. } if *attr == before) {
+                ops.push(attr);
+            }
             ops.extend(s.kill_capability(ino));
             Ok(())
         })?;
