@@ -326,6 +326,8 @@ fn online_dedupe_merges_copies_and_never_pages_that_differ() {
         line = dedupe_line(&m);
     }
     assert!(line.contains("online"), "{line}");
+    // As KSM's pages_shared: a's pages, each with b's and c's merged in.
+    assert_eq!(count_before(&line, "shared"), pages, "{line}");
     assert_eq!(du(&m.p("b")), (8 << 20, 0, 8 << 20), "b: {line}");
     assert_eq!(
         du(&m.p("c")).1,

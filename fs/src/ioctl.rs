@@ -387,7 +387,7 @@ impl Usage {
 
 impl Stats {
     /// Words in the encoding.
-    pub const WORDS: usize = 28;
+    pub const WORDS: usize = 29;
     /// Bytes of the encoding: the ioctl's size.
     pub const BYTES: usize = Self::WORDS * 8;
 
@@ -424,6 +424,7 @@ impl Stats {
             self.ksm.differed,
             self.ksm.files,
             self.ksm.queued,
+            self.ksm.shared,
         ]
     }
 
@@ -465,6 +466,7 @@ impl Stats {
                 differed: w[25],
                 files: w[26],
                 queued: w[27],
+                shared: w[28],
             },
         })
     }
@@ -595,7 +597,7 @@ mod tests {
         };
         assert_eq!(Usage::decode(&u.encode()), Some(u));
         assert_eq!(Usage::decode(&[0; 31]), None);
-        assert_eq!(PMEMFS_IOC_STATS, 0x80e0_5002);
+        assert_eq!(PMEMFS_IOC_STATS, 0x80e8_5002);
         let mut s = Stats {
             data_pages: 9,
             map_runs: 4,

@@ -59,6 +59,8 @@ const BATCH: u64 = 16;
 pub struct Counters {
     /// Pages fingerprinted.
     pub scanned: AtomicU64,
+    /// Pages others were merged into (KSM's pages_shared).
+    pub shared: AtomicU64,
     /// Pages merged into an equal page (KSM's pages_sharing): each saves a
     /// page, unless something else still maps the one it had.
     pub merged: AtomicU64,
@@ -76,6 +78,7 @@ pub struct Counters {
 pub struct KsmStats {
     pub on: bool,
     pub scanned: u64,
+    pub shared: u64,
     pub merged: u64,
     pub unshared: u64,
     pub differed: u64,
@@ -95,6 +98,8 @@ struct Seen {
     ino: Ino,
     index: u64,
     pfn: u64,
+    /// Some page has been merged into this one.
+    sharing: bool,
 }
 
 impl Scanner {
@@ -177,6 +182,7 @@ fn run(state: &RwLock<State>, rate: Rate, stop: &(Mutex<bool>, Condvar)) {
                     ino,
                     index: p.index,
                     pfn: p.pfn,
+                    sharing: false,
                 };
                 match seen.get(&p.hash).copied() {
                     Some(first) if first.pfn == p.pfn => {}
@@ -195,6 +201,16 @@ fn run(state: &RwLock<State>, rate: Rate, stop: &(Mutex<bool>, Condvar)) {
                         match out.as_deref() {
                             Ok([Outcome::Same { .. }]) => {
                                 counters.merged.fetch_add(1, Ordering::Relaxed);
+                                if !first.sharing {
+                                    counters.shared.fetch_add(1, Ordering::Relaxed);
+                                    seen.insert(
+                                        p.hash,
+                                        Seen {
+                                            sharing: true,
+                                            ..first
+                                        },
+                                    );
+                                }
                             }
                             Ok([Outcome::Differs]) => {
                                 counters.differed.fetch_add(1, Ordering::Relaxed);
@@ -264,6 +280,7 @@ impl Queue {
         KsmStats {
             on: self.on.load(Ordering::Relaxed),
             scanned: c.scanned.load(Ordering::Relaxed),
+            shared: c.shared.load(Ordering::Relaxed),
             merged: c.merged.load(Ordering::Relaxed),
             unshared: c.unshared.load(Ordering::Relaxed),
             differed: c.differed.load(Ordering::Relaxed),

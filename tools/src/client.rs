@@ -298,13 +298,14 @@ fn do_stat(mnt: &Path) -> anyhow::Result<()> {
     }
     let k = &s.ksm;
     if k.on {
-        // As /sys/kernel/mm/ksm: pages_scanned, pages_sharing (merged),
-        // pages_unshared.
+        // As /sys/kernel/mm/ksm: pages_scanned, pages_shared (shared),
+        // pages_sharing (merged), pages_unshared.
         println!(
-            "  dedupe     online: {} pages scanned in {} files ({} queued); {} merged ({} saved), {} without a twin, {} differed",
+            "  dedupe     online: {} pages scanned in {} files ({} queued); {} shared, {} merged into them ({} saved), {} without a twin, {} differed",
             k.scanned,
             k.files,
             k.queued,
+            k.shared,
             k.merged,
             pg(k.merged),
             k.unshared,
