@@ -465,24 +465,23 @@ impl State {
             s.store(ino, off, data, ops, fresh)?;
             let t = now();
             let before = s.attr(ino)?;
-            let attr = s.set_attr(ino, |a| {
-                a.size = a.size.max(end);
-                // Under the writeback cache the kernel keeps the times
-                // and sends them itself.
-                if !who.writeback {
-                    a.mtime = t;
-                    a.ctime = t;
-                }
-                if who.kill_suidgid {
-                    crate::privs::kill_suid_sgid(a);
-                }
-            })?;
+            let mut a = before;
+            a.size = a.size.max(end);
+            // Under the writeback cache the kernel keeps the times and
+            // sends them itself.
+            if !who.writeback {
+                a.mtime = t;
+                a.ctime = t;
+            }
+            if who.kill_suidgid {
+                crate::privs::kill_suid_sgid(&mut a);
+            }
             // An in-place write within the size whose times do not move
             // (the coarse clock has not ticked, or the writeback cache
             // keeps them) changes no metadata: its stores are durable
             // already, and no transaction is written.
-            if !matches!(&attr, Op::SetAttr { attr, .. } if *attr == before) {
-                ops.push(attr);
+            if a != before {
+                ops.push(Op::SetAttr { ino, attr: a });
             }
             ops.extend(s.kill_capability(ino));
             Ok(())

@@ -105,19 +105,21 @@ impl DirUsage {
     pub const BYTES: usize = 16 + Self::RECORDS * 32;
 
     pub fn encode(&self) -> Vec<u8> {
-        let mut w = vec![self.files.len() as u64, self.next];
-        for (ino, u) in &self.files {
-            w.extend([*ino, u.total, u.exclusive, u.shared]);
-        }
-        w.resize(Self::BYTES / 8, 0);
-        encode(&w)
+        let records = self
+            .files
+            .iter()
+            .map(|(ino, u)| [*ino, u.total, u.exclusive, u.shared]);
+        encode_listing(
+            vec![self.files.len() as u64, self.next],
+            records,
+            Self::BYTES,
+        )
     }
 
     pub fn decode(bytes: &[u8]) -> Option<DirUsage> {
         let w = decode::<{ Self::BYTES / 8 }>(bytes)?;
-        let n = usize::try_from(w[0]).ok().filter(|&n| n <= Self::RECORDS)?;
-        let files = w[2..2 + 4 * n]
-            .chunks_exact(4)
+        let files = decode_listing::<4>(&w, 2, 0, Self::RECORDS)?
+            .into_iter()
             .map(|r| {
                 let u = Usage {
                     total: r[1],
@@ -163,20 +165,18 @@ impl Extents {
     pub const SHARED: u64 = 1;
 
     pub fn encode(&self) -> Vec<u8> {
-        let mut w = vec![self.extents.len() as u64, self.next, self.last as u64];
-        for e in &self.extents {
+        let head = vec![self.extents.len() as u64, self.next, self.last as u64];
+        let records = self.extents.iter().map(|e| {
             let flags = if e.shared { Self::SHARED } else { 0 };
-            w.extend([e.logical, e.physical, e.length, flags]);
-        }
-        w.resize(Self::BYTES / 8, 0);
-        encode(&w)
+            [e.logical, e.physical, e.length, flags]
+        });
+        encode_listing(head, records, Self::BYTES)
     }
 
     pub fn decode(bytes: &[u8]) -> Option<Extents> {
         let w = decode::<{ Self::BYTES / 8 }>(bytes)?;
-        let n = usize::try_from(w[0]).ok().filter(|&n| n <= Self::RECORDS)?;
-        let extents = w[3..3 + 4 * n]
-            .chunks_exact(4)
+        let extents = decode_listing::<4>(&w, 3, 0, Self::RECORDS)?
+            .into_iter()
             .map(|r| Extent {
                 logical: r[0],
                 physical: r[1],
@@ -205,20 +205,16 @@ pub struct DedupeRequest {
 
 impl DedupeRequest {
     pub fn encode(&self) -> Vec<u8> {
-        let mut w = vec![self.src_off, self.len, self.dsts.len() as u64];
-        for &(ino, off) in &self.dsts {
-            w.extend([ino, off]);
-        }
-        w.resize(DEDUPE_BYTES / 8, 0);
-        encode(&w)
+        let head = vec![self.src_off, self.len, self.dsts.len() as u64];
+        let records = self.dsts.iter().map(|&(ino, off)| [ino, off]);
+        encode_listing(head, records, DEDUPE_BYTES)
     }
 
     pub fn decode(bytes: &[u8]) -> Option<DedupeRequest> {
         let w = decode::<{ DEDUPE_BYTES / 8 }>(bytes)?;
-        let n = usize::try_from(w[2]).ok().filter(|&n| n <= DEDUPE_DESTS)?;
-        let dsts = w[3..3 + 2 * n]
-            .chunks_exact(2)
-            .map(|r| (r[0], r[1]))
+        let dsts = decode_listing::<2>(&w, 3, 2, DEDUPE_DESTS)?
+            .into_iter()
+            .map(|[ino, off]| (ino, off))
             .collect();
         Some(DedupeRequest {
             src_off: w[0],
@@ -237,25 +233,22 @@ pub struct DedupeAnswer(pub Vec<crate::dedupe::Outcome>);
 impl DedupeAnswer {
     pub fn encode(&self) -> Vec<u8> {
         use crate::dedupe::Outcome;
-        let mut w = vec![0, 0, self.0.len() as u64];
-        for o in &self.0 {
+        let records = self.0.iter().map(|o| {
             let (status, bytes) = match *o {
                 Outcome::Same { bytes } => (0i64, bytes),
                 Outcome::Differs => (1, 0),
                 Outcome::Failed(e) => (-i64::from(e), 0),
             };
-            w.extend([status as u64, bytes]);
-        }
-        w.resize(DEDUPE_BYTES / 8, 0);
-        encode(&w)
+            [status as u64, bytes]
+        });
+        encode_listing(vec![0, 0, self.0.len() as u64], records, DEDUPE_BYTES)
     }
 
     pub fn decode(bytes: &[u8]) -> Option<DedupeAnswer> {
         use crate::dedupe::Outcome;
         let w = decode::<{ DEDUPE_BYTES / 8 }>(bytes)?;
-        let n = usize::try_from(w[2]).ok().filter(|&n| n <= DEDUPE_DESTS)?;
-        let outcomes = w[3..3 + 2 * n]
-            .chunks_exact(2)
+        let outcomes = decode_listing::<2>(&w, 3, 2, DEDUPE_DESTS)?
+            .into_iter()
             .map(|r| match r[0] as i64 {
                 0 => Some(Outcome::Same { bytes: r[1] }),
                 1 => Some(Outcome::Differs),
@@ -293,19 +286,15 @@ impl PageHashes {
     pub const BYTES: usize = 24 + Self::RECORDS * 24;
 
     pub fn encode(&self) -> Vec<u8> {
-        let mut w = vec![self.pages.len() as u64, self.next, self.last as u64];
-        for p in &self.pages {
-            w.extend([p.index, p.pfn, p.hash]);
-        }
-        w.resize(Self::BYTES / 8, 0);
-        encode(&w)
+        let head = vec![self.pages.len() as u64, self.next, self.last as u64];
+        let records = self.pages.iter().map(|p| [p.index, p.pfn, p.hash]);
+        encode_listing(head, records, Self::BYTES)
     }
 
     pub fn decode(bytes: &[u8]) -> Option<PageHashes> {
         let w = decode::<{ Self::BYTES / 8 }>(bytes)?;
-        let n = usize::try_from(w[0]).ok().filter(|&n| n <= Self::RECORDS)?;
-        let pages = w[3..3 + 3 * n]
-            .chunks_exact(3)
+        let pages = decode_listing::<3>(&w, 3, 0, Self::RECORDS)?
+            .into_iter()
             .map(|r| PageHash {
                 index: r[0],
                 pfn: r[1],
@@ -358,6 +347,35 @@ pub struct Stats {
 
 fn encode(words: &[u64]) -> Vec<u8> {
     words.iter().flat_map(|w| w.to_le_bytes()).collect()
+}
+
+/// A listing, the layout of every pmemfs ioctl that carries a list:
+/// `head` words, then records of `R` words, zero-padded to `bytes`.
+fn encode_listing<const R: usize>(
+    mut head: Vec<u64>,
+    records: impl IntoIterator<Item = [u64; R]>,
+    bytes: usize,
+) -> Vec<u8> {
+    head.extend(records.into_iter().flatten());
+    head.resize(bytes / 8, 0);
+    encode(&head)
+}
+
+/// The records of a listing's words `w`: they start after `head` words,
+/// and word `count_at` counts them, at most `max`.
+fn decode_listing<const R: usize>(
+    w: &[u64],
+    head: usize,
+    count_at: usize,
+    max: usize,
+) -> Option<Vec<[u64; R]>> {
+    let n = usize::try_from(*w.get(count_at)?)
+        .ok()
+        .filter(|&n| n <= max)?;
+    w.get(head..head + R * n)?
+        .chunks_exact(R)
+        .map(|c| c.try_into().ok())
+        .collect()
 }
 
 fn decode<const N: usize>(bytes: &[u8]) -> Option<[u64; N]> {

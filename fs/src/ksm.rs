@@ -136,6 +136,7 @@ fn run(state: &RwLock<State>, rate: Rate, stop: &(Mutex<bool>, Condvar)) {
     let mut seen: HashMap<u64, Seen> = HashMap::new();
     let mut order: VecDeque<u64> = VecDeque::new();
     let mut cursor: Option<(Ino, u64)> = None;
+    let counters = state.read().ksm_queue().counters();
     loop {
         {
             let mut stopped = stop.0.lock();
@@ -170,7 +171,6 @@ fn run(state: &RwLock<State>, rate: Rate, stop: &(Mutex<bool>, Condvar)) {
                 continue;
             };
             budget = budget.saturating_sub(n);
-            let counters = state.read().ksm_queue().counters();
             cursor = next.map(|next| (ino, next));
             if cursor.is_none() {
                 counters.files.fetch_add(1, Ordering::Relaxed);
