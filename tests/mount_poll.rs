@@ -2,6 +2,8 @@
 //! burst of requests is served (by the polling worker), and once requests
 //! stop the daemon goes back to sleep instead of spinning; `nopoll` and
 //! `poll=USECS` mount and serve the same; a window out of range is refused.
+//! The mounts are `nouring`: requests through io_uring queues need no
+//! polling (tests/mount_uring.rs).
 
 mod util;
 
@@ -10,22 +12,6 @@ use std::time::Duration;
 use util::*;
 
 const SIZE: &str = "64M";
-
-/// CPU time (user + system, in clock ticks) the process has used.
-fn cpu_ticks(p: &Proc) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{}/stat", p.pid)).expect("daemon's stat");
-    let rest = &stat[stat.rfind(')').expect("stat format") + 1..];
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    // utime and stime are fields 14 and 15; after the name, 12 and 13.
-    f[11].parse::<u64>().expect("utime") + f[12].parse::<u64>().expect("stime")
-}
-
-/// Ticks per second of the counters in /proc/PID/stat.
-fn ticks_per_second() -> u64 {
-    // SAFETY: sysconf with a constant name.
-    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    u64::try_from(t).unwrap_or(100)
-}
 
 const BURST: &str = r#"
 for i in range(2000):
@@ -40,7 +26,9 @@ print(len(os.listdir(P(""))))
 /// Serves a burst, then checks that the daemon, left alone, uses almost no
 /// CPU: a worker that kept polling would use all of one.
 fn served_then_idle(opts: &str) {
-    let m = Mount::new(&format!("poll-{opts}"), SIZE, opts);
+    // The poller serves /dev/fuse; with FUSE over io_uring it is off.
+    let all = ["nouring", opts].join(",");
+    let m = Mount::new(&format!("poll-{opts}"), SIZE, all.trim_end_matches(','));
     let daemon = *m.daemon().first().expect("daemon");
     assert_eq!(py(m.path(), BURST).trim(), "1", "only lost+found is left");
     // Longer than any window a mount may ask for (0.1 s), then a second.

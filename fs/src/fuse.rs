@@ -287,6 +287,17 @@ impl Filesystem for PmemFs {
             want |= InitFlags::FUSE_POSIX_ACL | InitFlags::FUSE_DONT_MASK;
         }
         let _ = config.add_capabilities(want);
+        // FUSE over io_uring (the kernel offers it when the fuse module's
+        // enable_uring is set): each CPU's requests are served by a thread
+        // on that CPU, which saves the cross-CPU wake-ups polling works
+        // around, so the poller stays off.
+        if self.opts.uring
+            && config
+                .add_capabilities(InitFlags::FUSE_OVER_IO_URING)
+                .is_ok()
+        {
+            self.poller.stop();
+        }
         let _ = config.set_max_write(MAX_WRITE);
         let _ = config.set_max_readahead(MAX_WRITE);
         if self.opts.dedupe_online && !self.opts.read_only {

@@ -42,6 +42,9 @@ pub struct MountOptions {
     /// before it sleeps in read again (`poll=USECS`; 0 never polls; see
     /// [`crate::poll`]).
     pub poll: std::time::Duration,
+    /// Serve requests through FUSE over io_uring when the kernel offers it
+    /// (`nouring` turns it off; see `fuser`'s vendored `uring` module).
+    pub uring: bool,
     /// Emulated NUMA nodes; `None` uses the machine's topology.
     pub numa_nodes: Option<usize>,
     /// Bytes of DRAM copies allowed across nodes; 0 disables the DRAM cache.
@@ -77,6 +80,7 @@ impl Default for MountOptions {
                 .map_or(1, |n| n.get() / 2)
                 .clamp(1, 16),
             poll: DEFAULT_POLL,
+            uring: true,
             numa_nodes: None,
             dram_cache: 0,
             writeback_cache: false,
@@ -132,6 +136,8 @@ impl MountOptions {
                     self.poll = std::time::Duration::from_micros(us);
                 }
                 "nopoll" => self.poll = std::time::Duration::ZERO,
+                "uring" => self.uring = true,
+                "nouring" => self.uring = false,
                 "numa_nodes" => {
                     let n = number(value)? as usize;
                     if n == 0 || n > 64 {
@@ -278,6 +284,11 @@ mod tests {
         o.apply("poll=100000").unwrap();
         assert!(o.apply("poll=100001").is_err());
         o.apply("nopoll").unwrap();
+        assert!(o.uring);
+        o.apply("nouring").unwrap();
+        assert!(!o.uring);
+        o.apply("uring").unwrap();
+        assert!(o.uring);
         assert!(o.poll.is_zero());
     }
 

@@ -33,6 +33,9 @@ pub struct Poller {
     requests: AtomicU64,
     /// The device is non-blocking (a worker polls).
     polling: AtomicBool,
+    /// Stopped for good: the session ends, or requests come through
+    /// io_uring queues, where nothing is gained by polling the device.
+    off: AtomicBool,
     inner: Mutex<Inner>,
     wake: Condvar,
 }
@@ -54,6 +57,7 @@ impl Poller {
             window,
             requests: AtomicU64::new(0),
             polling: AtomicBool::new(false),
+            off: AtomicBool::new(false),
             inner: Mutex::new(Inner::default()),
             wake: Condvar::new(),
         })
@@ -62,7 +66,7 @@ impl Poller {
     /// Polls on `device` (the session's descriptor, after INIT) from now
     /// on, and starts the governor. Does nothing with a zero window.
     pub fn attach(self: &Arc<Self>, device: BorrowedFd<'_>) -> std::io::Result<()> {
-        if self.window.is_zero() {
+        if self.window.is_zero() || self.off.load(Ordering::Relaxed) {
             return Ok(());
         }
         let fd = device.try_clone_to_owned()?;
@@ -78,7 +82,7 @@ impl Poller {
     /// stopped.
     pub fn busy(&self) {
         self.requests.fetch_add(1, Ordering::Relaxed);
-        if self.polling.load(Ordering::Relaxed) {
+        if self.polling.load(Ordering::Relaxed) || self.off.load(Ordering::Relaxed) {
             return;
         }
         let inner = lock(&self.inner);
@@ -93,9 +97,10 @@ impl Poller {
         }
     }
 
-    /// Ends polling for good (the session is ending): the device blocks
-    /// again and the governor exits.
+    /// Ends polling for good (the session is ending, or requests come
+    /// through io_uring): the device blocks again and the governor exits.
     pub fn stop(&self) {
+        self.off.store(true, Ordering::Relaxed);
         let mut inner = lock(&self.inner);
         inner.stopped = true;
         if let Some(fd) = inner.device.take() {

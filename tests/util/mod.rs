@@ -836,3 +836,19 @@ pub fn preload_library() -> PathBuf {
     );
     lib
 }
+
+/// CPU time (user + system, in clock ticks) the process has used.
+pub fn cpu_ticks(p: &Proc) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{}/stat", p.pid)).expect("daemon's stat");
+    let rest = &stat[stat.rfind(')').expect("stat format") + 1..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15; after the name, 12 and 13.
+    f[11].parse::<u64>().expect("utime") + f[12].parse::<u64>().expect("stime")
+}
+
+/// Ticks per second of the counters in /proc/PID/stat.
+pub fn ticks_per_second() -> u64 {
+    // SAFETY: sysconf with a constant name.
+    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    u64::try_from(t).unwrap_or(100)
+}

@@ -1,0 +1,194 @@
+//! FUSE over io_uring (vendor/fuser/src/uring.rs), through a mount: with
+//! the kernel's `fuse.enable_uring` on, requests are served by the
+//! per-CPU ring threads (each pinned to its CPU), not by the /dev/fuse
+//! worker; large writes, reads, directory listings and xattrs come through
+//! whole; an idle daemon sleeps; `-o nouring` serves through the device.
+//!
+//! The tests turn the kernel parameter on themselves (they run as root, as
+//! the mount tests do) and fail, saying so, where it cannot be.
+
+mod util;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use util::*;
+
+const SIZE: &str = "256M";
+const PARAM: &str = "/sys/module/fuse/parameters/enable_uring";
+
+/// Turns on FUSE over io_uring in the kernel, or fails saying why not.
+fn enable_uring() {
+    let now = std::fs::read_to_string(PARAM).unwrap_or_else(|e| {
+        panic!(
+            "{PARAM}: {e}: this kernel's fuse module has no io_uring transport \
+             (CONFIG_FUSE_IO_URING, Linux 6.14 and later); the io_uring tests need it"
+        )
+    });
+    if now.trim() == "Y" {
+        return;
+    }
+    std::fs::write(PARAM, "Y").unwrap_or_else(|e| {
+        panic!("cannot turn on FUSE over io_uring ({PARAM}: {e}); the io_uring tests run as root")
+    });
+}
+
+/// Voluntary context switches of the daemon's threads, summed by name
+/// (`fuser-ring-0`, `fuser-0`, ...): a thread that serves a request and
+/// waits for the next switches once per request.
+fn switches(daemon: &Proc) -> BTreeMap<String, u64> {
+    let mut by_name = BTreeMap::new();
+    let tasks = std::fs::read_dir(format!("/proc/{}/task", daemon.pid)).expect("daemon's tasks");
+    for t in tasks.flatten() {
+        let comm = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
+        let status = std::fs::read_to_string(t.path().join("status")).unwrap_or_default();
+        let n = status
+            .lines()
+            .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or(0);
+        *by_name.entry(comm.trim().to_string()).or_insert(0) += n;
+    }
+    by_name
+}
+
+fn ring_total(s: &BTreeMap<String, u64>) -> u64 {
+    s.iter()
+        .filter(|(k, _)| k.starts_with("fuser-ring-"))
+        .map(|(_, v)| v)
+        .sum()
+}
+
+const REQUESTS: usize = 3000;
+
+/// Many small requests: getxattr of a missing name is one round trip each.
+const SMALL: &str = r#"
+write(P("f"), b"x")
+n = 0
+for i in range(3000):
+    try:
+        os.getxattr(P("f"), "user.none")
+    except OSError:
+        n += 1
+print(n)
+"#;
+
+#[test]
+fn requests_are_served_by_the_ring_threads() {
+    enable_uring();
+    let m = Mount::new("uring-on", SIZE, "");
+    let daemon = *m.daemon().first().expect("daemon");
+    let before = switches(&daemon);
+    assert!(
+        before.keys().any(|k| k.starts_with("fuser-ring-")),
+        "no io_uring threads in the daemon: {before:?}"
+    );
+    assert_eq!(py(m.path(), SMALL).trim(), REQUESTS.to_string());
+    let after = switches(&daemon);
+    let ring = ring_total(&after) - ring_total(&before);
+    let dev =
+        after.get("fuser-0").copied().unwrap_or(0) - before.get("fuser-0").copied().unwrap_or(0);
+    assert!(
+        ring as usize >= REQUESTS / 2,
+        "{REQUESTS} requests, but the ring threads switched only {ring} times: {before:?} -> {after:?}"
+    );
+    assert!(
+        (dev as usize) < REQUESTS / 10,
+        "the /dev/fuse worker served requests ({dev} switches) while the ring was up"
+    );
+    // Each ring thread is pinned to the CPU whose queue it serves.
+    for t in std::fs::read_dir(format!("/proc/{}/task", daemon.pid))
+        .unwrap()
+        .flatten()
+    {
+        let comm = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
+        if let Some(q) = comm.trim().strip_prefix("fuser-ring-") {
+            let status = std::fs::read_to_string(t.path().join("status")).unwrap();
+            let cpus = status
+                .lines()
+                .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+                .expect("Cpus_allowed_list")
+                .trim()
+                .to_string();
+            assert_eq!(cpus, q, "ring thread {q} runs on CPUs {cpus}");
+        }
+    }
+    m.finish();
+}
+
+#[test]
+fn nouring_serves_through_the_device() {
+    enable_uring();
+    let m = Mount::new("uring-off", SIZE, "nouring");
+    let daemon = *m.daemon().first().expect("daemon");
+    let before = switches(&daemon);
+    assert_eq!(py(m.path(), SMALL).trim(), REQUESTS.to_string());
+    let after = switches(&daemon);
+    assert_eq!(
+        ring_total(&after),
+        0,
+        "-o nouring, yet ring threads ran: {after:?}"
+    );
+    let _ = before;
+    m.finish();
+}
+
+/// Requests and replies as large as the protocol makes them: 1 MiB
+/// writes and reads, a directory listing of many pages, a 64 KiB xattr,
+/// names of 255 bytes, and writes of every small size (the request's
+/// payload then sits right after its per-op header).
+const LARGE: &str = r#"
+import hashlib
+data = bytes((i * 7 + 3) % 251 for i in range(8 << 20))
+fd = os.open(P("big"), os.O_CREAT | os.O_WRONLY, 0o644)
+for off in range(0, len(data), 1 << 20):
+    assert os.pwrite(fd, data[off:off + (1 << 20)], off) == 1 << 20
+os.close(fd)
+os.system("sync")
+fd = os.open(P("big"), os.O_RDONLY)
+got = b"".join(os.pread(fd, 1 << 20, off) for off in range(0, len(data), 1 << 20))
+os.close(fd)
+assert hashlib.sha256(got).digest() == hashlib.sha256(data).digest()
+os.mkdir(P("d"))
+names = set()
+for i in range(2000):
+    n = f"{i:04d}" + "n" * 251
+    names.add(n)
+    open(P("d/" + n), "w").close()
+assert set(os.listdir(P("d"))) == names
+v = bytes(range(256)) * 256
+os.setxattr(P("big"), "user.big", v)
+assert os.getxattr(P("big"), "user.big") == v
+fd = os.open(P("small"), os.O_CREAT | os.O_RDWR, 0o644)
+for n in range(1, 300):
+    os.pwrite(fd, bytes([n % 256]) * n, 0)
+    assert os.pread(fd, n, 0) == bytes([n % 256]) * n, n
+os.close(fd)
+print("ok")
+"#;
+
+#[test]
+fn large_requests_and_replies_come_through_whole() {
+    enable_uring();
+    let m = Mount::new("uring-large", SIZE, "");
+    assert_eq!(py(m.path(), LARGE).trim(), "ok");
+    m.finish();
+}
+
+#[test]
+fn an_idle_daemon_with_rings_sleeps() {
+    enable_uring();
+    let m = Mount::new("uring-idle", SIZE, "");
+    let daemon = *m.daemon().first().expect("daemon");
+    assert_eq!(py(m.path(), SMALL).trim(), REQUESTS.to_string());
+    std::thread::sleep(Duration::from_millis(300));
+    let before = cpu_ticks(&daemon);
+    std::thread::sleep(Duration::from_secs(1));
+    let used = cpu_ticks(&daemon) - before;
+    assert!(
+        used * 10 < ticks_per_second(),
+        "the idle daemon used {used} ticks of CPU in a second (of {} a second)",
+        ticks_per_second()
+    );
+    m.finish();
+}
