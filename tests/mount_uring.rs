@@ -192,3 +192,82 @@ fn an_idle_daemon_with_rings_sleeps() {
     );
     m.finish();
 }
+
+/// Scheduling policy (field 41 of /proc/PID/task/TID/stat) of each ring
+/// thread: 0 SCHED_OTHER, 5 SCHED_IDLE.
+fn ring_policies(daemon: &Proc) -> Vec<u32> {
+    let mut out = Vec::new();
+    for t in std::fs::read_dir(format!("/proc/{}/task", daemon.pid))
+        .unwrap()
+        .flatten()
+    {
+        let comm = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
+        if !comm.trim().starts_with("fuser-ring-") {
+            continue;
+        }
+        let stat = std::fs::read_to_string(t.path().join("stat")).unwrap_or_default();
+        let rest = &stat[stat.rfind(')').map_or(0, |i| i + 1)..];
+        // After the name, field 41 is the 39th.
+        if let Some(p) = rest.split_whitespace().nth(38).and_then(|p| p.parse().ok()) {
+            out.push(p);
+        }
+    }
+    out
+}
+
+/// The ring threads run SCHED_IDLE while requests come and nothing else
+/// wants their CPUs (so that a caller stays on its CPU: see
+/// vendor/fuser/src/uring/placement.rs), and SCHED_OTHER once requests
+/// stop; with CPU hogs on the caller's CPU the requests are still served.
+#[test]
+fn ring_threads_idle_priority_only_while_serving() {
+    enable_uring();
+    let m = Mount::new("uring-sched", SIZE, "");
+    let daemon = *m.daemon().first().expect("daemon");
+    let mut busy = std::process::Command::new(python3())
+        .arg("-c")
+        .arg(format!(
+            "import os, time\nend = time.time() + 3\np = {:?}\nopen(p, 'w').close()\n\
+             while time.time() < end:\n    try: os.getxattr(p, 'user.none')\n    except OSError: pass\n",
+            m.p("f").display().to_string()
+        ))
+        .spawn()
+        .expect("python3");
+    let mut seen_idle = false;
+    for _ in 0..25 {
+        std::thread::sleep(Duration::from_millis(100));
+        seen_idle |= ring_policies(&daemon).contains(&5);
+    }
+    assert!(busy.wait().expect("python3").success());
+    assert!(
+        seen_idle,
+        "no ring thread ran SCHED_IDLE while requests came"
+    );
+    std::thread::sleep(Duration::from_millis(1500));
+    let after = ring_policies(&daemon);
+    assert!(
+        !after.is_empty() && after.iter().all(|&p| p == 0),
+        "ring threads' policies a second after the last request: {after:?}"
+    );
+    // Two CPU hogs and the caller on one CPU: served all the same.
+    let hogs: Vec<std::process::Child> = (0..2)
+        .map(|_| {
+            std::process::Command::new("taskset")
+                .args(["-c", "0", "sh", "-c", "while :; do :; done"])
+                .spawn()
+                .expect("taskset (util-linux)")
+        })
+        .collect();
+    let mut c = std::process::Command::new("taskset");
+    c.args(["-c", "0"]).arg(python3()).arg("-c").arg(format!(
+        "import os\np = {:?}\nn = 0\nfor i in range(2000):\n    try: os.getxattr(p, 'user.none')\n    except OSError: n += 1\nprint(n)\n",
+        m.p("f").display().to_string()
+    ));
+    let o = run_captured(c, Duration::from_secs(120));
+    for mut h in hogs {
+        let _ = h.kill();
+        let _ = h.wait();
+    }
+    assert_eq!(stdout(&o).trim(), "2000", "beside CPU hogs: {}", both(&o));
+    m.finish();
+}

@@ -49,6 +49,9 @@ use crate::session::FilesystemHolder;
 use crate::session::SessionACL;
 use crate::session::SessionEventLoop;
 
+mod placement;
+use placement::Placement;
+
 /// `fuse_uring_cmd`: register an entry and fetch a request into it.
 const CMD_REGISTER: u32 = 1;
 /// `fuse_uring_cmd`: commit the reply in an entry and fetch the next request.
@@ -301,11 +304,17 @@ impl Slot {
 pub(crate) struct Rings {
     threads: Vec<JoinHandle<()>>,
     shared: Vec<Arc<Shared>>,
+    placement: Arc<Placement>,
+    governor: Option<JoinHandle<()>>,
 }
 
 impl Rings {
     /// Tells every queue's thread to stop and waits for them.
     pub(crate) fn stop(self) {
+        self.placement.stop();
+        if let Some(g) = self.governor {
+            let _ = g.join();
+        }
         for s in &self.shared {
             s.stop.store(true, Ordering::SeqCst);
             s.wake();
@@ -356,6 +365,8 @@ pub(crate) fn start<FS: Filesystem>(
     let mut rings = Rings {
         threads: Vec::with_capacity(queues),
         shared: Vec::with_capacity(queues),
+        placement: Arc::new(Placement::default()),
+        governor: None,
     };
     for qid in 0..queues {
         // SAFETY: eventfd has no memory preconditions.
@@ -379,10 +390,11 @@ pub(crate) fn start<FS: Filesystem>(
             session_owner,
         };
         let sh = shared.clone();
+        let placement = rings.placement.clone();
         let t = std::thread::Builder::new()
             .name(format!("fuser-ring-{qid}"))
             .spawn(move || {
-                if let Err(e) = serve(qid as u16, payload, &sh, &event_loop) {
+                if let Err(e) = serve(qid as u16, payload, &sh, &placement, &event_loop) {
                     error!("io_uring queue {qid}: {e}");
                 }
             });
@@ -396,6 +408,10 @@ pub(crate) fn start<FS: Filesystem>(
                 return Err(e);
             }
         }
+    }
+    match placement::govern(rings.placement.clone()) {
+        Ok(g) => rings.governor = Some(g),
+        Err(e) => warn!("ring threads stay SCHED_OTHER: no governor thread ({e})"),
     }
     Ok(rings)
 }
@@ -419,9 +435,11 @@ fn serve<FS: Filesystem>(
     qid: u16,
     payload: usize,
     shared: &Arc<Shared>,
+    placement: &Placement,
     se: &SessionEventLoop<FS>,
 ) -> io::Result<()> {
     pin_to_cpu(qid as usize);
+    placement.register();
     let fd = se.ch.as_fd().as_raw_fd();
     let mut ring: IoUring<squeue::Entry128, cqueue::Entry> =
         IoUring::builder().build((2 * DEPTH + 2) as u32)?;
@@ -459,6 +477,7 @@ fn serve<FS: Filesystem>(
         }
         cqes.clear();
         cqes.extend(ring.completion().map(|c| (c.user_data(), c.result())));
+        placement.active();
         for &(ud, res) in &cqes {
             if ud == WAKE {
                 let mut buf = [0u8; 8];
