@@ -360,6 +360,11 @@ impl Filesystem for PmemFs {
     /// (fuser hands a BATCH_FORGET over as one call here per node).
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
         let _timer = self.begin(Opcode::Forget);
+        if !self.state.read().tracks_lookups() {
+            // Nothing is counted: no need to take the state's lock from
+            // under the writers.
+            return;
+        }
         if let Err(e) = self.state.write().forgot(ino.0, nlookup) {
             // No reply to carry it: the inode stays unlinked, and the
             // next mount's recovery frees it.

@@ -143,6 +143,11 @@ impl State {
         self.lookups = Some(parking_lot::Mutex::new(HashMap::new()));
     }
 
+    /// Whether lookups are counted ([`State::track_lookups`]).
+    pub fn tracks_lookups(&self) -> bool {
+        self.lookups.is_some()
+    }
+
     /// The kernel learnt of `ino` from a reply (an entry it may cache).
     pub fn looked_up(&self, ino: Ino) {
         if let Some(l) = &self.lookups {
