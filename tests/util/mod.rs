@@ -852,3 +852,18 @@ pub fn ticks_per_second() -> u64 {
     let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
     u64::try_from(t).unwrap_or(100)
 }
+
+/// Waits out the longest polling window, then asserts that `daemon` used
+/// under a tenth of a CPU in the next second: a thread that kept polling
+/// or spinning would use all of one. `what` says which mount, in the message.
+pub fn assert_idle(daemon: &Proc, what: &str) {
+    std::thread::sleep(Duration::from_millis(300));
+    let before = cpu_ticks(daemon);
+    std::thread::sleep(Duration::from_secs(1));
+    let used = cpu_ticks(daemon) - before;
+    assert!(
+        used * 10 < ticks_per_second(),
+        "{what}: the idle daemon used {used} ticks of CPU in a second (of {} a second)",
+        ticks_per_second()
+    );
+}
