@@ -208,7 +208,7 @@ impl Slot {
     /// # Safety
     /// The entry must be out of the kernel and no reference to its payload
     /// may be alive.
-    unsafe fn write_reply(&self, parts: &[&[u8]]) {
+    unsafe fn write_reply<'a>(&self, parts: impl IntoIterator<Item = &'a [u8]>) {
         let mut pos = 0usize;
         for part in parts {
             let mut p: &[u8] = part;
@@ -252,11 +252,10 @@ impl Slot {
                 false
             }
             Phase::Dispatching { aliased: false } | Phase::Detached => {
-                let parts: Vec<&[u8]> = data.iter().map(|d| &**d).collect();
                 // SAFETY: the entry is out of the kernel (dispatching or
                 // detached) and the request has no payload alive (not aliased,
                 // or its dispatch returned).
-                unsafe { self.write_reply(&parts) };
+                unsafe { self.write_reply(data.iter().map(|d| &**d)) };
                 st.phase == Phase::Detached
             }
             phase => {
@@ -624,7 +623,7 @@ fn error_reply(slot: &Arc<Slot>, unique: u64, errno: i32, fd: i32) -> Option<squ
     out[4..8].copy_from_slice(&(-errno).to_le_bytes());
     out[8..16].copy_from_slice(&unique.to_le_bytes());
     // SAFETY: the entry is out of the kernel and its request is not parsed.
-    unsafe { slot.write_reply(&[&out]) };
+    unsafe { slot.write_reply([&out[..]]) };
     {
         let mut st = slot.state.lock();
         st.reply_len = OUT_HEADER;
@@ -642,7 +641,7 @@ fn commit(slot: &Arc<Slot>, fd: i32) -> Option<squeue::Entry128> {
     if !st.staged.is_empty() {
         let staged = std::mem::take(&mut st.staged);
         // SAFETY: the dispatch that held the request's payload returned.
-        unsafe { slot.write_reply(&[&staged]) };
+        unsafe { slot.write_reply([&staged[..]]) };
         st.staged = staged;
         st.staged.clear();
     }

@@ -296,7 +296,7 @@ fn fuse_mount_fusermount(
         Err(_) => {
             // Drop receive socket, since fusermount has exited with an error
             drop(receive_socket);
-            let output = fusermount_child.wait_with_output().unwrap();
+            let output = fusermount_child.wait_with_output()?;
             let stderr_string = String::from_utf8_lossy(&output.stderr).to_string();
             return if stderr_string.contains("only allowed if 'user_allow_other' is set") {
                 Err(io::Error::new(ErrorKind::PermissionDenied, stderr_string))
