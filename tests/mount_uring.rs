@@ -88,11 +88,20 @@ fn requests_are_served_by_the_ring_threads() {
     enable_uring();
     let m = Mount::new("uring-on", SIZE, "");
     let daemon = *m.daemon().first().expect("daemon");
-    let before = switches(&daemon);
-    assert!(
-        before.keys().any(|k| k.starts_with("fuser-ring-")),
-        "no io_uring threads in the daemon: {before:?}"
-    );
+    // The session starts its ring threads just after the mount is ready
+    // (the kernel holds requests back until they register).
+    let start = std::time::Instant::now();
+    let before = loop {
+        let s = switches(&daemon);
+        if s.keys().any(|k| k.starts_with("fuser-ring-")) {
+            break s;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "no io_uring threads in the daemon: {s:?}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    };
     assert_eq!(py(m.path(), SMALL).trim(), REQUESTS.to_string());
     let after = switches(&daemon);
     let ring = ring_total(&after) - ring_total(&before);
