@@ -100,7 +100,18 @@ fn sha256(path: &Path) -> String {
 
 #[test]
 fn discard_gives_pages_back_as_they_are_freed() {
-    let m = Mount::new_shm("discard", "128M", "discard");
+    discard_on("discard", "discard");
+}
+
+/// Under the writeback cache an unlinked inode lives until the kernel
+/// forgets it; its pages must not wait for that.
+#[test]
+fn discard_gives_pages_back_at_the_unlink_under_the_writeback_cache() {
+    discard_on("discardwb", "discard,writeback_cache");
+}
+
+fn discard_on(name: &str, opts: &str) {
+    let m = Mount::new_shm(name, "128M", opts);
     py(m.path(), r#"write(P("big"), pattern(32 << 20, seed=1))"#);
     let before = allocated(m.image());
     std::fs::remove_file(m.p("big")).unwrap();

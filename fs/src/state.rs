@@ -63,6 +63,21 @@ fn touched(op: &Op) -> Option<(Ino, u64, u64)> {
     }
 }
 
+/// Frees the pages of a file with no names and no opens that the kernel
+/// still knows (under the writeback cache an inode stays until FORGET, for
+/// the time updates the kernel may still send): nothing can read them any
+/// more, and the space comes back at the unlink, as on XFS, not a moment
+/// after `rm` returns.
+fn free_orphan_pages(ino: Ino, kind: Kind, ops: &mut Vec<Op>) {
+    if kind == Kind::File {
+        ops.push(Op::Unmap {
+            ino,
+            index: 0,
+            len: u64::MAX,
+        });
+    }
+}
+
 /// What a new inode is: the kind is in the mode's S_IFMT bits.
 #[derive(Debug, Clone, Copy)]
 pub struct NewInode<'a> {
@@ -496,9 +511,13 @@ impl State {
         } else {
             attr.nlink.saturating_sub(1)
         };
-        if left == 0 && !self.opens.contains_key(&ino) && !self.known_to_kernel(ino) {
+        let unused = left == 0 && !self.opens.contains_key(&ino);
+        if unused && !self.known_to_kernel(ino) {
             ops.push(Op::Delete { ino });
         } else {
+            if unused {
+                free_orphan_pages(ino, attr.kind, ops);
+            }
             ops.push(Op::SetAttr {
                 ino,
                 attr: Attr {
@@ -733,6 +752,15 @@ impl State {
             self.cache.forget(ino);
             if !self.known_to_kernel(ino) {
                 self.delete_if_unlinked(ino)?;
+            } else if !self.read_only {
+                let attr = self.attr(ino)?;
+                if attr.nlink == 0 {
+                    let mut ops = Vec::new();
+                    free_orphan_pages(ino, attr.kind, &mut ops);
+                    if !ops.is_empty() {
+                        self.commit(&ops)?;
+                    }
+                }
             }
         }
         Ok(())

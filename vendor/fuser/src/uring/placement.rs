@@ -34,8 +34,16 @@ use parking_lot::Mutex;
 
 /// How often the governor looks while requests come.
 const TICK: Duration = Duration::from_millis(5);
-/// Run-queue delay in one tick that counts as contention.
+/// Run-queue delay in one tick that may be contention...
 const CONTENDED: Duration = Duration::from_millis(1);
+/// ...when a thread also waited this long on average each time it ran.
+/// A ring thread that woke its caller is preempted by it before it
+/// sleeps again and waits for the caller's next request: a wait as long
+/// as the caller's think time, microseconds while a tree is copied, that
+/// adds up to more than `CONTENDED` in a busy tick and costs nobody
+/// anything. A thread starved by other work waits a time slice of theirs,
+/// milliseconds, each time.
+const CONTENDED_PER_RUN: Duration = Duration::from_micros(200);
 /// How long a thread that waited stays SCHED_OTHER before trying again.
 const BACKOFF: Duration = Duration::from_secs(1);
 /// Ticks without a request before the governor rests.
@@ -87,15 +95,36 @@ fn set_policy(tid: i32, idle: bool) -> bool {
     unsafe { libc::sched_setscheduler(tid, policy, &param) == 0 }
 }
 
-/// Nanoseconds `tid` has spent waiting on a run queue.
-fn run_delay(tid: i32) -> Option<u64> {
+/// What `tid` has spent waiting on a run queue: nanoseconds, and the
+/// number of times it ran.
+fn run_delay(tid: i32) -> Option<Waits> {
     let s = std::fs::read_to_string(format!("/proc/self/task/{tid}/schedstat")).ok()?;
-    s.split_whitespace().nth(1)?.parse().ok()
+    let mut f = s.split_whitespace().skip(1);
+    Some(Waits {
+        delay: f.next()?.parse().ok()?,
+        runs: f.next()?.parse().ok()?,
+    })
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Waits {
+    delay: u64,
+    runs: u64,
+}
+
+impl Waits {
+    /// Whether the waits since `before` look like other work holding the
+    /// CPU (see [`CONTENDED_PER_RUN`]).
+    fn contended_since(&self, before: Waits) -> bool {
+        let delay = self.delay.saturating_sub(before.delay);
+        let runs = self.runs.saturating_sub(before.runs).max(1);
+        delay > CONTENDED.as_nanos() as u64 && delay / runs > CONTENDED_PER_RUN.as_nanos() as u64
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
 enum Mode {
-    Idle { delay: u64 },
+    Idle { waits: Waits },
     Other { since: Instant },
 }
 
@@ -155,21 +184,19 @@ fn run(p: &Placement) {
             }
         }
         for (tid, mode) in &mut modes {
-            let Some(delay) = run_delay(*tid) else {
+            let Some(waits) = run_delay(*tid) else {
                 continue;
             };
             *mode = match *mode {
-                Mode::Idle { delay: before }
-                    if delay.saturating_sub(before) > CONTENDED.as_nanos() as u64 =>
-                {
+                Mode::Idle { waits: before } if waits.contended_since(before) => {
                     set_policy(*tid, false);
                     Mode::Other {
                         since: Instant::now(),
                     }
                 }
-                Mode::Idle { .. } => Mode::Idle { delay },
+                Mode::Idle { .. } => Mode::Idle { waits },
                 Mode::Other { since } if since.elapsed() >= BACKOFF && set_policy(*tid, true) => {
-                    Mode::Idle { delay }
+                    Mode::Idle { waits }
                 }
                 m => m,
             };
