@@ -268,6 +268,13 @@ fn serve(o: &Options, ready: Option<OwnedFd>) -> anyhow::Result<()> {
             bail!("{msg}");
         }
     };
+    if o.mount.writeback_cache {
+        if let Err(e) = lift_dirty_limits(&o.mountpoint) {
+            if o.debug {
+                eprintln!("pmemfs-mount: the kernel's FUSE dirty limits stay: {e}");
+            }
+        }
+    }
     if ready.is_some() {
         tell(ready, "ready");
         detach_stdio();
@@ -287,6 +294,31 @@ fn serve(o: &Options, ready: Option<OwnedFd>) -> anyhow::Result<()> {
             return Ok(());
         }
     }
+}
+
+/// Under the writeback cache the kernel holds written pages until it
+/// writes them back, and it lets a FUSE mount have at most 1% of the
+/// dirty memory limit, strictly (`strict_limit`: an unprivileged daemon
+/// must not pin memory), 48 MB on a 24 GiB machine; a writer past that
+/// waits for writeback page by page, which for random 4 KiB writes is a
+/// round trip each. A daemon the superuser mounted is trusted as much as
+/// a local file system, so it takes a local file system's limits: the
+/// system-wide dirty limits alone. Elsewhere (not root, or a kernel
+/// without these knobs) the FUSE limits stay.
+fn lift_dirty_limits(mountpoint: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Err(std::io::Error::from_raw_os_error(libc::EPERM));
+    }
+    let dev = std::fs::metadata(mountpoint)?.dev();
+    let bdi = PathBuf::from(format!(
+        "/sys/class/bdi/{}:{}",
+        libc::major(dev),
+        libc::minor(dev)
+    ));
+    std::fs::write(bdi.join("strict_limit"), "0")?;
+    std::fs::write(bdi.join("max_ratio"), "100")
 }
 
 /// Blocks the stop signals in this thread and every thread it starts, so
