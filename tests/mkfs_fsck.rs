@@ -178,3 +178,53 @@ fn preen_skips_a_clean_image_unless_forced() {
     assert_eq!(code(&o), 0);
     assert!(stdout(&o).contains("pass 5"), "{}", stdout(&o));
 }
+
+/// An image of the format before this one (version 1, whose records were
+/// serde's field order) is refused by fsck (exit 8, nothing changed) and
+/// by mount, each saying that it needs a new image from mkfs.
+#[test]
+fn an_image_of_an_older_format_needs_mkfs() {
+    use std::os::unix::fs::FileExt;
+    let d = TempDir::new("oldformat");
+    let img = d.join("img");
+    let (c, out) = mkfs(&["-q", "-s", "64M", img.to_str().unwrap()]);
+    assert_eq!(c, 0, "{out}");
+    // Both superblock copies say version 1 (bytes 8..12), checksums right.
+    let f = std::fs::File::options()
+        .read(true)
+        .write(true)
+        .open(&img)
+        .unwrap();
+    for copy in 0..2u64 {
+        let mut sb = [0u8; 256];
+        f.read_exact_at(&mut sb, copy * 4096).unwrap();
+        sb[8..12].copy_from_slice(&1u32.to_le_bytes());
+        let crc = crc32fast::hash(&sb[..252]);
+        sb[252..].copy_from_slice(&crc.to_le_bytes());
+        f.write_all_at(&sb, copy * 4096).unwrap();
+    }
+    drop(f);
+    let kept = d.join("kept");
+    std::fs::copy(&img, &kept).unwrap();
+    for flag in ["-n", "-y", "-p"] {
+        let (c, out) = fsck(flag, &img);
+        assert_eq!(c, 8, "fsck {flag} of a version-1 image: {out}");
+        assert!(
+            out.contains("format version 1") && out.contains("mkfs.pmemfs"),
+            "fsck {flag} should say the image is of version 1 and needs mkfs: {out}"
+        );
+    }
+    assert!(same_bytes(&img, &kept), "fsck changed a version-1 image");
+    let mnt = d.join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let mut m = tool("pmemfs-mount");
+    m.arg(&img).arg(&mnt);
+    let o = run(m);
+    let said = both(&o);
+    assert!(!o.status.success(), "a version-1 image mounted: {said}");
+    assert!(
+        said.contains("format version 1") && said.contains("mkfs.pmemfs") && !said.contains("fsck"),
+        "mount should send the user to mkfs, not fsck: {said}"
+    );
+    assert!(same_bytes(&img, &kept), "mount changed a version-1 image");
+}

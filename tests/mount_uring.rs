@@ -275,17 +275,14 @@ fn ring_threads_idle_priority_only_while_serving() {
         "import os, time\np = {:?}\nn = 0\nend = time.time() + 2\nwhile n < 2000 or time.time() < end:\n    try: os.getxattr(p, 'user.none')\n    except OSError: n += 1\nprint(n >= 2000)\n",
         m.p("f").display().to_string()
     ));
-    let sampler = {
-        let daemon = daemon;
-        std::thread::spawn(move || {
-            let mut samples = Vec::new();
-            for _ in 0..15 {
-                std::thread::sleep(Duration::from_millis(100));
-                samples.push(policies_of(&daemon, "fuser-ring-0"));
-            }
-            samples
-        })
-    };
+    let sampler = std::thread::spawn(move || {
+        let mut samples = Vec::new();
+        for _ in 0..15 {
+            std::thread::sleep(Duration::from_millis(100));
+            samples.push(policies_of(&daemon, "fuser-ring-0"));
+        }
+        samples
+    });
     let o = run_captured(c, Duration::from_secs(120));
     let samples = sampler.join().expect("sampler");
     for mut h in hogs {

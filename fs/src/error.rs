@@ -35,7 +35,9 @@ impl FsError {
             // A media failure or an image that disagrees with itself: the
             // operation cannot be trusted, and the image refuses writes.
             FsError::Media(E::Poisoned | E::Corrupt(_) | E::Io(_)) => libc::EIO,
-            FsError::Media(E::Locked | E::TooSmall { .. } | E::NotPmemfs(_)) => libc::EIO,
+            FsError::Media(E::Locked | E::TooSmall { .. } | E::NotPmemfs(_) | E::Version(_)) => {
+                libc::EIO
+            }
             FsError::Cache(_) => libc::EIO,
         })
     }

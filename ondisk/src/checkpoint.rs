@@ -1,6 +1,7 @@
 //! Checkpoints: the whole metadata, written to free pages as a chain.
 //!
-//! A checkpoint is the postcard encoding of [`Meta`], cut into pages. Every
+//! A checkpoint is [`Meta`] encoded as records (`record::meta`), cut into
+//! pages. Every
 //! page starts with a header; the superblock names the first page, the
 //! number of pages and the checkpoint id:
 //!
@@ -55,10 +56,11 @@ fn page_crc(h: &RawPageHeader, payload: &[u8]) -> u32 {
     c.finalize()
 }
 
-/// Encodes the metadata into the checkpoint payload.
-pub fn encode(meta: &Meta) -> Vec<u8> {
-    // Encoding into a Vec cannot fail for these types.
-    postcard::to_allocvec(meta).unwrap_or_default()
+/// Encodes the metadata into the checkpoint payload; refuses metadata with
+/// a length its record cannot hold (a name or value of more than 64 KiB or
+/// 4 GiB, which nothing writes).
+pub fn encode(meta: &Meta) -> Result<Vec<u8>, Corrupt> {
+    crate::record::meta::encode(meta).map_err(|e| Corrupt::new("metadata to checkpoint", e))
 }
 
 /// Pages a payload of `bytes` bytes needs.
@@ -155,7 +157,7 @@ pub fn read(pmem: &Pmem, g: &Geometry, r: &CheckpointRef) -> Result<(Meta, Vec<u
         pfns.push(pfn);
         pfn = next;
     }
-    let meta: Meta = postcard::from_bytes(&payload).map_err(|e| {
+    let meta: Meta = crate::record::meta::decode(&payload).map_err(|e| {
         Corrupt::new(
             format!("checkpoint {}", r.id),
             format!("metadata does not decode: {e}"),
@@ -202,7 +204,7 @@ mod tests {
     fn setup(meta: &Meta) -> (Pmem, Geometry, CheckpointRef) {
         let g = Geometry::for_size(MIN_IMAGE_BYTES).unwrap();
         let p = Pmem::memory(MIN_IMAGE_BYTES);
-        let payload = encode(meta);
+        let payload = encode(meta).unwrap();
         let n = pages_for(payload.len());
         assert!(n > 1, "the sample spans several pages");
         // Scatter the chain, last page first, to exercise `next`.

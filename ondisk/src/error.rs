@@ -37,6 +37,10 @@ pub enum Error {
     TooSmall { size: u64, min: u64 },
     #[error("not a pmemfs image: {0}")]
     NotPmemfs(String),
+    /// A whole superblock of another format version (the message says
+    /// what to do).
+    #[error("the image is of {0}")]
+    Version(String),
     #[error("no space left on the device")]
     NoSpace,
     #[error("a journal transaction of {0} bytes does not fit in the journal")]

@@ -140,7 +140,7 @@ fn format_on(pmem: &Pmem, opts: &FormatOptions, zero_head: bool) -> Result<Super
         pmem.persist(0, geometry.data_start * PAGE_SIZE)?;
     }
     let meta = Meta::new(opts.uid, opts.gid, opts.now);
-    let payload = checkpoint::encode(&meta);
+    let payload = checkpoint::encode(&meta)?;
     let pfns: Vec<u64> = (0..checkpoint::pages_for(payload.len()))
         .map(|i| geometry.data_start + i)
         .collect();
@@ -245,6 +245,9 @@ impl Image {
                 ))
             }
             None => {
+                if let Some(v) = superblock::other_version(&pmem) {
+                    return Err(Error::Version(superblock::version_mismatch(v)));
+                }
                 let e = copies
                     .into_iter()
                     .find_map(|c| c.err())
@@ -577,7 +580,7 @@ impl Image {
     }
 
     fn checkpoint_with(&mut self, state: State) -> Result<()> {
-        let payload = checkpoint::encode(&self.meta);
+        let payload = checkpoint::encode(&self.meta)?;
         let n = checkpoint::pages_for(payload.len());
         let mut pfns = Vec::with_capacity(n as usize);
         while (pfns.len() as u64) < n {

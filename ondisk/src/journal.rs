@@ -12,7 +12,7 @@
 //!  16     4  crc32    of the header with this field zero, then the payload
 //!  20     8  nonce    the run's nonce, from the superblock
 //!  28     4  reserved zero
-//!  32   len  payload  postcard encoding of Vec<Op>
+//!  32   len  payload  the ops (record::op)
 //! ```
 //! then zero padding to the next 64-byte boundary.
 //!
@@ -72,7 +72,8 @@ pub fn entry_bytes(payload: usize) -> u64 {
 
 /// Encodes a transaction as the entry that goes at `pos`.
 pub fn encode_entry(pos: JournalPos, ops: &[Op]) -> Result<Vec<u8>> {
-    let payload = postcard::to_allocvec(ops).map_err(|e| Error::Io(std::io::Error::other(e)))?;
+    let payload =
+        crate::record::op::encode(ops).map_err(|e| Error::Io(std::io::Error::other(e)))?;
     let len =
         u32::try_from(payload.len()).map_err(|_| Error::TransactionTooLarge(payload.len()))?;
     let mut h = RawHeader {
@@ -157,7 +158,7 @@ fn read_entry(pmem: &Pmem, g: &Geometry, at: JournalPos) -> Found {
     if entry_crc(&header, payload) != header.crc.get() {
         return Found::Torn(format!("seq {seq}: checksum mismatch"));
     }
-    match postcard::from_bytes::<Vec<Op>>(payload) {
+    match crate::record::op::decode(payload) {
         Ok(ops) => Found::Entry(Entry { off, seq, ops }, off + entry_bytes(len as usize)),
         Err(e) => Found::Torn(format!("seq {seq}: does not decode: {e}")),
     }
@@ -414,9 +415,9 @@ mod tests {
         let e = encode_entry(pos, &[Op::Delete { ino: 300 }]).unwrap();
         let mut want = vec![0u8; 64];
         want[..20].copy_from_slice(&[
-            0x4a, 0x52, 0x4e, 0x4c, 4, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0x44, 0x26, 0x2f, 0xc0,
+            0x4a, 0x52, 0x4e, 0x4c, 13, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0x74, 0x98, 0xca, 0x1e,
         ]);
-        want[32..36].copy_from_slice(&[0x01, 0x04, 0xac, 0x02]);
+        want[32..45].copy_from_slice(&[1, 0, 0, 0, 4, 0x2c, 0x01, 0, 0, 0, 0, 0, 0]);
         assert_eq!(e, want);
     }
 

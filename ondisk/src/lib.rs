@@ -9,7 +9,8 @@
 //! [`acl`].
 //!
 //! The byte layout of every structure is in `docs/format.md`; each module
-//! also carries the diagram of what it encodes.
+//! also carries the diagram of what it encodes. The records the journal
+//! and checkpoints are made of are in [`record`], one module each.
 //!
 //! This crate knows nothing of FUSE or of the page cache.
 
@@ -23,6 +24,7 @@ pub mod lock;
 pub mod meta;
 pub mod pmem;
 pub mod rangemap;
+pub mod record;
 pub mod recording;
 pub mod superblock;
 #[doc(hidden)]

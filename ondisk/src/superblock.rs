@@ -40,7 +40,7 @@ use crate::pmem::Pmem;
 
 pub const MAGIC: [u8; 8] = *b"PMEMFS\0\x01";
 /// Version of the on-media format this code reads and writes.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 /// Bytes of a superblock copy.
 pub const SUPERBLOCK_BYTES: usize = 256;
 /// Longest label, in bytes.
@@ -204,10 +204,7 @@ impl Superblock {
             )));
         }
         if raw.version.get() != FORMAT_VERSION {
-            return Err(bad(format!(
-                "format version {} is not supported (this build reads version {FORMAT_VERSION})",
-                raw.version.get()
-            )));
+            return Err(bad(version_mismatch(raw.version.get())));
         }
         if raw.incompat.get() != 0 {
             return Err(bad(format!(
@@ -315,6 +312,35 @@ pub fn choose(copies: &[Result<Superblock, Corrupt>; 2]) -> Option<&Superblock> 
         .iter()
         .filter_map(|c| c.as_ref().ok())
         .max_by_key(|s| s.generation)
+}
+
+/// What to tell a user whose image is of format `version`.
+pub fn version_mismatch(version: u32) -> String {
+    if version < FORMAT_VERSION {
+        format!(
+            "format version {version}, older than this pmemfs's {FORMAT_VERSION}: it cannot be \
+             read or converted here; copy its files off with the pmemfs that made it, then \
+             make a new image with mkfs.pmemfs"
+        )
+    } else {
+        format!(
+            "format version {version}, newer than this pmemfs's {FORMAT_VERSION}: use the \
+             pmemfs that made it"
+        )
+    }
+}
+
+/// The format version of an image whose superblock is whole (magic and
+/// checksum right) but of another version than this build's, if either
+/// copy is such.
+pub fn other_version(pmem: &Pmem) -> Option<u32> {
+    SUPERBLOCK_PFNS.iter().find_map(|pfn| {
+        let b = pmem.bytes(pfn * PAGE_SIZE, SUPERBLOCK_BYTES as u64).ok()?;
+        let raw = RawSuperblock::read_from_bytes(b).ok()?;
+        let whole = raw.magic == MAGIC
+            && crc32fast::hash(&raw.as_bytes()[..SUPERBLOCK_BYTES - 4]) == raw.crc.get();
+        (whole && raw.version.get() != FORMAT_VERSION).then(|| raw.version.get())
+    })
 }
 
 /// Whether the first bytes of either copy carry the pmemfs magic, valid or

@@ -284,6 +284,9 @@ pub fn run(o: &Options) -> u8 {
         Passes::NotPmemfs => {
             return fail("not a pmemfs image (no superblock magic in either copy)".into())
         }
+        // Like e2fsck on features it does not know: nothing is checked
+        // or changed, and the exit code says the check could not run.
+        Passes::OtherVersion(why) => return fail(format!("the image is of {why}")),
         Passes::Stopped => return check.finish(true),
         Passes::CleanSkipped => {
             // Like e2fsck -p: a cleanly closed image is trusted unless -f.
@@ -306,6 +309,8 @@ enum Passes {
     /// All five ran.
     Done(Box<Loaded>),
     NotPmemfs,
+    /// A whole superblock of another format version: what to tell.
+    OtherVersion(String),
     /// A pass found a problem nothing further can be checked past.
     Stopped,
     /// The image was closed cleanly and preen trusts it.
@@ -318,6 +323,9 @@ fn passes(check: &mut Check, pmem: &Pmem, skip_clean: bool) -> Passes {
     let sb = match superblock::check(check, pmem) {
         superblock::Outcome::Good(sb) => sb,
         superblock::Outcome::NotPmemfs => return Passes::NotPmemfs,
+        superblock::Outcome::OtherVersion(v) => {
+            return Passes::OtherVersion(pmemfs_ondisk::superblock::version_mismatch(v))
+        }
         superblock::Outcome::Fatal => return Passes::Stopped,
     };
     if skip_clean && sb.state == State::Clean && check.findings.is_empty() {
@@ -365,6 +373,10 @@ pub fn check_pmem_loaded(pmem: &Pmem) -> (Vec<Finding>, Option<Meta>) {
         Passes::Done(loaded) => Some(loaded.meta),
         Passes::NotPmemfs => {
             check.found(Code::SbNone, "no superblock magic in either copy");
+            None
+        }
+        Passes::OtherVersion(why) => {
+            check.found(Code::SbNone, why);
             None
         }
         Passes::Stopped | Passes::CleanSkipped => None,

@@ -10,6 +10,8 @@ use super::Check;
 pub enum Outcome {
     Good(Superblock),
     NotPmemfs,
+    /// No valid copy, but a whole one of another format version.
+    OtherVersion(u32),
     /// Nothing further can be checked.
     Fatal,
 }
@@ -19,6 +21,9 @@ pub fn check(c: &mut Check, pmem: &Pmem) -> Outcome {
     let Some(sb) = superblock::choose(&copies).cloned() else {
         if !superblock::has_magic(pmem) {
             return Outcome::NotPmemfs;
+        }
+        if let Some(v) = superblock::other_version(pmem) {
+            return Outcome::OtherVersion(v);
         }
         let why: Vec<String> = copies
             .iter()

@@ -1,0 +1,231 @@
+//! An inode in a checkpoint: its number and attributes, then its xattrs,
+//! then its body.
+//!
+//! ```text
+//! off  size  field
+//!   0     8  ino
+//!   8    80  attr      (attr.rs)
+//!  88     4  xattrs    number of xattr records that follow (xattr.rs)
+//!  92     4  reserved  zero
+//!  96     8  count     file: extent records of the page map (extent.rs);
+//!                      directory: entry records (dirent.rs); symlink:
+//!                      bytes of the target; other kinds: 0
+//! 104     8  parent    directory: its parent (the root's is itself); else 0
+//! 112        the xattr records, in ascending name order; then the count
+//!            extent records in ascending index order, or entry records in
+//!            ascending name order, or the target's bytes
+//! ```
+
+use std::collections::BTreeMap;
+
+use zerocopy::little_endian::{U32, U64};
+use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
+
+use super::{attr, dirent, extent, len_u32, xattr, Decode, Reader};
+use crate::meta::{Body, Dir, Ino, Inode, Kind};
+use crate::rangemap::RangeMap;
+
+/// Bytes of the fixed part.
+pub const FIXED_BYTES: usize = 112;
+
+#[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned, Clone, Copy)]
+#[repr(C)]
+struct RawTail {
+    xattrs: U32,
+    reserved: U32,
+    count: U64,
+    parent: U64,
+}
+
+pub fn encode(ino: Ino, i: &Inode, out: &mut Vec<u8>) -> Decode<()> {
+    out.extend_from_slice(&ino.to_le_bytes());
+    attr::encode(&i.attr, out);
+    let (count, parent) = match &i.body {
+        Body::File(m) => (m.run_count() as u64, 0),
+        Body::Dir(d) => (d.entries.len() as u64, d.parent),
+        Body::Symlink(t) => (u64::from(len_u32(t.len(), "a symlink target")?), 0),
+        Body::Special => (0, 0),
+    };
+    let tail = RawTail {
+        xattrs: len_u32(i.xattrs.len(), "an xattr list")?.into(),
+        reserved: 0.into(),
+        count: count.into(),
+        parent: parent.into(),
+    };
+    out.extend_from_slice(tail.as_bytes());
+    for (name, value) in &i.xattrs {
+        xattr::encode(name, value, out)?;
+    }
+    match &i.body {
+        Body::File(m) => m.iter().for_each(|r| extent::encode(&r, out)),
+        Body::Dir(d) => {
+            for (name, ino) in &d.entries {
+                dirent::encode(*ino, name, out)?;
+            }
+        }
+        Body::Symlink(t) => out.extend_from_slice(t),
+        Body::Special => {}
+    }
+    Ok(())
+}
+
+pub fn decode(r: &mut Reader) -> Decode<(Ino, Inode)> {
+    let ino = r.u64("inode number")?;
+    let attr = attr::decode(r).map_err(|e| format!("inode {ino}: {e}"))?;
+    let tail: RawTail = r.fixed("inode record")?;
+    let bad = |e: String| format!("inode {ino}: {e}");
+    if tail.reserved.get() != 0 {
+        return Err(bad("reserved field is not zero".into()));
+    }
+    let n = r.count(u64::from(tail.xattrs.get()), xattr::FIXED_BYTES, "xattrs")?;
+    let mut xattrs = BTreeMap::new();
+    for _ in 0..n {
+        let (name, value) = xattr::decode(r).map_err(bad)?;
+        if xattrs.last_key_value().is_some_and(|(k, _)| *k >= name) {
+            return Err(bad("xattrs are not in ascending name order".into()));
+        }
+        xattrs.insert(name, value);
+    }
+    let count = tail.count.get();
+    let parent = tail.parent.get();
+    if attr.kind != Kind::Dir && parent != 0 {
+        return Err(bad(format!("a {:?} with parent {parent}", attr.kind)));
+    }
+    let body = match attr.kind {
+        Kind::File => {
+            let n = r.count(count, extent::BYTES, "extents")?;
+            let runs = (0..n)
+                .map(|_| extent::decode(r))
+                .collect::<Decode<Vec<_>>>()
+                .map_err(bad)?;
+            Body::File(RangeMap::from_runs(runs).map_err(|e| bad(format!("page map: {e}")))?)
+        }
+        Kind::Dir => {
+            let n = r.count(count, dirent::FIXED_BYTES, "directory entries")?;
+            let mut entries = BTreeMap::new();
+            for _ in 0..n {
+                let (child, name) = dirent::decode(r).map_err(bad)?;
+                if entries.last_key_value().is_some_and(|(k, _)| *k >= name) {
+                    return Err(bad("entries are not in ascending name order".into()));
+                }
+                entries.insert(name, child);
+            }
+            Body::Dir(Dir { parent, entries })
+        }
+        Kind::Symlink => {
+            let n = r.count(count, 1, "symlink target")?;
+            Body::Symlink(r.take(n, "symlink target").map_err(bad)?.to_vec())
+        }
+        Kind::Fifo | Kind::Socket | Kind::CharDev | Kind::BlockDev => {
+            if count != 0 {
+                return Err(bad(format!("a {:?} with a body of {count}", attr.kind)));
+            }
+            Body::Special
+        }
+    };
+    Ok((ino, Inode { attr, xattrs, body }))
+}
+
+#[cfg(test)]
+pub(crate) fn sample_dir() -> Inode {
+    let mut a = attr::sample();
+    a.kind = Kind::Dir;
+    Inode {
+        attr: a,
+        xattrs: BTreeMap::from([(b"user.a".to_vec(), b"1".to_vec())]),
+        body: Body::Dir(Dir {
+            parent: 1,
+            entries: BTreeMap::from([(b"f".to_vec(), 3)]),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::meta::Time;
+    use crate::rangemap::Run;
+
+    fn decode_all(b: &[u8]) -> Decode<(Ino, Inode)> {
+        let mut r = Reader::new(b);
+        let d = decode(&mut r)?;
+        r.finish("inode")?;
+        Ok(d)
+    }
+
+    fn inodes() -> Vec<Inode> {
+        let mut file = sample_dir();
+        file.attr.kind = Kind::File;
+        file.xattrs.clear();
+        file.body = Body::File(
+            RangeMap::from_runs([
+                Run {
+                    start: 0,
+                    len: 2,
+                    value: 100,
+                },
+                Run {
+                    start: 5,
+                    len: 1,
+                    value: 7,
+                },
+            ])
+            .unwrap(),
+        );
+        let mut link = file.clone();
+        link.attr.kind = Kind::Symlink;
+        link.body = Body::Symlink(b"../target".to_vec());
+        let mut fifo = file.clone();
+        fifo.attr.kind = Kind::Fifo;
+        fifo.body = Body::Special;
+        vec![sample_dir(), file, link, fifo]
+    }
+
+    #[test]
+    fn round_trip() {
+        for (n, i) in inodes().into_iter().enumerate() {
+            let mut out = Vec::new();
+            encode(n as u64 + 10, &i, &mut out).unwrap();
+            assert_eq!(decode_all(&out).unwrap(), (n as u64 + 10, i));
+        }
+    }
+
+    #[test]
+    fn fixed_bytes() {
+        let mut i = sample_dir();
+        i.attr = crate::meta::Attr::new(Kind::Dir, 0o755, 0, 0, Time::default());
+        let mut out = Vec::new();
+        encode(2, &i, &mut out).unwrap();
+        let mut want = vec![2, 0, 0, 0, 0, 0, 0, 0];
+        attr::encode(&i.attr, &mut want);
+        want.extend_from_slice(&[1, 0, 0, 0, 0, 0, 0, 0]); // one xattr, reserved
+        want.extend_from_slice(&[1, 0, 0, 0, 0, 0, 0, 0]); // one entry
+        want.extend_from_slice(&[1, 0, 0, 0, 0, 0, 0, 0]); // parent 1
+        want.extend_from_slice(&[6, 0, 1, 0, 0, 0]);
+        want.extend_from_slice(b"user.a1");
+        want.extend_from_slice(&[3, 0, 0, 0, 0, 0, 0, 0, 1, 0, b'f']);
+        assert_eq!(out, want);
+        assert_eq!(out[..FIXED_BYTES].len(), 112);
+    }
+
+    #[test]
+    fn damage_is_refused() {
+        for (n, i) in inodes().into_iter().enumerate() {
+            let mut out = Vec::new();
+            encode(n as u64 + 1, &i, &mut out).unwrap();
+            super::super::assert_refuses_damage(&out, decode_all);
+        }
+        // Extents out of order, and a huge count, are refused.
+        let mut out = Vec::new();
+        encode(5, &inodes()[1], &mut out).unwrap();
+        let first = FIXED_BYTES;
+        let second = first + extent::BYTES;
+        let mut swapped = out.clone();
+        swapped[first..second].copy_from_slice(&out[second..second + extent::BYTES]);
+        swapped[second..second + extent::BYTES].copy_from_slice(&out[first..second]);
+        assert!(decode_all(&swapped).unwrap_err().contains("order"));
+        let mut huge = out;
+        huge[96..104].copy_from_slice(&u64::MAX.to_le_bytes());
+        assert!(decode_all(&huge).unwrap_err().contains("cannot fit"));
+    }
+}
