@@ -1,7 +1,7 @@
 //! Checkpoints: the whole metadata, written to free pages as a chain.
 //!
 //! A checkpoint is [`Meta`] encoded as records (`record::meta`), cut into
-//! pages. Every
+//! pages as it is encoded and read where it lies, never whole in memory. Every
 //! page starts with a header; the superblock names the first page, the
 //! number of pages and the checkpoint id:
 //!
@@ -56,11 +56,17 @@ fn page_crc(h: &RawPageHeader, payload: &[u8]) -> u32 {
     c.finalize()
 }
 
-/// Encodes the metadata into the checkpoint payload; refuses metadata with
-/// a length its record cannot hold (a name or value of more than 64 KiB or
-/// 4 GiB, which nothing writes).
-pub fn encode(meta: &Meta) -> Result<Vec<u8>, Corrupt> {
-    crate::record::meta::encode(meta).map_err(|e| Corrupt::new("metadata to checkpoint", e))
+/// Why metadata could not be encoded: a length its record cannot hold (a
+/// name or value of more than 64 KiB or 4 GiB, which nothing writes).
+fn refused(e: String) -> Corrupt {
+    Corrupt::new("metadata to checkpoint", e)
+}
+
+/// Bytes of `meta`'s payload, found by encoding it without keeping it.
+pub fn encoded_len(meta: &Meta) -> Result<usize, Corrupt> {
+    let mut n = 0;
+    crate::record::meta::encode_each(meta, |b| n += b.len()).map_err(refused)?;
+    Ok(n)
 }
 
 /// Pages a payload of `bytes` bytes needs.
@@ -68,33 +74,104 @@ pub fn pages_for(bytes: usize) -> u64 {
     bytes.div_ceil(PAYLOAD_PER_PAGE).max(1) as u64
 }
 
-/// Writes `payload` to `pfns` (exactly [`pages_for`] of them) and flushes
-/// them; the caller fences before pointing a superblock at it.
-pub fn write(pmem: &Pmem, id: u64, payload: &[u8], pfns: &[u64]) -> Result<()> {
-    let mut chunks = payload.chunks(PAYLOAD_PER_PAGE);
-    for (i, &pfn) in pfns.iter().enumerate() {
-        let chunk = chunks.next().unwrap_or(&[]);
+/// Writes `meta` as a checkpoint to `pfns` (exactly [`pages_for`] its
+/// [`encoded_len`]) and flushes them, a page at a time; the caller fences
+/// before pointing a superblock at it.
+pub fn write_meta(pmem: &Pmem, id: u64, meta: &Meta, pfns: &[u64]) -> Result<()> {
+    let mut w = PageWriter::new(pmem, id, pfns);
+    crate::record::meta::encode_each(meta, |b| w.push(b)).map_err(refused)?;
+    w.finish()
+}
+
+/// Cuts a payload into the pages of a chain as it comes.
+struct PageWriter<'a> {
+    pmem: &'a Pmem,
+    id: u64,
+    pfns: &'a [u64],
+    /// The next page's payload so far.
+    buf: Vec<u8>,
+    written: usize,
+    /// The first error: later pushes are dropped.
+    error: Option<crate::error::Error>,
+}
+
+impl<'a> PageWriter<'a> {
+    fn new(pmem: &'a Pmem, id: u64, pfns: &'a [u64]) -> Self {
+        PageWriter {
+            pmem,
+            id,
+            pfns,
+            buf: Vec::with_capacity(PAYLOAD_PER_PAGE),
+            written: 0,
+            error: None,
+        }
+    }
+
+    fn push(&mut self, mut bytes: &[u8]) {
+        while !bytes.is_empty() && self.error.is_none() {
+            let k = (PAYLOAD_PER_PAGE - self.buf.len()).min(bytes.len());
+            self.buf.extend_from_slice(&bytes[..k]);
+            bytes = &bytes[k..];
+            if self.buf.len() == PAYLOAD_PER_PAGE {
+                if let Err(e) = self.page() {
+                    self.error = Some(e);
+                }
+            }
+        }
+    }
+
+    /// Writes the page `buf` holds as the next of the chain.
+    fn page(&mut self) -> Result<()> {
+        let i = self.written;
+        let Some(&pfn) = self.pfns.get(i) else {
+            return Err(Corrupt::new(
+                "checkpoint",
+                format!(
+                    "the payload needs more than the {} pages given",
+                    self.pfns.len()
+                ),
+            )
+            .into());
+        };
         let mut h = RawPageHeader {
             magic: PAGE_MAGIC.into(),
             crc: 0.into(),
-            id: id.into(),
-            next: pfns.get(i + 1).copied().unwrap_or(0).into(),
-            used: (chunk.len() as u32).into(),
+            id: self.id.into(),
+            next: self.pfns.get(i + 1).copied().unwrap_or(0).into(),
+            used: (self.buf.len() as u32).into(),
             index: (i as u32).into(),
         };
-        h.crc = page_crc(&h, chunk).into();
+        h.crc = page_crc(&h, &self.buf).into();
         let off = pfn * PAGE_SIZE;
-        pmem.write(off, h.as_bytes())?;
-        pmem.write(off + HEADER_BYTES as u64, chunk)?;
-        pmem.flush(off, PAGE_SIZE)?;
+        self.pmem.write(off, h.as_bytes())?;
+        self.pmem.write(off + HEADER_BYTES as u64, &self.buf)?;
+        self.pmem.flush(off, PAGE_SIZE)?;
+        self.buf.clear();
+        self.written += 1;
+        Ok(())
     }
-    Ok(())
+
+    /// Writes what is left, and empty pages to the end of the chain.
+    fn finish(mut self) -> Result<()> {
+        if let Some(e) = self.error.take() {
+            return Err(e);
+        }
+        if !self.buf.is_empty() || self.written == 0 {
+            self.page()?;
+        }
+        while self.written < self.pfns.len() {
+            self.page()?;
+        }
+        Ok(())
+    }
 }
 
 /// Reads and decodes the checkpoint `r` names. Returns the metadata and the
 /// pfns the checkpoint occupies.
 pub fn read(pmem: &Pmem, g: &Geometry, r: &CheckpointRef) -> Result<(Meta, Vec<u64>), Corrupt> {
-    let mut payload = Vec::new();
+    // The pages' payloads where they lie in the mapping: decoding reads
+    // them in place, so a checkpoint is never copied whole into memory.
+    let mut payload: Vec<&[u8]> = Vec::new();
     let mut pfns = Vec::new();
     let mut pfn = r.pfn;
     if r.pages > u64::from(u32::MAX) {
@@ -153,11 +230,11 @@ pub fn read(pmem: &Pmem, g: &Geometry, r: &CheckpointRef) -> Result<(Meta, Vec<u
                 ),
             ));
         }
-        payload.extend_from_slice(chunk);
+        payload.push(chunk);
         pfns.push(pfn);
         pfn = next;
     }
-    let meta: Meta = crate::record::meta::decode(&payload).map_err(|e| {
+    let meta: Meta = crate::record::meta::decode_pieces(payload).map_err(|e| {
         Corrupt::new(
             format!("checkpoint {}", r.id),
             format!("metadata does not decode: {e}"),
@@ -204,12 +281,11 @@ mod tests {
     fn setup(meta: &Meta) -> (Pmem, Geometry, CheckpointRef) {
         let g = Geometry::for_size(MIN_IMAGE_BYTES).unwrap();
         let p = Pmem::memory(MIN_IMAGE_BYTES);
-        let payload = encode(meta).unwrap();
-        let n = pages_for(payload.len());
+        let n = pages_for(encoded_len(meta).unwrap());
         assert!(n > 1, "the sample spans several pages");
         // Scatter the chain, last page first, to exercise `next`.
         let pfns: Vec<u64> = (0..n).map(|i| g.data_start + 10 + (n - i) * 2).collect();
-        write(&p, 33, &payload, &pfns).unwrap();
+        write_meta(&p, 33, meta, &pfns).unwrap();
         (
             p,
             g,

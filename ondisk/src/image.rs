@@ -140,11 +140,10 @@ fn format_on(pmem: &Pmem, opts: &FormatOptions, zero_head: bool) -> Result<Super
         pmem.persist(0, geometry.data_start * PAGE_SIZE)?;
     }
     let meta = Meta::new(opts.uid, opts.gid, opts.now);
-    let payload = checkpoint::encode(&meta)?;
-    let pfns: Vec<u64> = (0..checkpoint::pages_for(payload.len()))
+    let pfns: Vec<u64> = (0..checkpoint::pages_for(checkpoint::encoded_len(&meta)?))
         .map(|i| geometry.data_start + i)
         .collect();
-    checkpoint::write(pmem, 1, &payload, &pfns)?;
+    checkpoint::write_meta(pmem, 1, &meta, &pfns)?;
     pmem.fence()?;
     let sb = Superblock {
         uuid: opts.uuid,
@@ -580,8 +579,9 @@ impl Image {
     }
 
     fn checkpoint_with(&mut self, state: State) -> Result<()> {
-        let payload = checkpoint::encode(&self.meta)?;
-        let n = checkpoint::pages_for(payload.len());
+        // Measured first and then written a page at a time: the payload is
+        // never in memory whole.
+        let n = checkpoint::pages_for(checkpoint::encoded_len(&self.meta)?);
         let mut pfns = Vec::with_capacity(n as usize);
         while (pfns.len() as u64) < n {
             match self.take(n - pfns.len() as u64) {
@@ -603,7 +603,7 @@ impl Image {
             id: sb.generation,
         };
         sb.journal = JournalPos::restart(self.journal.seq)?;
-        let written = checkpoint::write(&self.pmem, sb.checkpoint.id, &payload, &pfns)
+        let written = checkpoint::write_meta(&self.pmem, sb.checkpoint.id, &self.meta, &pfns)
             .and_then(|()| self.pmem.fence())
             .and_then(|()| superblock::write_copies(&self.pmem, &sb));
         if let Err(e) = written {

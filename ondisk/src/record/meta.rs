@@ -29,22 +29,41 @@ pub const HEADER_BYTES: usize = 32;
 
 pub fn encode(m: &Meta) -> Decode<Vec<u8>> {
     let mut out = Vec::new();
+    encode_each(m, |b| out.extend_from_slice(b))?;
+    Ok(out)
+}
+
+/// Encodes `m` a record at a time into `sink`, so that a checkpoint is
+/// written (or measured) without the whole payload in memory.
+pub fn encode_each(m: &Meta, mut sink: impl FnMut(&[u8])) -> Decode<()> {
+    let mut out = Vec::with_capacity(4096);
     put_u32(&mut out, MAGIC);
     put_u32(&mut out, 0);
     put_u64(&mut out, m.next_ino);
     put_u64(&mut out, m.inodes.len() as u64);
     put_u64(&mut out, m.shares.run_count() as u64);
+    sink(&out);
     for (&ino, i) in &m.inodes {
+        out.clear();
         inode::encode(ino, i, &mut out)?;
+        sink(&out);
     }
     for r in m.shares.iter() {
+        out.clear();
         share::encode(&r, &mut out);
+        sink(&out);
     }
-    Ok(out)
+    Ok(())
 }
 
 pub fn decode(bytes: &[u8]) -> Decode<Meta> {
-    let mut r = Reader::new(bytes);
+    decode_pieces(vec![bytes])
+}
+
+/// Decodes a payload that lies in `pieces`, one after another (the pages
+/// of a checkpoint's chain).
+pub fn decode_pieces(pieces: Vec<&[u8]>) -> Decode<Meta> {
+    let mut r = Reader::pieces(pieces);
     if r.u32("metadata header")? != MAGIC {
         return Err("the metadata does not start with \"META\"".into());
     }
@@ -162,6 +181,14 @@ mod tests {
             bytes[HEADER_BYTES + root..HEADER_BYTES + root + 8],
             [2, 0, 0, 0, 0, 0, 0, 0]
         );
+    }
+
+    #[test]
+    fn decodes_from_pieces() {
+        let m = sample();
+        let bytes = encode(&m).unwrap();
+        let pieces: Vec<&[u8]> = bytes.chunks(7).collect();
+        assert_eq!(decode_pieces(pieces).unwrap(), m);
     }
 
     #[test]

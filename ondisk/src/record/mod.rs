@@ -23,30 +23,52 @@ pub mod op;
 pub mod share;
 pub mod xattr;
 
+use std::borrow::Cow;
+
 use zerocopy::{FromBytes, Immutable, KnownLayout, Unaligned};
 
 /// Why bytes did not decode, or a value could not be encoded.
 pub type Decode<T> = Result<T, String>;
 
-/// Reads records from a byte slice, front to back.
+/// Reads records front to back from bytes in one or more pieces (a
+/// checkpoint's payload is the pages of its chain, read where they lie
+/// in the mapping, not copied together first).
 #[derive(Debug)]
 pub struct Reader<'a> {
-    buf: &'a [u8],
+    pieces: Vec<&'a [u8]>,
+    /// The piece being read and the offset in it.
+    piece: usize,
+    at: usize,
+    /// Bytes read so far, of `len` in all.
     pos: usize,
+    len: usize,
 }
 
 impl<'a> Reader<'a> {
     pub fn new(buf: &'a [u8]) -> Self {
-        Reader { buf, pos: 0 }
+        Reader::pieces(vec![buf])
+    }
+
+    /// Reads `pieces` as if they were one slice.
+    pub fn pieces(pieces: Vec<&'a [u8]>) -> Self {
+        let len = pieces.iter().map(|p| p.len()).sum();
+        Reader {
+            pieces,
+            piece: 0,
+            at: 0,
+            pos: 0,
+            len,
+        }
     }
 
     /// Bytes not read yet.
     pub fn remaining(&self) -> usize {
-        self.buf.len() - self.pos
+        self.len - self.pos
     }
 
-    /// The next `n` bytes.
-    pub fn take(&mut self, n: usize, what: &str) -> Decode<&'a [u8]> {
+    /// The next `n` bytes: borrowed where they lie in one piece, copied
+    /// where they span two.
+    pub fn take(&mut self, n: usize, what: &str) -> Decode<Cow<'a, [u8]>> {
         if n > self.remaining() {
             return Err(format!(
                 "{what} at byte {} needs {n} bytes, {} are left",
@@ -54,9 +76,33 @@ impl<'a> Reader<'a> {
                 self.remaining()
             ));
         }
-        let b = &self.buf[self.pos..self.pos + n];
         self.pos += n;
-        Ok(b)
+        // Pieces read to their end (and empty ones) are behind us.
+        while self.piece < self.pieces.len() && self.at == self.pieces[self.piece].len() {
+            self.piece += 1;
+            self.at = 0;
+        }
+        if n == 0 {
+            return Ok(Cow::Borrowed(&[]));
+        }
+        let first = self.pieces[self.piece];
+        if self.at + n <= first.len() {
+            let b = &first[self.at..self.at + n];
+            self.at += n;
+            return Ok(Cow::Borrowed(b));
+        }
+        let mut out = Vec::with_capacity(n);
+        while out.len() < n {
+            let p = self.pieces[self.piece];
+            let k = (n - out.len()).min(p.len() - self.at);
+            out.extend_from_slice(&p[self.at..self.at + k]);
+            self.at += k;
+            if self.at == p.len() {
+                self.piece += 1;
+                self.at = 0;
+            }
+        }
+        Ok(Cow::Owned(out))
     }
 
     /// A fixed part.
@@ -65,7 +111,7 @@ impl<'a> Reader<'a> {
         what: &str,
     ) -> Decode<T> {
         let b = self.take(std::mem::size_of::<T>(), what)?;
-        T::read_from_bytes(b).map_err(|_| format!("{what}: bad length"))
+        T::read_from_bytes(&b).map_err(|_| format!("{what}: bad length"))
     }
 
     pub fn u8(&mut self, what: &str) -> Decode<u8> {
@@ -84,7 +130,7 @@ impl<'a> Reader<'a> {
 
     pub fn u64(&mut self, what: &str) -> Decode<u64> {
         let mut a = [0u8; 8];
-        a.copy_from_slice(self.take(8, what)?);
+        a.copy_from_slice(&self.take(8, what)?);
         Ok(u64::from_le_bytes(a))
     }
 
@@ -133,6 +179,48 @@ pub(crate) fn len_u16(n: usize, what: &str) -> Decode<u16> {
 
 pub(crate) fn len_u32(n: usize, what: &str) -> Decode<u32> {
     u32::try_from(n).map_err(|_| format!("{what} of {n} bytes is longer than the media holds"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pieces_read_as_one() {
+        let bytes: Vec<u8> = (0..40).collect();
+        let whole = {
+            let mut r = Reader::new(&bytes);
+            (
+                r.u64("a").unwrap(),
+                r.take(20, "b").unwrap().to_vec(),
+                r.u32("c").unwrap(),
+            )
+        };
+        for cuts in [
+            vec![0, 3, 3, 8, 39],
+            vec![1, 2, 3, 4, 5, 6, 7],
+            vec![20],
+            vec![0, 40],
+        ] {
+            let mut pieces = Vec::new();
+            let mut from = 0;
+            for c in cuts.iter().copied().chain([bytes.len()]) {
+                pieces.push(&bytes[from..c]);
+                from = c;
+            }
+            let mut r = Reader::pieces(pieces);
+            let got = (
+                r.u64("a").unwrap(),
+                r.take(20, "b").unwrap().to_vec(),
+                r.u32("c").unwrap(),
+            );
+            assert_eq!(got, whole, "{cuts:?}");
+            assert_eq!(r.remaining(), 8);
+            assert!(r.take(9, "d").is_err());
+            r.take(8, "d").unwrap();
+            r.finish("e").unwrap();
+        }
+    }
 }
 
 /// Shared by the records' tests: `bytes` with one byte changed at each
