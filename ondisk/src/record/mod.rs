@@ -181,6 +181,26 @@ pub(crate) fn len_u32(n: usize, what: &str) -> Decode<u32> {
     u32::try_from(n).map_err(|_| format!("{what} of {n} bytes is longer than the media holds"))
 }
 
+/// Shared by the records' tests: `bytes` with one byte changed at each
+/// position in turn never decodes into something that panics, and
+/// truncating it anywhere is refused.
+#[cfg(test)]
+pub(crate) fn assert_refuses_damage<T>(bytes: &[u8], decode: impl Fn(&[u8]) -> Decode<T>) {
+    for cut in 0..bytes.len() {
+        assert!(decode(&bytes[..cut]).is_err(), "cut at {cut} decoded");
+    }
+    let mut longer = bytes.to_vec();
+    longer.push(0);
+    assert!(decode(&longer).is_err(), "a byte left over decoded");
+    for i in 0..bytes.len() {
+        for flip in [0x01u8, 0x80, 0xff] {
+            let mut b = bytes.to_vec();
+            b[i] ^= flip;
+            let _ = decode(&b);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -219,26 +239,6 @@ mod tests {
             assert!(r.take(9, "d").is_err());
             r.take(8, "d").unwrap();
             r.finish("e").unwrap();
-        }
-    }
-}
-
-/// Shared by the records' tests: `bytes` with one byte changed at each
-/// position in turn never decodes into something that panics, and
-/// truncating it anywhere is refused.
-#[cfg(test)]
-pub(crate) fn assert_refuses_damage<T>(bytes: &[u8], decode: impl Fn(&[u8]) -> Decode<T>) {
-    for cut in 0..bytes.len() {
-        assert!(decode(&bytes[..cut]).is_err(), "cut at {cut} decoded");
-    }
-    let mut longer = bytes.to_vec();
-    longer.push(0);
-    assert!(decode(&longer).is_err(), "a byte left over decoded");
-    for i in 0..bytes.len() {
-        for flip in [0x01u8, 0x80, 0xff] {
-            let mut b = bytes.to_vec();
-            b[i] ^= flip;
-            let _ = decode(&b);
         }
     }
 }
