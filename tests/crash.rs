@@ -303,7 +303,7 @@ fn exec(
         }
         Act::Open(p) => {
             let ino = resolve(st, p)?;
-            st.opened(ino).map_err(e)?;
+            st.opened(ino, false, true).map_err(e)?;
             handles.push(ino);
             Ok(vec![])
         }
@@ -311,7 +311,7 @@ fn exec(
             let Some(ino) = handles.pop() else {
                 return Err("nothing open".into());
             };
-            st.closed(ino).map_err(e)?;
+            st.closed(ino, false).map_err(e)?;
             Ok(vec![])
         }
         Act::Link(from, to) => {

@@ -32,6 +32,7 @@ use crate::ioctl::{
     PMEMFS_IOC_OPS_RESET, PMEMFS_IOC_PAGE_HASHES, PMEMFS_IOC_STATS, PMEMFS_IOC_UNSHARE,
     PMEMFS_IOC_USAGE,
 };
+use crate::opens;
 use crate::ops::{OpCounters, Opcode, Timer};
 use crate::options::MountOptions;
 use crate::poll::Poller;
@@ -277,7 +278,10 @@ impl Filesystem for PmemFs {
             // The daemon drops set-uid, set-gid and capabilities itself
             // (crate::privs): the kernel then asks no GETXATTR
             // security.capability before each write.
-            | InitFlags::FUSE_HANDLE_KILLPRIV_V2;
+            | InitFlags::FUSE_HANDLE_KILLPRIV_V2
+            // Mappings of direct handles (crate::opens), which the kernel
+            // keeps coherent with direct writes.
+            | InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP;
         if self.opts.writeback_cache {
             want |= InitFlags::FUSE_WRITEBACK_CACHE;
         }
@@ -620,10 +624,14 @@ impl Filesystem for PmemFs {
         let _timer = self.begin(Opcode::Open);
         let mut s = self.state.write();
         let writes = flags.0 & libc::O_ACCMODE != libc::O_RDONLY;
+        let write_only = flags.0 & libc::O_ACCMODE == libc::O_WRONLY;
+        let direct_ok = !self.opts.writeback_cache;
         let r = match s.attr(ino.0) {
             Ok(a) if a.kind == Kind::Dir && writes => fail(libc::EISDIR),
             Ok(_) if writes && s.is_read_only() => fail(libc::EROFS),
-            Ok(_) => s.may_open(ino.0, flags.0).and_then(|()| s.opened(ino.0)),
+            Ok(_) => s
+                .may_open(ino.0, flags.0)
+                .and_then(|()| s.opened(ino.0, write_only, direct_ok)),
             Err(e) => Err(e),
         };
         // The kernel's page cache stays valid across opens: every change
@@ -637,7 +645,7 @@ impl Filesystem for PmemFs {
             FopenFlags::FOPEN_KEEP_CACHE
         };
         match r {
-            Ok(()) => reply.opened(FileHandle(0), keep),
+            Ok(o) => reply.opened(handle(o), fopen(o, keep)),
             Err(e) => reply.error(e.errno()),
         }
     }
@@ -714,14 +722,17 @@ impl Filesystem for PmemFs {
         &self,
         _req: &Request,
         ino: INodeNo,
-        _fh: FileHandle,
+        fh: FileHandle,
         _flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         _flush: bool,
         reply: ReplyEmpty,
     ) {
         let _timer = self.begin(Opcode::Release);
-        empty(self.state.write().closed(ino.0), reply)
+        empty(
+            self.state.write().closed(ino.0, fh.0 == opens::DIRECT_FH),
+            reply,
+        )
     }
 
     /// Every write and metadata change is durable when its request returns
@@ -748,7 +759,10 @@ impl Filesystem for PmemFs {
         // file: rmdir or a rename over it leaves it to its holders.
         let r = {
             let mut s = self.state.write();
-            s.dir(ino.0).map(|_| ()).and_then(|()| s.opened(ino.0))
+            s.dir(ino.0)
+                .map(|_| ())
+                .and_then(|()| s.opened(ino.0, false, false))
+                .map(|_| ())
         };
         match r {
             Ok(()) => {
@@ -808,7 +822,7 @@ impl Filesystem for PmemFs {
     ) {
         let _timer = self.begin(Opcode::Releasedir);
         self.listings.lock().remove(&fh.0);
-        empty(self.state.write().closed(ino.0), reply)
+        empty(self.state.write().closed(ino.0, false), reply)
     }
 
     fn fsyncdir(
@@ -894,10 +908,12 @@ impl Filesystem for PmemFs {
         name: &OsStr,
         mode: u32,
         umask: u32,
-        _flags: i32,
+        flags: i32,
         reply: ReplyCreate,
     ) {
         let _timer = self.begin(Opcode::Create);
+        let write_only = flags & libc::O_ACCMODE == libc::O_WRONLY;
+        let direct_ok = !self.opts.writeback_cache;
         let mut s = self.state.write();
         let r = s
             .make_masked(
@@ -911,16 +927,16 @@ impl Filesystem for PmemFs {
                 caller(req),
                 umask,
             )
-            .and_then(|ino| s.opened(ino).map(|()| ino));
-        match r.and_then(|ino| s.fuse_attr(ino).map(|a| (ino, a))) {
-            Ok((ino, attr)) => {
+            .and_then(|ino| s.opened(ino, write_only, direct_ok).map(|o| (ino, o)));
+        match r.and_then(|(ino, o)| s.fuse_attr(ino).map(|a| (ino, o, a))) {
+            Ok((ino, o, attr)) => {
                 s.looked_up(ino);
                 reply.created(
                     &TTL,
                     &attr,
                     Generation(0),
-                    FileHandle(0),
-                    FopenFlags::FOPEN_KEEP_CACHE,
+                    handle(o),
+                    fopen(o, FopenFlags::FOPEN_KEEP_CACHE),
                 )
             }
             Err(e) => reply.error(e.errno()),
@@ -1154,6 +1170,23 @@ fn negative_entry() -> fuser::FileAttr {
         rdev: 0,
         blksize: 0,
         flags: 0,
+    }
+}
+
+/// The file handle of an open file: says at release whether it was direct.
+fn handle(o: opens::Opened) -> FileHandle {
+    FileHandle(if o.direct { opens::DIRECT_FH } else { 0 })
+}
+
+/// The open reply's flags: direct, or cached keeping the kernel's pages
+/// (`keep`) unless they must go.
+fn fopen(o: opens::Opened, keep: FopenFlags) -> FopenFlags {
+    if o.direct {
+        FopenFlags::FOPEN_DIRECT_IO
+    } else if o.drop_cache {
+        FopenFlags::empty()
+    } else {
+        keep
     }
 }
 

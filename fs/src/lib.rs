@@ -12,6 +12,7 @@
 //! - [`acl`]: POSIX ACLs kept in step with the mode, inherited on create;
 //! - [`atime`]: access times under relatime, strictatime, noatime, batched;
 //! - [`ops`]: per-opcode request counters (`pmemfs stat --ops`);
+//! - [`opens`]: open handles per inode, and which bypass the page cache;
 //! - [`privs`]: set-uid, set-gid and capabilities dropped as the kernel would;
 //! - [`attr`]: conversions to FUSE attributes; [`error`]: errno mapping;
 //!   [`options`]: mount options.
@@ -30,6 +31,7 @@ pub mod flags;
 pub mod fuse;
 pub mod ioctl;
 pub mod ksm;
+pub mod opens;
 pub mod ops;
 pub mod options;
 pub mod poll;

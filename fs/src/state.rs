@@ -27,7 +27,7 @@ pub struct State {
     read_only: bool,
     /// Open handles per inode: an unlinked inode lives until the last
     /// closes.
-    opens: HashMap<Ino, u32>,
+    opens: crate::opens::Opens,
     /// Under the writeback cache, the kernel's lookup count per inode: it
     /// may write back pages and times of an unlinked file after its last
     /// close, so such a file lives until the kernel forgets it.
@@ -136,7 +136,7 @@ impl State {
         State {
             image,
             read_only,
-            opens: HashMap::new(),
+            opens: crate::opens::Opens::default(),
             lookups: None,
             cache: Cache::new(cache),
             acls: true,
@@ -195,7 +195,7 @@ impl State {
             }
             left
         };
-        if left == 0 && !self.opens.contains_key(&ino) {
+        if left == 0 && !self.opens.is_open(ino) {
             self.delete_if_unlinked(ino)?;
         }
         Ok(())
@@ -511,7 +511,7 @@ impl State {
         } else {
             attr.nlink.saturating_sub(1)
         };
-        let unused = left == 0 && !self.opens.contains_key(&ino);
+        let unused = left == 0 && !self.opens.is_open(ino);
         if unused && !self.known_to_kernel(ino) {
             ops.push(Op::Delete { ino });
         } else {
@@ -731,23 +731,27 @@ impl State {
         Ok(out)
     }
 
-    pub fn opened(&mut self, ino: Ino) -> FsResult<()> {
-        self.inode(ino)?;
-        *self.opens.entry(ino).or_default() += 1;
-        Ok(())
+    /// Counts a new handle of `ino` (a directory's too): how to open it
+    /// ([`crate::opens`]); `write_only` as the open's flags say,
+    /// `direct_ok` false where no handle may bypass the page cache.
+    pub fn opened(
+        &mut self,
+        ino: Ino,
+        write_only: bool,
+        direct_ok: bool,
+    ) -> FsResult<crate::opens::Opened> {
+        let is_file = self.inode(ino)?.attr.kind == Kind::File;
+        Ok(self.opens.open(ino, write_only, direct_ok && is_file))
     }
 
-    /// The last close of an unlinked inode deletes it.
-    pub fn closed(&mut self, ino: Ino) -> FsResult<()> {
-        let left = match self.opens.get_mut(&ino) {
-            Some(n) => {
-                *n -= 1;
-                *n
-            }
-            None => return Ok(()),
-        };
+    /// A handle of `ino` closed (`direct` as it was opened). The last close
+    /// of an unlinked inode deletes it.
+    pub fn closed(&mut self, ino: Ino, direct: bool) -> FsResult<()> {
+        if !self.opens.is_open(ino) {
+            return Ok(());
+        }
+        let left = self.opens.close(ino, direct);
         if left == 0 {
-            self.opens.remove(&ino);
             // Spaces are made again by the next read; DRAM copies stay.
             self.cache.forget(ino);
             if !self.known_to_kernel(ino) {
