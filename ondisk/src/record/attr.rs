@@ -174,10 +174,7 @@ mod tests {
     use super::*;
 
     fn decode_all(b: &[u8]) -> Decode<Attr> {
-        let mut r = Reader::new(b);
-        let a = decode(&mut r)?;
-        r.finish("attr")?;
-        Ok(a)
+        super::super::whole(b, decode)
     }
 
     #[test]

@@ -48,10 +48,7 @@ mod tests {
     use super::*;
 
     fn decode_all(b: &[u8]) -> Decode<(Ino, Vec<u8>)> {
-        let mut r = Reader::new(b);
-        let d = decode(&mut r)?;
-        r.finish("dirent")?;
-        Ok(d)
+        super::super::whole(b, decode)
     }
 
     #[test]

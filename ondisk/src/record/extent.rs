@@ -38,10 +38,7 @@ mod tests {
     use super::*;
 
     fn decode_all(b: &[u8]) -> Decode<Run<u64>> {
-        let mut r = Reader::new(b);
-        let d = decode(&mut r)?;
-        r.finish("extent")?;
-        Ok(d)
+        super::super::whole(b, decode)
     }
 
     #[test]

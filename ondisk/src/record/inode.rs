@@ -147,10 +147,7 @@ mod tests {
     use crate::rangemap::Run;
 
     fn decode_all(b: &[u8]) -> Decode<(Ino, Inode)> {
-        let mut r = Reader::new(b);
-        let d = decode(&mut r)?;
-        r.finish("inode")?;
-        Ok(d)
+        super::super::whole(b, decode)
     }
 
     fn inodes() -> Vec<Inode> {

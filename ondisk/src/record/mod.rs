@@ -181,6 +181,15 @@ pub(crate) fn len_u32(n: usize, what: &str) -> Decode<u32> {
     u32::try_from(n).map_err(|_| format!("{what} of {n} bytes is longer than the media holds"))
 }
 
+/// Decodes one record with `decode` from all of `b`, nothing left over.
+#[cfg(test)]
+pub(crate) fn whole<T>(b: &[u8], decode: impl Fn(&mut Reader) -> Decode<T>) -> Decode<T> {
+    let mut r = Reader::new(b);
+    let v = decode(&mut r)?;
+    r.finish("record")?;
+    Ok(v)
+}
+
 /// Shared by the records' tests: `bytes` with one byte changed at each
 /// position in turn never decodes into something that panics, and
 /// truncating it anywhere is refused.

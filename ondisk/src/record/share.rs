@@ -36,10 +36,7 @@ mod tests {
     use super::*;
 
     fn decode_all(b: &[u8]) -> Decode<Run<u32>> {
-        let mut r = Reader::new(b);
-        let d = decode(&mut r)?;
-        r.finish("share")?;
-        Ok(d)
+        super::super::whole(b, decode)
     }
 
     #[test]

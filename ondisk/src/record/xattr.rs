@@ -36,10 +36,7 @@ mod tests {
     use super::*;
 
     fn decode_all(b: &[u8]) -> Decode<(Vec<u8>, Vec<u8>)> {
-        let mut r = Reader::new(b);
-        let d = decode(&mut r)?;
-        r.finish("xattr")?;
-        Ok(d)
+        super::super::whole(b, decode)
     }
 
     #[test]
