@@ -297,6 +297,37 @@ mod tests {
         )
     }
 
+    /// A one-page checkpoint of a new file system: the page header of the
+    /// module's diagram, byte for byte, then the payload.
+    #[test]
+    fn fixed_bytes() {
+        let g = Geometry::for_size(MIN_IMAGE_BYTES).unwrap();
+        let p = Pmem::memory(MIN_IMAGE_BYTES);
+        let m = Meta::new(0, 0, Time::default());
+        let len = encoded_len(&m).unwrap();
+        let pfn = g.data_start;
+        write_meta(&p, 5, &m, &[pfn]).unwrap();
+        let page = p.bytes(pfn * PAGE_SIZE, PAGE_SIZE).unwrap();
+        let payload = crate::record::meta::encode(&m).unwrap();
+        assert_eq!(&page[..4], b"CKPT");
+        let mut h = page[..32].to_vec();
+        h[4..8].fill(0);
+        let crc = {
+            let mut c = crc32fast::Hasher::new();
+            c.update(&h);
+            c.update(&payload);
+            c.finalize()
+        };
+        let mut want = b"CKPT".to_vec();
+        want.extend_from_slice(&crc.to_le_bytes());
+        want.extend_from_slice(&5u64.to_le_bytes()); // id
+        want.extend_from_slice(&0u64.to_le_bytes()); // next: the last page
+        want.extend_from_slice(&(len as u32).to_le_bytes()); // used
+        want.extend_from_slice(&0u32.to_le_bytes()); // index
+        want.extend_from_slice(&payload);
+        assert_eq!(&page[..32 + len], &want[..]);
+    }
+
     #[test]
     fn round_trip() {
         let m = sample();

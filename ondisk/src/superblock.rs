@@ -410,6 +410,39 @@ mod tests {
         assert_eq!(Superblock::decode(&bytes, "sb").unwrap(), sb);
     }
 
+    /// The layout of the module's diagram (and docs/format.md §2.1), byte
+    /// for byte.
+    #[test]
+    fn fixed_bytes() {
+        let mut want = Vec::new();
+        want.extend_from_slice(b"PMEMFS\0\x01");
+        want.extend_from_slice(&[2, 0, 0, 0, 0, 0, 0, 0]); // version 2, incompat
+        want.extend_from_slice(&[7; 16]);
+        let mut label = b"scratch".to_vec();
+        label.resize(64, 0);
+        want.extend_from_slice(&label);
+        want.extend_from_slice(&[0, 0x10, 0, 0, 1, 0, 0, 0]); // page size, in use
+        for v in [
+            262_144u64,
+            2,
+            4096,
+            4098,
+            42,
+            1_700_000_000,
+            4098,
+            3,
+            9,
+            4096,
+            77,
+            0x0123_4567_89ab_cdef,
+        ] {
+            want.extend_from_slice(&v.to_le_bytes());
+        }
+        want.resize(252, 0);
+        want.extend_from_slice(&0xf4e3_8be6u32.to_le_bytes());
+        assert_eq!(sample().encode().to_vec(), want);
+    }
+
     #[test]
     fn every_flipped_byte_is_caught() {
         let bytes = sample().encode();
