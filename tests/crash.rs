@@ -303,7 +303,7 @@ fn exec(
         }
         Act::Open(p) => {
             let ino = resolve(st, p)?;
-            st.opened(ino, false, true).map_err(e)?;
+            st.opened(ino, false).map_err(e)?;
             handles.push(ino);
             Ok(vec![])
         }

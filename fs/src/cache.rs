@@ -794,7 +794,7 @@ mod tests {
         assert_eq!(s.inodes, 1);
         assert_eq!(s.dax_pages, 600);
         assert_eq!((s.dram_copies, s.dram_hits, s.dram_misses), (0, 0, 0));
-        st.opened(f, false, false).expect("open");
+        st.opened(f, false).expect("open");
         st.closed(f, false).expect("close");
         assert!(st.cache().spaces_of(f).is_none(), "last close drops spaces");
         check(&st);

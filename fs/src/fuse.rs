@@ -97,6 +97,7 @@ impl PmemFs {
         img.set_discard(opts.discard);
         let mut state = State::with_cache(img, opts.read_only, CacheOptions::from_mount(&opts));
         state.set_acls(opts.acl);
+        state.set_direct_writes(!opts.writeback_cache);
         state.set_atime_policy(opts.atime);
         if opts.writeback_cache {
             state.track_lookups();
@@ -625,13 +626,12 @@ impl Filesystem for PmemFs {
         let mut s = self.state.write();
         let writes = flags.0 & libc::O_ACCMODE != libc::O_RDONLY;
         let write_only = flags.0 & libc::O_ACCMODE == libc::O_WRONLY;
-        let direct_ok = !self.opts.writeback_cache;
         let r = match s.attr(ino.0) {
             Ok(a) if a.kind == Kind::Dir && writes => fail(libc::EISDIR),
             Ok(_) if writes && s.is_read_only() => fail(libc::EROFS),
             Ok(_) => s
                 .may_open(ino.0, flags.0)
-                .and_then(|()| s.opened(ino.0, write_only, direct_ok)),
+                .and_then(|()| s.opened(ino.0, write_only)),
             Err(e) => Err(e),
         };
         // The kernel's page cache stays valid across opens: every change
@@ -761,7 +761,7 @@ impl Filesystem for PmemFs {
             let mut s = self.state.write();
             s.dir(ino.0)
                 .map(|_| ())
-                .and_then(|()| s.opened(ino.0, false, false))
+                .and_then(|()| s.opened(ino.0, false))
                 .map(|_| ())
         };
         match r {
@@ -913,7 +913,6 @@ impl Filesystem for PmemFs {
     ) {
         let _timer = self.begin(Opcode::Create);
         let write_only = flags & libc::O_ACCMODE == libc::O_WRONLY;
-        let direct_ok = !self.opts.writeback_cache;
         let mut s = self.state.write();
         let r = s
             .make_masked(
@@ -927,7 +926,7 @@ impl Filesystem for PmemFs {
                 caller(req),
                 umask,
             )
-            .and_then(|ino| s.opened(ino, write_only, direct_ok).map(|o| (ino, o)));
+            .and_then(|ino| s.opened(ino, write_only).map(|o| (ino, o)));
         match r.and_then(|(ino, o)| s.fuse_attr(ino).map(|a| (ino, o, a))) {
             Ok((ino, o, attr)) => {
                 s.looked_up(ino);

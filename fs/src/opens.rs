@@ -72,11 +72,9 @@ impl Opens {
     }
 
     /// A handle of `ino` closed (`direct` as it was opened); returns how
-    /// many are left.
-    pub fn close(&mut self, ino: Ino, direct: bool) -> u32 {
-        let Some(h) = self.by_ino.get_mut(&ino) else {
-            return 0;
-        };
+    /// many are left, `None` if it had none.
+    pub fn close(&mut self, ino: Ino, direct: bool) -> Option<u32> {
+        let h = self.by_ino.get_mut(&ino)?;
         h.all = h.all.saturating_sub(1);
         if direct {
             h.direct = h.direct.saturating_sub(1);
@@ -85,7 +83,7 @@ impl Opens {
         if left == 0 {
             self.by_ino.remove(&ino);
         }
-        left
+        Some(left)
     }
 
     /// Whether `ino` has an open handle.
@@ -113,8 +111,9 @@ mod tests {
             o.open(5, false, true).direct,
             "a reader beside a direct writer"
         );
-        assert_eq!(o.close(5, true), 1);
-        assert_eq!(o.close(5, true), 0);
+        assert_eq!(o.close(5, true), Some(1));
+        assert_eq!(o.close(5, true), Some(0));
+        assert_eq!(o.close(5, true), None, "nothing left to close");
         assert!(!o.is_open(5));
         assert_eq!(
             o.open(5, false, true),

@@ -28,6 +28,8 @@ pub struct State {
     /// Open handles per inode: an unlinked inode lives until the last
     /// closes.
     opens: crate::opens::Opens,
+    /// Write-only handles may be direct ([`crate::opens`]).
+    direct_writes: bool,
     /// Under the writeback cache, the kernel's lookup count per inode: it
     /// may write back pages and times of an unlinked file after its last
     /// close, so such a file lives until the kernel forgets it.
@@ -60,21 +62,6 @@ fn touched(op: &Op) -> Option<(Ino, u64, u64)> {
         } => span(dst, dst_index, len),
         Op::Delete { ino } => Some((ino, 0, u64::MAX)),
         _ => None,
-    }
-}
-
-/// Frees the pages of a file with no names and no opens that the kernel
-/// still knows (under the writeback cache an inode stays until FORGET, for
-/// the time updates the kernel may still send): nothing can read them any
-/// more, and the space comes back at the unlink, as on XFS, not a moment
-/// after `rm` returns.
-fn free_orphan_pages(ino: Ino, kind: Kind, ops: &mut Vec<Op>) {
-    if kind == Kind::File {
-        ops.push(Op::Unmap {
-            ino,
-            index: 0,
-            len: u64::MAX,
-        });
     }
 }
 
@@ -137,6 +124,7 @@ impl State {
             image,
             read_only,
             opens: crate::opens::Opens::default(),
+            direct_writes: false,
             lookups: None,
             cache: Cache::new(cache),
             acls: true,
@@ -196,15 +184,40 @@ impl State {
             left
         };
         if left == 0 && !self.opens.is_open(ino) {
-            self.delete_if_unlinked(ino)?;
+            self.let_go_if_unlinked(ino)?;
         }
         Ok(())
     }
 
-    /// Deletes `ino` if no name is left to it.
-    fn delete_if_unlinked(&mut self, ino: Ino) -> FsResult<()> {
+    /// Ops that let go of `ino`, which has no names and no open handles:
+    /// its deletion, or, while the kernel still knows it (the writeback
+    /// cache keeps an inode until FORGET, for the time updates the kernel
+    /// may still send), only its pages, which nothing can read any more:
+    /// the space comes back at the unlink, as on XFS, not when the kernel
+    /// forgets. Returns whether the inode is deleted.
+    fn let_go(&self, ino: Ino, ops: &mut Vec<Op>) -> FsResult<bool> {
+        if !self.known_to_kernel(ino) {
+            ops.push(Op::Delete { ino });
+            return Ok(true);
+        }
+        if self.inode(ino)?.pages().is_some_and(|m| !m.is_empty()) {
+            ops.push(Op::Unmap {
+                ino,
+                index: 0,
+                len: u64::MAX,
+            });
+        }
+        Ok(false)
+    }
+
+    /// Lets go of `ino` ([`State::let_go`]) if no name is left to it.
+    fn let_go_if_unlinked(&mut self, ino: Ino) -> FsResult<()> {
         if self.inode(ino).is_ok_and(|i| i.attr.nlink == 0) && !self.read_only {
-            self.commit(&[Op::Delete { ino }])?;
+            let mut ops = Vec::new();
+            self.let_go(ino, &mut ops)?;
+            if !ops.is_empty() {
+                self.commit(&ops)?;
+            }
         }
         Ok(())
     }
@@ -511,22 +524,17 @@ impl State {
         } else {
             attr.nlink.saturating_sub(1)
         };
-        let unused = left == 0 && !self.opens.is_open(ino);
-        if unused && !self.known_to_kernel(ino) {
-            ops.push(Op::Delete { ino });
-        } else {
-            if unused {
-                free_orphan_pages(ino, attr.kind, ops);
-            }
-            ops.push(Op::SetAttr {
-                ino,
-                attr: Attr {
-                    nlink: left,
-                    ctime: t,
-                    ..attr
-                },
-            });
+        if left == 0 && !self.opens.is_open(ino) && self.let_go(ino, ops)? {
+            return Ok(());
         }
+        ops.push(Op::SetAttr {
+            ino,
+            attr: Attr {
+                nlink: left,
+                ctime: t,
+                ..attr
+            },
+        });
         Ok(())
     }
 
@@ -731,41 +739,28 @@ impl State {
         Ok(out)
     }
 
-    /// Counts a new handle of `ino` (a directory's too): how to open it
-    /// ([`crate::opens`]); `write_only` as the open's flags say,
-    /// `direct_ok` false where no handle may bypass the page cache.
-    pub fn opened(
-        &mut self,
-        ino: Ino,
-        write_only: bool,
-        direct_ok: bool,
-    ) -> FsResult<crate::opens::Opened> {
+    /// Counts a new handle of `ino` (a directory's too) and says how to
+    /// open it ([`crate::opens`]); `write_only` as the open's flags say.
+    pub fn opened(&mut self, ino: Ino, write_only: bool) -> FsResult<crate::opens::Opened> {
         let is_file = self.inode(ino)?.attr.kind == Kind::File;
-        Ok(self.opens.open(ino, write_only, direct_ok && is_file))
+        Ok(self
+            .opens
+            .open(ino, write_only, self.direct_writes && is_file))
+    }
+
+    /// Whether write-only handles may bypass the page cache (not under
+    /// the writeback cache, whose point is the cache).
+    pub fn set_direct_writes(&mut self, on: bool) {
+        self.direct_writes = on;
     }
 
     /// A handle of `ino` closed (`direct` as it was opened). The last close
     /// of an unlinked inode deletes it.
     pub fn closed(&mut self, ino: Ino, direct: bool) -> FsResult<()> {
-        if !self.opens.is_open(ino) {
-            return Ok(());
-        }
-        let left = self.opens.close(ino, direct);
-        if left == 0 {
+        if self.opens.close(ino, direct) == Some(0) {
             // Spaces are made again by the next read; DRAM copies stay.
             self.cache.forget(ino);
-            if !self.known_to_kernel(ino) {
-                self.delete_if_unlinked(ino)?;
-            } else if !self.read_only {
-                let attr = self.attr(ino)?;
-                if attr.nlink == 0 {
-                    let mut ops = Vec::new();
-                    free_orphan_pages(ino, attr.kind, &mut ops);
-                    if !ops.is_empty() {
-                        self.commit(&ops)?;
-                    }
-                }
-            }
+            self.let_go_if_unlinked(ino)?;
         }
         Ok(())
     }

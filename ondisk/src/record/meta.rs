@@ -27,6 +27,8 @@ pub const MAGIC: u32 = u32::from_le_bytes(*b"META");
 /// Bytes of the header.
 pub const HEADER_BYTES: usize = 32;
 
+/// The whole payload in one buffer (tests; checkpoints use [`encode_each`]).
+#[cfg(test)]
 pub fn encode(m: &Meta) -> Decode<Vec<u8>> {
     let mut out = Vec::new();
     encode_each(m, |b| out.extend_from_slice(b))?;
@@ -56,6 +58,8 @@ pub fn encode_each(m: &Meta, mut sink: impl FnMut(&[u8])) -> Decode<()> {
     Ok(())
 }
 
+/// A payload in one buffer (tests; checkpoints use [`decode_pieces`]).
+#[cfg(test)]
 pub fn decode(bytes: &[u8]) -> Decode<Meta> {
     decode_pieces(vec![bytes])
 }
