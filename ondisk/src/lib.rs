@@ -15,6 +15,7 @@
 //! This crate knows nothing of FUSE or of the page cache.
 
 pub mod acl;
+pub mod btree;
 pub mod checkpoint;
 pub mod error;
 pub mod image;

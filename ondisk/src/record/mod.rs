@@ -4,7 +4,9 @@
 //! [`xattr`], [`dirent`] (a directory entry), [`extent`] (a run of a
 //! file's page map), [`share`] (a run of share counts), [`op`] (one change
 //! in a journal entry) and [`meta`] (a checkpoint's payload: a header,
-//! then inode records, then share records). `docs/format.md` §2.4 has the
+//! then inode records, then share records); and, for format version 3
+//! (docs/format.md §7, not used by images yet), [`slot`] (an inode's slot
+//! in the inode table). `docs/format.md` §2.4 has the
 //! byte tables; each module repeats its own.
 //!
 //! A record is a fixed part followed, where it has one, by bytes whose
@@ -21,6 +23,7 @@ pub mod inode;
 pub mod meta;
 pub mod op;
 pub mod share;
+pub mod slot;
 pub mod xattr;
 
 use std::borrow::Cow;

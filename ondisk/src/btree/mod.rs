@@ -1,0 +1,611 @@
+//! B+trees over metadata pages: a file's page map, a directory's entries
+//! and the share counts, kept on the media and changed in place (the
+//! design is docs/format.md §7; the image does not use them yet).
+//!
+//! A tree is its root pfn (0 for an empty tree) and the inode that owns it.
+//! Every node is one page ([`node`]): records in ascending key order, a
+//! leaf's carrying values, an interior node's the pfns of its children.
+//! The tree reads and changes pages through [`Pages`], which decides what
+//! a change costs: in a transaction, every [`Pages::write`] becomes a byte
+//! image in the journal entry before it is stored in place, so the tree
+//! itself never needs to be crash-consistent between two writes.
+//!
+//! The rules, kept here and checked by [`Tree::check`]:
+//! - every node but an empty tree's (which has none) holds at least one
+//!   record, and fits its page;
+//! - a child's level is its parent's less one; leaves are level 0;
+//! - in an interior node, the keys under child `i` (for `i > 0`) are at
+//!   least record `i`'s key and below record `i + 1`'s; the first record's
+//!   key bounds nothing.
+//!
+//! Removing records merges a node that falls under a quarter full with a
+//! neighbour when both fit one page, and frees nodes left empty, so a tree
+//! shrinks as it empties: a tree with no records has no pages.
+
+pub mod kinds;
+pub mod node;
+
+use std::collections::HashSet;
+use std::fmt::Debug;
+use std::marker::PhantomData;
+
+pub use kinds::{Dirents, Extent, Extents, NameKey, ShareRun, Shares};
+use node::{Entries, Node, CAPACITY, MAX_LEVEL};
+
+use crate::error::{Corrupt, Error, Result};
+use crate::layout::PAGE_SIZE;
+use crate::record::{Decode, Reader};
+
+/// A kind of tree: its node type and the layout of its keys and values.
+pub trait Kind {
+    /// The node header's type byte.
+    const TYPE: u8;
+    /// What the tree is, for messages.
+    const NAME: &'static str;
+    type Key: Ord + Clone + Debug;
+    type Value: Clone + PartialEq + Debug;
+    /// The fewest bytes a key takes.
+    const MIN_KEY_BYTES: usize;
+    /// Bytes of a value: every kind's values have one size.
+    const VALUE_BYTES: usize;
+
+    fn key_bytes(k: &Self::Key) -> usize;
+    fn encode_key(k: &Self::Key, out: &mut Vec<u8>);
+    fn decode_key(r: &mut Reader) -> Decode<Self::Key>;
+    fn encode_value(v: &Self::Value, out: &mut Vec<u8>);
+    fn decode_value(r: &mut Reader) -> Decode<Self::Value>;
+}
+
+/// Where the nodes live: reading a page, changing bytes of it, and
+/// allocating and freeing pages for nodes.
+pub trait Pages {
+    /// The page's current bytes (`PAGE_SIZE` of them), including what this
+    /// transaction wrote to it.
+    fn page(&self, pfn: u64) -> Result<&[u8]>;
+    /// Stores `bytes` at `off` in the page.
+    fn write(&mut self, pfn: u64, off: usize, bytes: &[u8]) -> Result<()>;
+    /// A page for a new node; its bytes are undefined until written.
+    fn alloc(&mut self) -> Result<u64>;
+    /// A node's page is no longer part of the tree.
+    fn free(&mut self, pfn: u64) -> Result<()>;
+}
+
+/// What [`Tree::check`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Shape {
+    pub records: u64,
+    pub pages: u64,
+    /// Levels: 0 for an empty tree, 1 for a single leaf.
+    pub depth: u8,
+}
+
+/// A B+tree of kind `K`, owned by inode `owner`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Tree<K: Kind> {
+    root: u64,
+    owner: u64,
+    kind: PhantomData<K>,
+}
+
+/// A node split in two: the right half's first key and page, and the left
+/// half's first key (what a new root needs).
+struct Split<K: Kind> {
+    left_first: K::Key,
+    sep: K::Key,
+    right: u64,
+}
+
+/// What removing from a subtree left of its root: records and bytes.
+struct Left {
+    len: usize,
+    bytes: usize,
+}
+
+/// The child whose subtree holds `key`: the last whose key is at most
+/// `key`, or the first.
+fn child_index<K: Ord, V>(v: &[(K, V)], key: &K) -> usize {
+    match v.binary_search_by(|(k, _)| k.cmp(key)) {
+        Ok(i) => i,
+        Err(0) => 0,
+        Err(i) => i - 1,
+    }
+}
+
+impl<K: Kind> Tree<K> {
+    /// The tree whose root is at `root` (0: empty).
+    pub fn new(root: u64, owner: u64) -> Self {
+        Tree {
+            root,
+            owner,
+            kind: PhantomData,
+        }
+    }
+
+    /// The root pfn, 0 when the tree is empty; it changes when the root
+    /// splits or collapses, and whoever records the root stores it again.
+    pub fn root(&self) -> u64 {
+        self.root
+    }
+
+    fn load(&self, pages: &impl Pages, pfn: u64, level: Option<u8>) -> Result<Node<K>> {
+        let what = || format!("{} node at pfn {pfn} of inode {}", K::NAME, self.owner);
+        let n = Node::<K>::decode(pages.page(pfn)?).map_err(|e| Corrupt::new(what(), e))?;
+        if n.owner != self.owner {
+            return Err(Corrupt::new(what(), format!("belongs to inode {}", n.owner)).into());
+        }
+        if level.is_some_and(|l| l != n.level) {
+            return Err(Corrupt::new(
+                what(),
+                format!("level {} where its parent expects {level:?}", n.level),
+            )
+            .into());
+        }
+        if n.records() == 0 {
+            return Err(Corrupt::new(what(), "an empty node").into());
+        }
+        Ok(n)
+    }
+
+    fn encode(node: &Node<K>) -> Result<Vec<u8>> {
+        node.encode()
+            .map_err(|e| Corrupt::new(format!("a new {} node", K::NAME), e).into())
+    }
+
+    /// Writes `node` over the page at `pfn`, only the bytes that changed:
+    /// the header (it has the crc) and the span of records that differ.
+    fn store(pages: &mut impl Pages, pfn: u64, node: &Node<K>) -> Result<()> {
+        let new = Self::encode(node)?;
+        let mut old = [0u8; PAGE_SIZE as usize];
+        let page = pages.page(pfn)?;
+        old.copy_from_slice(
+            page.get(..PAGE_SIZE as usize)
+                .ok_or_else(|| Corrupt::new(format!("page {pfn}"), "shorter than a page"))?,
+        );
+        let h = node::HEADER_BYTES;
+        if new[..h] != old[..h] {
+            pages.write(pfn, 0, &new[..h])?;
+        }
+        let body = &new[h..];
+        let was = &old[h..h + body.len()];
+        if let Some(first) = body.iter().zip(was).position(|(a, b)| a != b) {
+            let last = body.len()
+                - body
+                    .iter()
+                    .rev()
+                    .zip(was.iter().rev())
+                    .position(|(a, b)| a != b)
+                    .unwrap_or(0);
+            pages.write(pfn, h + first, &body[first..last])?;
+        }
+        Ok(())
+    }
+
+    fn store_new(pages: &mut impl Pages, node: &Node<K>) -> Result<u64> {
+        let bytes = Self::encode(node)?;
+        let pfn = pages.alloc()?;
+        pages.write(pfn, 0, &bytes)?;
+        Ok(pfn)
+    }
+
+    /// The value stored under `key`.
+    pub fn get(&self, pages: &impl Pages, key: &K::Key) -> Result<Option<K::Value>> {
+        if self.root == 0 {
+            return Ok(None);
+        }
+        let mut n = self.load(pages, self.root, None)?;
+        loop {
+            match n.entries {
+                Entries::Leaf(v) => {
+                    return Ok(v
+                        .binary_search_by(|(k, _)| k.cmp(key))
+                        .ok()
+                        .map(|i| v[i].1.clone()))
+                }
+                Entries::Interior(v) => {
+                    let child = v[child_index(&v, key)].1;
+                    n = self.load(pages, child, Some(n.level - 1))?;
+                }
+            }
+        }
+    }
+
+    /// The record with the greatest key at most `key` (for a page map: the
+    /// extent that may hold page `key`).
+    pub fn floor(&self, pages: &impl Pages, key: &K::Key) -> Result<Option<(K::Key, K::Value)>> {
+        if self.root == 0 {
+            return Ok(None);
+        }
+        let root = self.load(pages, self.root, None)?;
+        self.floor_in(pages, root, key)
+    }
+
+    fn floor_in(
+        &self,
+        pages: &impl Pages,
+        n: Node<K>,
+        key: &K::Key,
+    ) -> Result<Option<(K::Key, K::Value)>> {
+        match n.entries {
+            Entries::Leaf(mut v) => {
+                let at = match v.binary_search_by(|(k, _)| k.cmp(key)) {
+                    Ok(i) => i + 1,
+                    Err(i) => i,
+                };
+                v.truncate(at);
+                Ok(v.pop())
+            }
+            Entries::Interior(v) => {
+                // The child that would hold `key` may hold only greater
+                // keys; then the answer is the greatest of an earlier one
+                // (nodes are never empty, so the one before has it).
+                for i in (0..=child_index(&v, key)).rev() {
+                    let child = self.load(pages, v[i].1, Some(n.level - 1))?;
+                    if let Some(r) = self.floor_in(pages, child, key)? {
+                        return Ok(Some(r));
+                    }
+                }
+                Ok(None)
+            }
+        }
+    }
+
+    /// Visits the records in ascending key order from the first at least
+    /// `from` (all of them for `None`) until `visit` returns false.
+    pub fn range(
+        &self,
+        pages: &impl Pages,
+        from: Option<&K::Key>,
+        mut visit: impl FnMut(&K::Key, &K::Value) -> bool,
+    ) -> Result<()> {
+        if self.root == 0 {
+            return Ok(());
+        }
+        let root = self.load(pages, self.root, None)?;
+        self.range_in(pages, root, from, &mut visit).map(|_| ())
+    }
+
+    /// False when `visit` asked to stop.
+    fn range_in(
+        &self,
+        pages: &impl Pages,
+        n: Node<K>,
+        from: Option<&K::Key>,
+        visit: &mut impl FnMut(&K::Key, &K::Value) -> bool,
+    ) -> Result<bool> {
+        match n.entries {
+            Entries::Leaf(v) => {
+                let start = from.map_or(0, |f| v.partition_point(|(k, _)| k < f));
+                Ok(v[start..].iter().all(|(k, val)| visit(k, val)))
+            }
+            Entries::Interior(v) => {
+                let start = from.map_or(0, |f| child_index(&v, f));
+                for (i, (_, child)) in v.iter().enumerate().skip(start) {
+                    let c = self.load(pages, *child, Some(n.level - 1))?;
+                    let bound = if i == start { from } else { None };
+                    if !self.range_in(pages, c, bound, visit)? {
+                        return Ok(false);
+                    }
+                }
+                Ok(true)
+            }
+        }
+    }
+
+    /// Stores `value` under `key`, returning the value it replaced.
+    pub fn insert(
+        &mut self,
+        pages: &mut impl Pages,
+        key: K::Key,
+        value: K::Value,
+    ) -> Result<Option<K::Value>> {
+        if self.root == 0 {
+            self.root = Self::store_new(pages, &Node::leaf(self.owner, vec![(key, value)]))?;
+            return Ok(None);
+        }
+        let (old, split, level) = self.insert_in(pages, self.root, None, key, value)?;
+        if let Some(s) = split {
+            if level >= MAX_LEVEL {
+                return Err(Corrupt::new(
+                    format!("{} tree of inode {}", K::NAME, self.owner),
+                    "deeper than a tree can grow",
+                )
+                .into());
+            }
+            let root = Node::interior(
+                level + 1,
+                self.owner,
+                vec![(s.left_first, self.root), (s.sep, s.right)],
+            );
+            self.root = Self::store_new(pages, &root)?;
+        }
+        Ok(old)
+    }
+
+    /// Inserts under the node at `pfn`; returns the replaced value, the
+    /// split if the node overflowed, and the node's level.
+    #[allow(clippy::type_complexity)]
+    fn insert_in(
+        &self,
+        pages: &mut impl Pages,
+        pfn: u64,
+        level: Option<u8>,
+        key: K::Key,
+        value: K::Value,
+    ) -> Result<(Option<K::Value>, Option<Split<K>>, u8)> {
+        let mut n = self.load(pages, pfn, level)?;
+        let old = match &mut n.entries {
+            Entries::Leaf(v) => match v.binary_search_by(|(k, _)| k.cmp(&key)) {
+                Ok(i) => {
+                    if v[i].1 == value {
+                        return Ok((Some(value), None, 0));
+                    }
+                    Some(std::mem::replace(&mut v[i].1, value))
+                }
+                Err(i) => {
+                    v.insert(i, (key, value));
+                    None
+                }
+            },
+            Entries::Interior(v) => {
+                let i = child_index(v, &key);
+                let (old, split, _) =
+                    self.insert_in(pages, v[i].1, Some(n.level - 1), key, value)?;
+                let Some(s) = split else {
+                    return Ok((old, None, n.level));
+                };
+                // The first key bounds nothing, so keys below it may have
+                // gone into the first child; the split's left key is one
+                // of them and keeps the records in order.
+                if i == 0 && s.left_first < v[0].0 {
+                    v[0].0 = s.left_first;
+                }
+                v.insert(i + 1, (s.sep, s.right));
+                old
+            }
+        };
+        if n.bytes() <= CAPACITY {
+            Self::store(pages, pfn, &n)?;
+            return Ok((old, None, n.level));
+        }
+        let (left, right) = Self::halves(n);
+        Self::store(pages, pfn, &left)?;
+        let right_pfn = Self::store_new(pages, &right)?;
+        let split = Split {
+            left_first: left.first_key().cloned().ok_or_else(Self::lost)?,
+            sep: right.first_key().cloned().ok_or_else(Self::lost)?,
+            right: right_pfn,
+        };
+        Ok((old, Some(split), left.level))
+    }
+
+    fn lost() -> Error {
+        Corrupt::new(format!("a {} node split", K::NAME), "left a half empty").into()
+    }
+
+    /// Splits an overfull node in two of about equal bytes.
+    fn halves(n: Node<K>) -> (Node<K>, Node<K>) {
+        fn cut<T>(v: &[T], size: impl Fn(&T) -> usize) -> usize {
+            let total: usize = v.iter().map(&size).sum();
+            let mut acc = 0;
+            for (i, r) in v.iter().enumerate() {
+                acc += size(r);
+                if acc >= total / 2 {
+                    return (i + 1).clamp(1, v.len() - 1);
+                }
+            }
+            v.len() / 2
+        }
+        let (level, owner) = (n.level, n.owner);
+        match n.entries {
+            Entries::Leaf(mut v) => {
+                let right = v.split_off(cut(&v, |(k, _)| K::key_bytes(k) + K::VALUE_BYTES));
+                (Node::leaf(owner, v), Node::leaf(owner, right))
+            }
+            Entries::Interior(mut v) => {
+                let right = v.split_off(cut(&v, |(k, _)| K::key_bytes(k) + 8));
+                (
+                    Node::interior(level, owner, v),
+                    Node::interior(level, owner, right),
+                )
+            }
+        }
+    }
+
+    /// Removes `key`, returning its value.
+    pub fn remove(&mut self, pages: &mut impl Pages, key: &K::Key) -> Result<Option<K::Value>> {
+        if self.root == 0 {
+            return Ok(None);
+        }
+        let (old, left) = self.remove_in(pages, self.root, None, key)?;
+        if left.len == 0 {
+            pages.free(self.root)?;
+            self.root = 0;
+            return Ok(old);
+        }
+        // A root with one child gives way to it.
+        loop {
+            let n = self.load(pages, self.root, None)?;
+            match n.entries {
+                Entries::Interior(v) if v.len() == 1 => {
+                    pages.free(self.root)?;
+                    self.root = v[0].1;
+                }
+                _ => return Ok(old),
+            }
+        }
+    }
+
+    /// Removes under the node at `pfn`; the node is written unless it was
+    /// left empty, which its parent frees.
+    fn remove_in(
+        &self,
+        pages: &mut impl Pages,
+        pfn: u64,
+        level: Option<u8>,
+        key: &K::Key,
+    ) -> Result<(Option<K::Value>, Left)> {
+        let mut n = self.load(pages, pfn, level)?;
+        let left_of = |n: &Node<K>| Left {
+            len: n.records(),
+            bytes: n.bytes(),
+        };
+        let old = match &mut n.entries {
+            Entries::Leaf(v) => match v.binary_search_by(|(k, _)| k.cmp(key)) {
+                Ok(i) => v.remove(i).1,
+                Err(_) => return Ok((None, left_of(&n))),
+            },
+            Entries::Interior(v) => {
+                let i = child_index(v, key);
+                let child = v[i].1;
+                let (old, left) = self.remove_in(pages, child, Some(n.level - 1), key)?;
+                let Some(old) = old else {
+                    return Ok((None, left_of(&n)));
+                };
+                if left.len == 0 {
+                    pages.free(child)?;
+                    v.remove(i);
+                } else if left.bytes < CAPACITY / 4 && v.len() > 1 {
+                    let j = if i + 1 < v.len() { i + 1 } else { i - 1 };
+                    self.merge(pages, v, i.min(j), n.level - 1)?;
+                } else {
+                    return Ok((Some(old), left_of(&n)));
+                }
+                old
+            }
+        };
+        if n.records() > 0 {
+            Self::store(pages, pfn, &n)?;
+        }
+        Ok((Some(old), left_of(&n)))
+    }
+
+    /// Merges children `l` and `l + 1` of an interior node into `l` when
+    /// their records fit one page.
+    fn merge(
+        &self,
+        pages: &mut impl Pages,
+        v: &mut Vec<(K::Key, u64)>,
+        l: usize,
+        level: u8,
+    ) -> Result<()> {
+        let (lp, rp) = (v[l].1, v[l + 1].1);
+        let mut a = self.load(pages, lp, Some(level))?;
+        let b = self.load(pages, rp, Some(level))?;
+        // Under `l`, the right child's first key becomes a bound that
+        // counts; the parent's key for it is the bound that holds.
+        let sep = v[l + 1].0.clone();
+        match (&mut a.entries, b.entries) {
+            (Entries::Leaf(x), Entries::Leaf(y)) => x.extend(y),
+            (Entries::Interior(x), Entries::Interior(mut y)) => {
+                y[0].0 = sep;
+                x.extend(y);
+            }
+            _ => {
+                return Err(Corrupt::new(
+                    format!("{} tree of inode {}", K::NAME, self.owner),
+                    "siblings of one level are a leaf and an interior node",
+                )
+                .into())
+            }
+        }
+        if a.bytes() > CAPACITY {
+            return Ok(());
+        }
+        Self::store(pages, lp, &a)?;
+        pages.free(rp)?;
+        v.remove(l + 1);
+        Ok(())
+    }
+
+    /// Frees every page of the tree, leaving it empty.
+    pub fn free_all(&mut self, pages: &mut impl Pages) -> Result<()> {
+        if self.root != 0 {
+            self.free_in(pages, self.root, None)?;
+            self.root = 0;
+        }
+        Ok(())
+    }
+
+    fn free_in(&self, pages: &mut impl Pages, pfn: u64, level: Option<u8>) -> Result<()> {
+        let n = self.load(pages, pfn, level)?;
+        if let Entries::Interior(v) = n.entries {
+            for (_, child) in v {
+                self.free_in(pages, child, Some(n.level - 1))?;
+            }
+        }
+        pages.free(pfn)
+    }
+
+    /// Walks the whole tree and checks every rule of the module's; calls
+    /// `on_page` for each node's pfn (fsck marks them in use).
+    pub fn check(&self, pages: &impl Pages, mut on_page: impl FnMut(u64)) -> Result<Shape> {
+        let mut shape = Shape::default();
+        if self.root == 0 {
+            return Ok(shape);
+        }
+        let mut seen = HashSet::new();
+        let root = self.load(pages, self.root, None)?;
+        shape.depth = root.level + 1;
+        self.check_in(
+            pages,
+            self.root,
+            root,
+            None,
+            None,
+            &mut seen,
+            &mut shape,
+            &mut on_page,
+        )?;
+        Ok(shape)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn check_in(
+        &self,
+        pages: &impl Pages,
+        pfn: u64,
+        n: Node<K>,
+        lo: Option<&K::Key>,
+        hi: Option<&K::Key>,
+        seen: &mut HashSet<u64>,
+        shape: &mut Shape,
+        on_page: &mut impl FnMut(u64),
+    ) -> Result<()> {
+        let bad = |detail: String| -> Error {
+            Corrupt::new(
+                format!("{} node at pfn {pfn} of inode {}", K::NAME, self.owner),
+                detail,
+            )
+            .into()
+        };
+        if !seen.insert(pfn) {
+            return Err(bad("reached twice".into()));
+        }
+        on_page(pfn);
+        shape.pages += 1;
+        let inside = |k: &K::Key| lo.is_none_or(|lo| lo <= k) && hi.is_none_or(|hi| k < hi);
+        match n.entries {
+            Entries::Leaf(v) => {
+                if let Some((k, _)) = v.iter().find(|(k, _)| !inside(k)) {
+                    return Err(bad(format!("key {k:?} outside its parent's bounds")));
+                }
+                shape.records += v.len() as u64;
+            }
+            Entries::Interior(v) => {
+                if let Some((k, _)) = v.iter().skip(1).find(|(k, _)| !inside(k)) {
+                    return Err(bad(format!("key {k:?} outside its parent's bounds")));
+                }
+                for (i, (k, child)) in v.iter().enumerate() {
+                    let c = self.load(pages, *child, Some(n.level - 1))?;
+                    let clo = if i == 0 { lo } else { Some(k) };
+                    let chi = v.get(i + 1).map(|(k, _)| k).or(hi);
+                    self.check_in(pages, *child, c, clo, chi, seen, shape, on_page)?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests;
