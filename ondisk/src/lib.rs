@@ -27,6 +27,7 @@ pub mod pmem;
 pub mod rangemap;
 pub mod record;
 pub mod recording;
+pub mod shares;
 pub mod superblock;
 #[doc(hidden)]
 pub mod testing;

@@ -1,0 +1,375 @@
+//! Share counts on the media: a B+tree ([`btree::Shares`]) of runs of pfns
+//! mapped by two or more (file, page index) pairs. A mapped pfn without a
+//! run is mapped once, so a file system that shares nothing stores nothing
+//! here, and a page's count costs no memory (docs/format.md §7).
+//!
+//! Whether a pfn is mapped at all is the page maps' to say, not this
+//! tree's: [`ShareTree::add`] and [`ShareTree::drop`] are given pfns that
+//! are mapped, and `drop` says which ones that leaves mapped by nobody.
+//!
+//! Runs are kept as few as they can be: after a change, adjacent runs of
+//! one count are one record.
+
+use crate::btree::{Pages, Shape, ShareRun, Shares, Tree};
+use crate::error::{Corrupt, Error, Result};
+use crate::rangemap::{RangeMap, Run};
+
+/// The share tree: its root, 0 when nothing is shared.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ShareTree {
+    tree: Tree<Shares>,
+}
+
+/// The tree is the file system's, owned by no inode.
+const OWNER: u64 = 0;
+
+impl ShareTree {
+    pub fn new(root: u64) -> Self {
+        ShareTree {
+            tree: Tree::new(root, OWNER),
+        }
+    }
+
+    pub fn root(&self) -> u64 {
+        self.tree.root()
+    }
+
+    /// How many (file, index) pairs map `pfn`, given that it is mapped.
+    pub fn count(&self, pages: &impl Pages, pfn: u64) -> Result<u32> {
+        Ok(match self.tree.floor(pages, &pfn)? {
+            Some((k, r)) if pfn - k < r.len => r.count,
+            _ => 1,
+        })
+    }
+
+    /// The runs of count 2 or more in `[start, start + len)`, clipped to it.
+    pub fn shared_in(&self, pages: &impl Pages, start: u64, len: u64) -> Result<Vec<Run<u32>>> {
+        let (_, m) = self.around(pages, start, len)?;
+        Ok(m.range(start, len))
+    }
+
+    /// Every run, in pfn order, until `visit` returns false.
+    pub fn each(&self, pages: &impl Pages, mut visit: impl FnMut(Run<u32>) -> bool) -> Result<()> {
+        self.tree.range(pages, None, |k, r| {
+            visit(Run {
+                start: *k,
+                len: r.len,
+                value: r.count,
+            })
+        })
+    }
+
+    /// The records overlapping `[start, start + len)` or touching it, by
+    /// key, and as a map.
+    fn around(
+        &self,
+        pages: &impl Pages,
+        start: u64,
+        len: u64,
+    ) -> Result<(Vec<u64>, RangeMap<u32>)> {
+        let lo = start.saturating_sub(1);
+        let hi = start.saturating_add(len);
+        let mut keys = Vec::new();
+        let mut m = RangeMap::new();
+        if let Some((k, r)) = self.tree.floor(pages, &lo)? {
+            if k < lo && k + r.len >= lo {
+                keys.push(k);
+                m.insert(k, r.len, r.count);
+            }
+        }
+        self.tree.range(pages, Some(&lo), |&k, r| {
+            if k > hi {
+                return false;
+            }
+            keys.push(k);
+            m.insert(k, r.len, r.count);
+            true
+        })?;
+        Ok((keys, m))
+    }
+
+    /// Replaces the records `old` with the runs of `new` that count 2 or
+    /// more.
+    fn rewrite(&mut self, pages: &mut impl Pages, old: &[u64], new: &RangeMap<u32>) -> Result<()> {
+        for k in old {
+            self.tree.remove(pages, k)?;
+        }
+        for r in new.iter().filter(|r| r.value >= 2) {
+            self.tree.insert(
+                pages,
+                r.start,
+                ShareRun {
+                    len: r.len,
+                    count: r.value,
+                },
+            )?;
+        }
+        Ok(())
+    }
+
+    /// `m` with the pages of `[start, start + len)` that have no run given
+    /// count 1: they are mapped once.
+    fn fill_once(m: &mut RangeMap<u32>, start: u64, len: u64) {
+        let mut next = start;
+        let end = start + len;
+        let gaps: Vec<(u64, u64)> = m
+            .range(start, len)
+            .iter()
+            .chain(std::iter::once(&Run {
+                start: end,
+                len: 0,
+                value: 0,
+            }))
+            .filter_map(|r| {
+                let gap = (r.start > next).then(|| (next, r.start - next));
+                next = next.max(r.start + r.len);
+                gap
+            })
+            .collect();
+        for (s, l) in gaps {
+            m.insert(s, l, 1);
+        }
+    }
+
+    fn out_of_range(start: u64, len: u64) -> Error {
+        Corrupt::new(
+            "share counts",
+            format!("pfns {start}+{len}: a count would pass the limit or go below zero"),
+        )
+        .into()
+    }
+
+    /// One reference more to each pfn of `[start, start + len)` (all
+    /// mapped). Changes nothing when a count would pass `u32::MAX`.
+    pub fn add(&mut self, pages: &mut impl Pages, start: u64, len: u64) -> Result<()> {
+        if len == 0 {
+            return Ok(());
+        }
+        let (keys, mut m) = self.around(pages, start, len)?;
+        Self::fill_once(&mut m, start, len);
+        m.add(start, len, 1)
+            .map_err(|_| Self::out_of_range(start, len))?;
+        self.rewrite(pages, &keys, &m)
+    }
+
+    /// One reference fewer to each pfn of `[start, start + len)` (all
+    /// mapped); returns the pfn runs now mapped by nobody.
+    pub fn drop(&mut self, pages: &mut impl Pages, start: u64, len: u64) -> Result<Vec<Run<u64>>> {
+        if len == 0 {
+            return Ok(Vec::new());
+        }
+        let (keys, mut m) = self.around(pages, start, len)?;
+        Self::fill_once(&mut m, start, len);
+        let freed = m
+            .add(start, len, -1)
+            .map_err(|_| Self::out_of_range(start, len))?;
+        if !keys.is_empty() {
+            self.rewrite(pages, &keys, &m)?;
+        }
+        Ok(freed
+            .into_iter()
+            .map(|r| Run {
+                start: r.start,
+                len: r.len,
+                value: r.start,
+            })
+            .collect())
+    }
+
+    /// Frees every node, leaving nothing shared (fsck rebuilding).
+    pub fn clear(&mut self, pages: &mut impl Pages) -> Result<()> {
+        self.tree.free_all(pages)
+    }
+
+    /// Checks the tree (`btree::Tree::check`) and that its runs neither
+    /// overlap nor wrap; returns them and the tree's shape.
+    pub fn check(
+        &self,
+        pages: &impl Pages,
+        on_page: impl FnMut(u64),
+    ) -> Result<(RangeMap<u32>, Shape)> {
+        let shape = self.tree.check(pages, on_page)?;
+        let mut runs = RangeMap::new();
+        let mut end = 0u64;
+        let mut bad = None;
+        self.each(pages, |r| match r.start.checked_add(r.len) {
+            Some(e) if r.start >= end => {
+                end = e;
+                runs.insert(r.start, r.len, r.value);
+                true
+            }
+            _ => {
+                bad = Some(r);
+                false
+            }
+        })?;
+        if let Some(r) = bad {
+            return Err(Corrupt::new(
+                "share counts",
+                format!(
+                    "the run at pfn {} overlaps the one before it or wraps",
+                    r.start
+                ),
+            )
+            .into());
+        }
+        Ok((runs, shape))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::layout::PAGE_SIZE;
+
+    #[derive(Default)]
+    struct Mem {
+        pages: HashMap<u64, Vec<u8>>,
+        next: u64,
+        writes: usize,
+    }
+
+    impl Pages for Mem {
+        fn page(&self, pfn: u64) -> Result<&[u8]> {
+            self.pages
+                .get(&pfn)
+                .map(|p| p.as_slice())
+                .ok_or_else(|| Corrupt::new("test", format!("no page {pfn}")).into())
+        }
+        fn write(&mut self, pfn: u64, off: usize, bytes: &[u8]) -> Result<()> {
+            self.writes += 1;
+            let p = self
+                .pages
+                .get_mut(&pfn)
+                .ok_or_else(|| Corrupt::new("test", format!("no page {pfn}")))?;
+            p[off..off + bytes.len()].copy_from_slice(bytes);
+            Ok(())
+        }
+        fn alloc(&mut self) -> Result<u64> {
+            self.next += 1;
+            self.pages.insert(self.next, vec![0; PAGE_SIZE as usize]);
+            Ok(self.next)
+        }
+        fn free(&mut self, pfn: u64) -> Result<()> {
+            self.pages.remove(&pfn);
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn nothing_shared_stores_nothing() {
+        let mut m = Mem::default();
+        let mut t = ShareTree::new(0);
+        assert_eq!(t.count(&m, 5).unwrap(), 1);
+        let freed = t.drop(&mut m, 10, 4).unwrap();
+        assert_eq!(
+            freed,
+            vec![Run {
+                start: 10,
+                len: 4,
+                value: 10
+            }]
+        );
+        assert_eq!((t.root(), m.writes), (0, 0));
+    }
+
+    #[test]
+    fn a_clone_and_its_undoing() {
+        let mut m = Mem::default();
+        let mut t = ShareTree::new(0);
+        t.add(&mut m, 100, 50).unwrap();
+        t.add(&mut m, 120, 10).unwrap();
+        assert_eq!(t.count(&m, 99).unwrap(), 1);
+        assert_eq!(t.count(&m, 100).unwrap(), 2);
+        assert_eq!(t.count(&m, 125).unwrap(), 3);
+        assert_eq!(t.shared_in(&m, 118, 4).unwrap().len(), 2);
+        assert!(t.drop(&mut m, 100, 50).unwrap().is_empty());
+        assert_eq!(t.count(&m, 100).unwrap(), 1);
+        assert_eq!(t.count(&m, 125).unwrap(), 2);
+        assert!(t.drop(&mut m, 120, 10).unwrap().is_empty());
+        assert_eq!(t.root(), 0, "nothing shared: no pages");
+        assert!(m.pages.is_empty());
+    }
+
+    #[test]
+    fn adjacent_clones_make_one_run() {
+        let mut m = Mem::default();
+        let mut t = ShareTree::new(0);
+        for p in 0..1000 {
+            t.add(&mut m, p, 1).unwrap();
+        }
+        let (runs, shape) = t.check(&m, |_| {}).unwrap();
+        assert_eq!(runs.run_count(), 1);
+        assert_eq!(shape.records, 1);
+    }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Map(u16, u8),
+        Add(u16, u8),
+        Drop(u16, u8),
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        /// Against full counts kept in a map: the tree holds exactly the
+        /// counts of 2 and more, and drop frees exactly what falls to 0.
+        #[test]
+        fn matches_full_counts(ops in prop::collection::vec(
+            prop_oneof![
+                (0..2000u16, 1..40u8).prop_map(|(s, l)| Op::Map(s, l)),
+                (0..2000u16, 1..40u8).prop_map(|(s, l)| Op::Add(s, l)),
+                (0..2000u16, 1..40u8).prop_map(|(s, l)| Op::Drop(s, l)),
+            ],
+            1..400,
+        )) {
+            let mut m = Mem::default();
+            let mut t = ShareTree::new(0);
+            let mut full: RangeMap<u32> = RangeMap::new();
+            let (mut adds, mut drops) = (0, 0);
+            for o in ops {
+                match o {
+                    Op::Map(s, l) => {
+                        let (s, l) = (u64::from(s) * 3, u64::from(l));
+                        if full.range(s, l).is_empty() {
+                            full.insert(s, l, 1);
+                        }
+                    }
+                    // Within a mapped run: the `s`-th, from `l % 8` on.
+                    Op::Add(s, l) | Op::Drop(s, l) => {
+                        let runs: Vec<_> = full.iter().collect();
+                        if runs.is_empty() {
+                            continue;
+                        }
+                        let r = runs[usize::from(s) % runs.len()];
+                        let off = u64::from(l % 8).min(r.len - 1);
+                        let (s, l) = (r.start + off, (r.len - off).min(u64::from(l)));
+                        if let Op::Add(..) = o {
+                            adds += 1;
+                            t.add(&mut m, s, l).unwrap();
+                            full.add(s, l, 1).unwrap();
+                        } else {
+                            drops += 1;
+                            let got = t.drop(&mut m, s, l).unwrap();
+                            let want: Vec<_> = full.add(s, l, -1).unwrap().into_iter()
+                                .map(|r| Run { start: r.start, len: r.len, value: r.start }).collect();
+                            prop_assert_eq!(got, want);
+                        }
+                    }
+                }
+                let (runs, _) = t.check(&m, |_| {}).unwrap();
+                let want = RangeMap::from_runs(full.iter().filter(|r| r.value >= 2)).unwrap();
+                prop_assert_eq!(runs.iter().collect::<Vec<_>>(), want.iter().collect::<Vec<_>>());
+                for r in full.iter().take(5) {
+                    prop_assert_eq!(t.count(&m, r.start).unwrap(), r.value);
+                }
+            }
+            prop_assert!(adds + drops > 0 || full.is_empty());
+        }
+    }
+}
