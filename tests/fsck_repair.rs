@@ -76,6 +76,7 @@ fn torn_journal_tail() {
             dir: ROOT_INO,
             name: b"big".to_vec(),
         }],
+        &[],
     )
     .unwrap();
     let n = entry.len();
@@ -110,16 +111,15 @@ fn wrong_share_count() {
     let path = populated(&dir);
     let img = Image::open(&path, Access::ReadOnly).unwrap();
     let shared = img
-        .meta()
-        .shares
+        .shared_runs()
+        .unwrap()
+        .0
         .iter()
         .find(|r| r.value == 2)
         .expect("the clone shares pages")
         .start;
     drop(img);
-    damage_meta(&path, |m| {
-        m.shares.add(shared, 3, 1).unwrap();
-    });
+    damage_shares(&path, |t, pages| t.add(pages, shared, 3).unwrap());
     // Mount must refuse an image whose counts are wrong, naming fsck.
     let e = Image::open(&path, Access::ReadWrite)
         .err()
@@ -127,7 +127,30 @@ fn wrong_share_count() {
     assert!(e.to_string().contains("fsck.pmemfs"), "{e}");
     repair_cycle(&path, "SH1");
     let img = Image::open(&path, Access::ReadWrite).unwrap();
-    assert_eq!(img.meta().shares.get(shared), Some(2));
+    assert_eq!(img.share_count(shared).unwrap(), 2);
+}
+
+/// A share-tree node damaged on the media (its checksum catches it):
+/// mount refuses, naming fsck; fsck rebuilds the tree from the page maps.
+#[test]
+fn damaged_share_tree_node() {
+    let dir = TempDir::new("sharenode");
+    let path = populated(&dir);
+    let img = Image::open(&path, Access::ReadOnly).unwrap();
+    let root = img.meta().share_root;
+    assert_ne!(root, 0, "the clone made a share tree");
+    let (runs, _) = img.shared_runs().unwrap();
+    drop(img);
+    let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&f, &[0x5a; 8], root * PAGE_SIZE + 40).unwrap();
+    drop(f);
+    let e = Image::open(&path, Access::ReadWrite)
+        .err()
+        .expect("refused");
+    assert!(e.to_string().contains("fsck.pmemfs"), "{e}");
+    repair_cycle(&path, "SH4");
+    let img = Image::open(&path, Access::ReadWrite).unwrap();
+    assert_eq!(img.shared_runs().unwrap().0, runs, "the counts are back");
 }
 
 #[test]
@@ -138,9 +161,7 @@ fn leaked_page() {
     let free_before = img.free_pages();
     let far = img.geometry().total_pages - 10;
     drop(img);
-    damage_meta(&path, |m| {
-        m.shares.add(far, 4, 1).unwrap();
-    });
+    damage_shares(&path, |t, pages| t.add(pages, far, 4).unwrap());
     let (out_n, _) = repair_cycle(&path, "SH2");
     assert!(
         out_n.contains(&format!("pfns {far}..{}", far + 4)),

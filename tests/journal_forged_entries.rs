@@ -49,6 +49,7 @@ fn an_xattr_value_full_of_forged_entries_changes_nothing() {
             dir: ROOT_INO,
             name: b"f".to_vec(),
         }],
+        &[],
     )
     .unwrap();
     let mut value = Vec::new();

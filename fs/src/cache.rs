@@ -599,7 +599,7 @@ mod tests {
             assert!(meta.get(*ino).is_some(), "spaces of deleted inode {ino}");
         }
         let mut n = 0;
-        for r in meta.shares.iter() {
+        for r in meta.counted_shares().iter() {
             for p in r.start..r.start + r.len {
                 n += copies(st, p) as u64;
             }

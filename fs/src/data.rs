@@ -243,9 +243,9 @@ impl State {
         Ok(Some(ReadData::Copied(out)))
     }
 
-    /// Whether the file is the only user of `pfn`.
-    fn exclusive(&self, pfn: u64) -> bool {
-        self.image.meta().shares.get(pfn) == Some(1)
+    /// Whether the file is the only user of `pfn`, a mapped pfn.
+    fn exclusive(&self, pfn: u64) -> FsResult<bool> {
+        Ok(self.image.share_count(pfn)? == 1)
     }
 
     /// Stores `data` at byte `off` of the file's pages and returns the `Map`
@@ -282,7 +282,7 @@ impl State {
         let map = pages_of(self, ino)?;
         for idx in first..=last {
             match map.get(idx) {
-                Some(pfn) if self.exclusive(pfn) => {
+                Some(pfn) if self.exclusive(pfn)? => {
                     let (at, bytes) = part(idx);
                     // Its DRAM copies would be stale: gone before any
                     // read can run again (we hold the state alone).
@@ -416,7 +416,10 @@ impl State {
         let map = pages_of(self, ino)?;
         let mut fresh = 0;
         for idx in first..=last {
-            let needs_page = map.get(idx).is_none_or(|pfn| !self.exclusive(pfn));
+            let needs_page = match map.get(idx) {
+                Some(pfn) => !self.exclusive(pfn)?,
+                None => true,
+            };
             if needs_page {
                 if fresh == avail {
                     return Ok((idx * PAGE_SIZE).saturating_sub(off) as usize);
@@ -682,7 +685,7 @@ impl State {
         let mut shared = Vec::new();
         for r in pages_of(self, ino)?.range(first, last - first + 1) {
             for k in 0..r.len {
-                if !self.exclusive(r.value + k) {
+                if !self.exclusive(r.value + k)? {
                     shared.push((r.start + k, r.value + k));
                 }
             }

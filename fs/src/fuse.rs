@@ -1067,7 +1067,7 @@ impl Filesystem for PmemFs {
         let s = self.state.read();
         let out = match cmd {
             PMEMFS_IOC_USAGE => s.usage(ino.0).map(|u| u.encode()),
-            PMEMFS_IOC_STATS => Ok(s.stats().encode()),
+            PMEMFS_IOC_STATS => s.stats().map(|st| st.encode()),
             PMEMFS_IOC_OPS => Ok(self.ops.encode()),
             PMEMFS_IOC_PAGE_HASHES => match crate::ioctl::decode_position(in_data) {
                 Some(from) => s.page_hashes(ino.0, from).map(|h| h.encode()),

@@ -4,7 +4,7 @@
 //! in the number, so the kernel moves the data itself) and answer a fixed
 //! array of little-endian u64s.
 
-use pmemfs_ondisk::{Body, Ino, PAGE_SIZE};
+use pmemfs_ondisk::{Body, Ino, Run, PAGE_SIZE};
 
 use crate::cache::CacheStats;
 use crate::error::{fail, FsResult};
@@ -495,16 +495,13 @@ impl State {
     pub fn usage(&self, ino: Ino) -> FsResult<Usage> {
         let mut u = Usage::default();
         if let Body::File(map) = &self.inode(ino)?.body {
-            let shares = &self.image.meta().shares;
             for r in map.iter() {
                 u.total += r.len * PAGE_SIZE;
-                for c in shares.range(r.value, r.len) {
-                    if c.value == 1 {
-                        u.exclusive += c.len * PAGE_SIZE;
-                    }
+                for c in self.image.shared_in(r.value, r.len)? {
+                    u.shared += c.len * PAGE_SIZE;
                 }
             }
-            u.shared = u.total - u.exclusive;
+            u.exclusive = u.total - u.shared;
         }
         Ok(u)
     }
@@ -517,11 +514,10 @@ impl State {
         let Body::File(map) = &self.inode(ino)?.body else {
             return fail(libc::EINVAL);
         };
-        let shares = &self.image.meta().shares;
         let mut out = Extents::default();
         let mut index = from / PAGE_SIZE;
         while let Some(run) = map.first_at_or_after(index) {
-            for c in shares.range(run.value, run.len) {
+            for c in self.counts_in(run.value, run.len)? {
                 let e = Extent {
                     logical: (run.start + (c.start - run.value)) * PAGE_SIZE,
                     physical: c.start * PAGE_SIZE,
@@ -567,7 +563,30 @@ impl State {
         Ok(out)
     }
 
-    pub fn stats(&self) -> Stats {
+    /// The share counts of mapped pfns `[pfn, pfn + len)` as runs that
+    /// cover them: the share tree's runs, and count 1 between them.
+    fn counts_in(&self, pfn: u64, len: u64) -> FsResult<Vec<Run<u32>>> {
+        let mut out = Vec::new();
+        let mut next = pfn;
+        let once = |start: u64, end: u64| Run {
+            start,
+            len: end - start,
+            value: 1,
+        };
+        for c in self.image.shared_in(pfn, len)? {
+            if c.start > next {
+                out.push(once(next, c.start));
+            }
+            next = c.start + c.len;
+            out.push(c);
+        }
+        if next < pfn + len {
+            out.push(once(next, pfn + len));
+        }
+        Ok(out)
+    }
+
+    pub fn stats(&self) -> FsResult<Stats> {
         let meta = self.image.meta();
         let mut s = Stats {
             data_pages: self.image.geometry().data_pages(),
@@ -578,20 +597,18 @@ impl State {
             ksm: self.ksm_queue().stats(),
             ..Stats::default()
         };
-        for r in meta.shares.iter() {
+        for r in meta.counted_shares().iter() {
             s.used_pages += r.len;
             s.referenced_pages += r.len * u64::from(r.value);
-            if r.value > 1 {
-                s.shared_pages += r.len;
-            }
         }
+        s.shared_pages = self.image.shared_runs()?.0.pages();
         s.map_runs = meta
             .inodes
             .values()
             .filter_map(|i| i.pages())
             .map(|m| m.run_count() as u64)
             .sum();
-        s
+        Ok(s)
     }
 }
 

@@ -27,6 +27,7 @@ use crate::error::{Corrupt, Result};
 use crate::layout::{Geometry, PAGE_SIZE};
 use crate::meta::Meta;
 use crate::pmem::Pmem;
+use crate::record::patch::Patch;
 use crate::superblock::CheckpointRef;
 
 pub const PAGE_MAGIC: u32 = u32::from_le_bytes(*b"CKPT");
@@ -63,9 +64,9 @@ fn refused(e: String) -> Corrupt {
 }
 
 /// Bytes of `meta`'s payload, found by encoding it without keeping it.
-pub fn encoded_len(meta: &Meta) -> Result<usize, Corrupt> {
+pub fn encoded_len(meta: &Meta, patches: &[Patch]) -> Result<usize, Corrupt> {
     let mut n = 0;
-    crate::record::meta::encode_each(meta, |b| n += b.len()).map_err(refused)?;
+    crate::record::meta::encode_each(meta, patches, |b| n += b.len()).map_err(refused)?;
     Ok(n)
 }
 
@@ -77,9 +78,15 @@ pub fn pages_for(bytes: usize) -> u64 {
 /// Writes `meta` as a checkpoint to `pfns` (exactly [`pages_for`] its
 /// [`encoded_len`]) and flushes them, a page at a time; the caller fences
 /// before pointing a superblock at it.
-pub fn write_meta(pmem: &Pmem, id: u64, meta: &Meta, pfns: &[u64]) -> Result<()> {
+pub fn write_meta(
+    pmem: &Pmem,
+    id: u64,
+    meta: &Meta,
+    patches: &[Patch],
+    pfns: &[u64],
+) -> Result<()> {
     let mut w = PageWriter::new(pmem, id, pfns);
-    crate::record::meta::encode_each(meta, |b| w.push(b)).map_err(refused)?;
+    crate::record::meta::encode_each(meta, patches, |b| w.push(b)).map_err(refused)?;
     w.finish()
 }
 
@@ -168,7 +175,17 @@ impl<'a> PageWriter<'a> {
 
 /// Reads and decodes the checkpoint `r` names. Returns the metadata and the
 /// pfns the checkpoint occupies.
-pub fn read(pmem: &Pmem, g: &Geometry, r: &CheckpointRef) -> Result<(Meta, Vec<u64>), Corrupt> {
+/// A checkpoint as read: the metadata, the pages of its chain, and the
+/// patches of the transaction it carries (stored in place by whoever opens
+/// the image for writing; read through by those who only look).
+#[derive(Debug)]
+pub struct Loaded {
+    pub meta: Meta,
+    pub pfns: Vec<u64>,
+    pub patches: Vec<Patch>,
+}
+
+pub fn read(pmem: &Pmem, g: &Geometry, r: &CheckpointRef) -> Result<Loaded, Corrupt> {
     // The pages' payloads where they lie in the mapping: decoding reads
     // them in place, so a checkpoint is never copied whole into memory.
     let mut payload: Vec<&[u8]> = Vec::new();
@@ -234,7 +251,7 @@ pub fn read(pmem: &Pmem, g: &Geometry, r: &CheckpointRef) -> Result<(Meta, Vec<u
         pfns.push(pfn);
         pfn = next;
     }
-    let meta: Meta = crate::record::meta::decode_pieces(payload).map_err(|e| {
+    let (meta, patches) = crate::record::meta::decode_pieces(payload).map_err(|e| {
         Corrupt::new(
             format!("checkpoint {}", r.id),
             format!("metadata does not decode: {e}"),
@@ -242,7 +259,11 @@ pub fn read(pmem: &Pmem, g: &Geometry, r: &CheckpointRef) -> Result<(Meta, Vec<u
     })?;
     meta.check_shape()
         .map_err(|e| Corrupt::new(format!("checkpoint {}", r.id), e.to_string()))?;
-    Ok((meta, pfns))
+    Ok(Loaded {
+        meta,
+        pfns,
+        patches,
+    })
 }
 
 #[cfg(test)]
@@ -281,11 +302,11 @@ mod tests {
     fn setup(meta: &Meta) -> (Pmem, Geometry, CheckpointRef) {
         let g = Geometry::for_size(MIN_IMAGE_BYTES).unwrap();
         let p = Pmem::memory(MIN_IMAGE_BYTES);
-        let n = pages_for(encoded_len(meta).unwrap());
+        let n = pages_for(encoded_len(meta, &[]).unwrap());
         assert!(n > 1, "the sample spans several pages");
         // Scatter the chain, last page first, to exercise `next`.
         let pfns: Vec<u64> = (0..n).map(|i| g.data_start + 10 + (n - i) * 2).collect();
-        write_meta(&p, 33, meta, &pfns).unwrap();
+        write_meta(&p, 33, meta, &[], &pfns).unwrap();
         (
             p,
             g,
@@ -304,11 +325,11 @@ mod tests {
         let g = Geometry::for_size(MIN_IMAGE_BYTES).unwrap();
         let p = Pmem::memory(MIN_IMAGE_BYTES);
         let m = Meta::new(0, 0, Time::default());
-        let len = encoded_len(&m).unwrap();
+        let len = encoded_len(&m, &[]).unwrap();
         let pfn = g.data_start;
-        write_meta(&p, 5, &m, &[pfn]).unwrap();
+        write_meta(&p, 5, &m, &[], &[pfn]).unwrap();
         let page = p.bytes(pfn * PAGE_SIZE, PAGE_SIZE).unwrap();
-        let payload = crate::record::meta::encode(&m).unwrap();
+        let payload = crate::record::meta::encode(&m, &[]).unwrap();
         assert_eq!(&page[..4], b"CKPT");
         let mut h = page[..32].to_vec();
         h[4..8].fill(0);
@@ -332,7 +353,9 @@ mod tests {
     fn round_trip() {
         let m = sample();
         let (p, g, r) = setup(&m);
-        let (back, pfns) = read(&p, &g, &r).unwrap();
+        let crate::checkpoint::Loaded {
+            meta: back, pfns, ..
+        } = read(&p, &g, &r).unwrap();
         assert_eq!(back, m);
         assert_eq!(pfns.len() as u64, r.pages);
     }
@@ -342,7 +365,7 @@ mod tests {
         let m = sample();
         let (p, g, r) = setup(&m);
         // A flipped payload byte in the second page.
-        let (_, pfns) = read(&p, &g, &r).unwrap();
+        let pfns = read(&p, &g, &r).unwrap().pfns;
         let at = pfns[1] * PAGE_SIZE + 100;
         let b = p.bytes(at, 1).unwrap()[0];
         p.write(at, &[b ^ 1]).unwrap();

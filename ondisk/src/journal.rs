@@ -12,7 +12,8 @@
 //!  16     4  crc32    of the header with this field zero, then the payload
 //!  20     8  nonce    the run's nonce, from the superblock
 //!  28     4  reserved zero
-//!  32   len  payload  the ops (record::op)
+//!  32   len  payload  the ops (record::op), then the patches of the
+//!                     metadata pages the transaction changed (record::patch)
 //! ```
 //! then zero padding to the next 64-byte boundary.
 //!
@@ -38,6 +39,8 @@ use crate::error::{Corrupt, Error, Result};
 use crate::layout::Geometry;
 use crate::meta::Op;
 use crate::pmem::{Pmem, CACHE_LINE};
+use crate::record::patch::{self, Patch};
+use crate::record::Reader;
 use crate::superblock::JournalPos;
 
 pub const ENTRY_MAGIC: u32 = u32::from_le_bytes(*b"JRNL");
@@ -71,9 +74,10 @@ pub fn entry_bytes(payload: usize) -> u64 {
 }
 
 /// Encodes a transaction as the entry that goes at `pos`.
-pub fn encode_entry(pos: JournalPos, ops: &[Op]) -> Result<Vec<u8>> {
-    let payload =
+pub fn encode_entry(pos: JournalPos, ops: &[Op], patches: &[Patch]) -> Result<Vec<u8>> {
+    let mut payload =
         crate::record::op::encode(ops).map_err(|e| Error::Io(std::io::Error::other(e)))?;
+    patch::encode(patches, &mut payload).map_err(|e| Error::Io(std::io::Error::other(e)))?;
     let len =
         u32::try_from(payload.len()).map_err(|_| Error::TransactionTooLarge(payload.len()))?;
     let mut h = RawHeader {
@@ -99,6 +103,7 @@ pub struct Entry {
     pub off: u64,
     pub seq: u64,
     pub ops: Vec<Op>,
+    pub patches: Vec<Patch>,
 }
 
 /// How the log ended.
@@ -158,8 +163,22 @@ fn read_entry(pmem: &Pmem, g: &Geometry, at: JournalPos) -> Found {
     if entry_crc(&header, payload) != header.crc.get() {
         return Found::Torn(format!("seq {seq}: checksum mismatch"));
     }
-    match crate::record::op::decode(payload) {
-        Ok(ops) => Found::Entry(Entry { off, seq, ops }, off + entry_bytes(len as usize)),
+    let mut r = Reader::new(payload);
+    let decoded = crate::record::op::decode_list(&mut r).and_then(|ops| {
+        let patches = patch::decode_list(&mut r)?;
+        r.finish("journal entry")?;
+        Ok((ops, patches))
+    });
+    match decoded {
+        Ok((ops, patches)) => Found::Entry(
+            Entry {
+                off,
+                seq,
+                ops,
+                patches,
+            },
+            off + entry_bytes(len as usize),
+        ),
         Err(e) => Found::Torn(format!("seq {seq}: does not decode: {e}")),
     }
 }
@@ -286,7 +305,7 @@ mod tests {
         let mut pos = START;
         let mut offs = vec![];
         for i in 0..n {
-            let e = encode_entry(pos, &op(i)).unwrap();
+            let e = encode_entry(pos, &op(i), &[]).unwrap();
             assert!(append(p, g, pos, &e).unwrap());
             offs.push(pos.off);
             pos = pos.after(pos.off + e.len() as u64);
@@ -362,7 +381,7 @@ mod tests {
     fn full_journal_refuses_without_writing() {
         let (p, g) = setup();
         let ops: Vec<Op> = (0..20).flat_map(op).collect();
-        let e = encode_entry(START, &ops).unwrap();
+        let e = encode_entry(START, &ops, &[]).unwrap();
         assert!(e.len() > 64);
         let at = JournalPos {
             off: g.journal_bytes() - 64,
@@ -384,7 +403,7 @@ mod tests {
         let (p, g) = setup();
         let run = JournalPos { seq: 2, ..START };
         let guessed = JournalPos { nonce: 0, ..run };
-        let forged = encode_entry(guessed, &op(99)).unwrap();
+        let forged = encode_entry(guessed, &op(99), &[]).unwrap();
         p.write(g.journal_offset(), &forged).unwrap();
         let later = JournalPos {
             off: 1024,
@@ -393,7 +412,7 @@ mod tests {
         };
         p.write(
             g.journal_offset() + later.off,
-            &encode_entry(later, &op(98)).unwrap(),
+            &encode_entry(later, &op(98), &[]).unwrap(),
         )
         .unwrap();
         let s = scan(&p, &g, run);
@@ -412,12 +431,13 @@ mod tests {
             seq: 1,
             nonce: 0,
         };
-        let e = encode_entry(pos, &[Op::Delete { ino: 300 }]).unwrap();
+        let e = encode_entry(pos, &[Op::Delete { ino: 300 }], &[]).unwrap();
         let mut want = vec![0u8; 64];
         want[..20].copy_from_slice(&[
-            0x4a, 0x52, 0x4e, 0x4c, 13, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0x74, 0x98, 0xca, 0x1e,
+            0x4a, 0x52, 0x4e, 0x4c, 17, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0x22, 0x5a, 0xe2, 0x3b,
         ]);
-        want[32..45].copy_from_slice(&[1, 0, 0, 0, 4, 0x2c, 0x01, 0, 0, 0, 0, 0, 0]);
+        // One op, a Delete of inode 300; then no patches.
+        want[32..49].copy_from_slice(&[1, 0, 0, 0, 4, 0x2c, 0x01, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
         assert_eq!(e, want);
     }
 

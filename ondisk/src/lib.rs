@@ -23,6 +23,7 @@ pub mod journal;
 pub mod layout;
 pub mod lock;
 pub mod meta;
+pub mod overlay;
 pub mod pmem;
 pub mod rangemap;
 pub mod record;

@@ -5,9 +5,10 @@
 //! state the same way, checkpoint then [`Meta::apply`] for each op, so what
 //! an op means is written once, here.
 //!
-//! Invariant kept by `apply`: `shares` counts, for every pfn, the number of
-//! (file, page index) pairs that map it. A pfn with count 0 is free (or a
-//! checkpoint page, which the superblock accounts for).
+//! Share counts are not here: they live on the media (`shares`), changed
+//! in the same transactions as the page maps. `apply` says which pfns an
+//! op gave a reference and took one from ([`Refs`]); the image changes the
+//! counts to match, and `share_root` records where the tree is.
 
 use std::collections::BTreeMap;
 
@@ -211,6 +212,20 @@ pub enum Op {
         dir: Ino,
         parent: Ino,
     },
+    /// Records the share tree's new root (0: nothing shared), after a
+    /// transaction's share-count changes moved it.
+    SetShareRoot {
+        root: u64,
+    },
+}
+
+/// What an op did to page references: pfn runs `(pfn, len)` that gained a
+/// reference, and runs that lost one. The share counts take the gains
+/// first, so that a clone over pages it shares frees nothing.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Refs {
+    pub added: Vec<(u64, u64)>,
+    pub dropped: Vec<(u64, u64)>,
 }
 
 /// The whole metadata of a file system.
@@ -219,8 +234,9 @@ pub struct Meta {
     /// Smallest inode number never handed out.
     pub next_ino: Ino,
     pub inodes: BTreeMap<Ino, Inode>,
-    /// pfn -> number of page-map references.
-    pub shares: RangeMap<u32>,
+    /// Root pfn of the share tree on the media (`shares::ShareTree`); 0
+    /// when no page is shared.
+    pub share_root: u64,
 }
 
 /// Whether `name` may be a directory entry.
@@ -297,29 +313,14 @@ impl Meta {
         }
     }
 
-    /// Drops one reference to each page of `runs` (pfn runs); returns the
-    /// pfn runs that became free.
-    fn unshare(&mut self, runs: &[Run<u64>], freed: &mut Vec<Run<u32>>) -> Result<(), Corrupt> {
-        for r in runs {
-            let f = self
-                .shares
-                .add(r.value, r.len, -1)
-                .map_err(|u| bad(format!("share count of pfn {} would go below zero", u.pfn)))?;
-            freed.extend(f);
-        }
-        Ok(())
-    }
-
-    /// Applies one op. Returns the pfn runs whose share count fell to zero.
+    /// Applies one op; returns the references it added and dropped.
     ///
     /// An op that does not fit the state (a missing inode, a name that
-    /// exists) is refused with `Corrupt`; the checks that can fail come
-    /// before any change, except that a share-count underflow in the middle
-    /// of a multi-run unmap leaves the runs before it dropped. That can only
-    /// happen on a state whose counts are already wrong, which mount refuses
-    /// and fsck rebuilds.
-    pub fn apply(&mut self, op: &Op) -> Result<Vec<Run<u32>>, Corrupt> {
-        let mut freed = Vec::new();
+    /// exists) is refused with `Corrupt`, and the checks that can fail come
+    /// before any change.
+    pub fn apply(&mut self, op: &Op) -> Result<Refs, Corrupt> {
+        let mut refs = Refs::default();
+        let pfns = |runs: Vec<Run<u64>>| runs.into_iter().map(|r| (r.value, r.len)).collect();
         match op {
             Op::Create { ino, attr, body } => {
                 if *ino == 0 || self.inodes.contains_key(ino) {
@@ -404,8 +405,7 @@ impl Meta {
                     ..
                 }) = self.inodes.remove(ino)
                 {
-                    let runs: Vec<_> = m.iter().collect();
-                    self.unshare(&runs, &mut freed)?;
+                    refs.dropped = pfns(m.iter().collect());
                 }
             }
             Op::Map {
@@ -418,18 +418,14 @@ impl Meta {
                 {
                     return Err(bad(format!("map: bad range {index}+{len} -> {pfn}")));
                 }
-                if !self.shares.range(*pfn, *len).is_empty() {
-                    return Err(bad(format!("map: pfns {pfn}+{len} are already in use")));
-                }
+                // Fresh pfns: their count goes from 0 to 1, which the share
+                // tree does not store.
                 let old = self.file_mut(*ino)?.insert(*index, *len, *pfn);
-                self.shares
-                    .add(*pfn, *len, 1)
-                    .map_err(|_| bad("map: count overflow".to_string()))?;
-                self.unshare(&old, &mut freed)?;
+                refs.dropped = pfns(old);
             }
             Op::Unmap { ino, index, len } => {
                 let old = self.file_mut(*ino)?.remove(*index, *len);
-                self.unshare(&old, &mut freed)?;
+                refs.dropped = pfns(old);
             }
             Op::Clone {
                 src,
@@ -446,33 +442,13 @@ impl Meta {
                 }
                 self.file_mut(*dst)?;
                 let runs = self.file_mut(*src)?.range(*src_index, *len);
-                // Count the new references first, so that dropping the old
-                // contents of the destination cannot free a page it shares.
-                // Refuse before changing anything if a count would overflow.
-                let full = |r: &Run<u64>| {
-                    self.shares
-                        .range(r.value, r.len)
-                        .iter()
-                        .any(|c| c.value == u32::MAX)
-                };
-                if let Some(r) = runs.iter().find(|r| full(r)) {
-                    return Err(bad(format!(
-                        "clone: pfn {} is shared {} times already",
-                        r.value,
-                        u32::MAX
-                    )));
-                }
-                for r in &runs {
-                    self.shares
-                        .add(r.value, r.len, 1)
-                        .map_err(|_| bad("clone: count overflow".to_string()))?;
-                }
                 let dst_map = self.file_mut(*dst)?;
                 let old = dst_map.remove(*dst_index, *len);
                 for r in &runs {
                     dst_map.insert(dst_index + (r.start - src_index), r.len, r.value);
                 }
-                self.unshare(&old, &mut freed)?;
+                refs.added = pfns(runs);
+                refs.dropped = pfns(old);
             }
             Op::SetXattr { ino, name, value } => {
                 self.inode_mut(*ino)?
@@ -489,11 +465,13 @@ impl Meta {
             Op::SetParent { dir, parent } => {
                 self.dir_mut(*dir)?.parent = *parent;
             }
+            Op::SetShareRoot { root } => self.share_root = *root,
         }
-        Ok(freed)
+        Ok(refs)
     }
 
-    /// Share counts as the page maps say they should be.
+    /// How many times the page maps map each pfn (1 and more): the pages in
+    /// use, and, where 2 or more, what the share tree must hold.
     pub fn counted_shares(&self) -> RangeMap<u32> {
         let mut c = RangeMap::new();
         for i in self.inodes.values() {
@@ -514,9 +492,6 @@ impl Meta {
     /// Checks what decoding alone cannot: runs well formed, bodies matching
     /// kinds. Semantic checks (connectivity, counts) are fsck's.
     pub fn check_shape(&self) -> Result<(), Corrupt> {
-        self.shares
-            .check()
-            .map_err(|e| bad(format!("share counts: {e}")))?;
         for (ino, i) in &self.inodes {
             let ok = matches!(
                 (i.attr.kind, &i.body),
@@ -577,68 +552,51 @@ mod tests {
     }
 
     #[test]
-    fn map_clone_unmap_keep_counts_exact() {
+    fn ops_say_which_references_they_add_and_drop() {
         let mut m = Meta::new(0, 0, Time::default());
         let a = file(&mut m, "a");
         let b = file(&mut m, "b");
-        m.apply(&Op::Map {
-            ino: a,
-            index: 0,
-            pfn: 1000,
-            len: 8,
-        })
-        .unwrap();
-        assert!(
-            m.apply(&Op::Map {
-                ino: b,
-                index: 0,
-                pfn: 1004,
-                len: 1
-            })
-            .is_err(),
-            "in-use pfn"
-        );
-        m.apply(&Op::Clone {
-            src: a,
-            src_index: 0,
-            dst: b,
-            dst_index: 2,
-            len: 8,
-        })
-        .unwrap();
-        assert_eq!(m.shares.get(1000), Some(2));
-        assert_eq!(m.counted_shares(), m.shares);
-        // Overwrite one page of b with a fresh one: the old one drops to 1.
-        let freed = m
-            .apply(&Op::Map {
-                ino: b,
-                index: 3,
-                pfn: 2000,
-                len: 1,
+        let map = |ino, index, pfn, len| Op::Map {
+            ino,
+            index,
+            pfn,
+            len,
+        };
+        assert_eq!(m.apply(&map(a, 0, 1000, 8)).unwrap(), Refs::default());
+        let r = m
+            .apply(&Op::Clone {
+                src: a,
+                src_index: 0,
+                dst: b,
+                dst_index: 2,
+                len: 8,
             })
             .unwrap();
-        assert!(freed.is_empty());
-        assert_eq!(m.shares.get(1001), Some(1));
-        let freed = m.apply(&Op::Delete { ino: a }).unwrap();
-        assert_eq!(
-            freed.iter().map(|r| r.len).sum::<u64>(),
-            1,
-            "only 1001 was a's alone"
-        );
+        assert_eq!(r.added, vec![(1000, 8)]);
+        assert!(r.dropped.is_empty());
+        assert_eq!(m.counted_shares().get(1000), Some(2));
+        // Overwrite one page of b with a fresh one: the old one loses b.
+        let r = m.apply(&map(b, 3, 2000, 1)).unwrap();
+        assert_eq!(r.dropped, vec![(1001, 1)]);
+        assert_eq!(m.counted_shares().get(1001), Some(1));
+        let r = m.apply(&Op::Delete { ino: a }).unwrap();
+        assert_eq!(r.dropped, vec![(1000, 8)]);
         m.apply(&Op::Unlink {
             dir: ROOT_INO,
             name: b"a".to_vec(),
         })
         .unwrap();
-        let freed = m
+        let r = m
             .apply(&Op::Unmap {
                 ino: b,
                 index: 0,
                 len: 100,
             })
             .unwrap();
-        assert_eq!(freed.iter().map(|r| r.len).sum::<u64>(), 8);
-        assert!(m.shares.is_empty());
+        assert_eq!(r.dropped, vec![(1000, 1), (2000, 1), (1002, 6)]);
+        assert!(m.counted_shares().is_empty());
+        m.apply(&Op::SetShareRoot { root: 77 }).unwrap();
+        assert_eq!(m.share_root, 77);
     }
 
     #[test]
@@ -669,9 +627,10 @@ mod tests {
             len: 4,
         })
         .unwrap();
-        assert_eq!(m.counted_shares(), m.shares);
-        // Cloning a's own pages back over themselves' twins frees nothing.
-        let freed = m
+        assert_eq!(m.counted_shares().get(500), Some(2));
+        // Cloning a's own pages back over their twins: the gains come
+        // first, so no count passes through 0.
+        let r = m
             .apply(&Op::Clone {
                 src: a,
                 src_index: 4,
@@ -680,8 +639,8 @@ mod tests {
                 len: 4,
             })
             .unwrap();
-        assert!(freed.is_empty());
-        assert_eq!(m.counted_shares(), m.shares);
+        assert_eq!((r.added, r.dropped), (vec![(500, 4)], vec![(500, 4)]));
+        assert_eq!(m.counted_shares().get(500), Some(2));
     }
 
     #[test]
@@ -701,8 +660,8 @@ mod tests {
             value: vec![1, 2],
         })
         .unwrap();
-        let bytes = crate::record::meta::encode(&m).unwrap();
-        let back = crate::record::meta::decode(&bytes).unwrap();
+        let bytes = crate::record::meta::encode(&m, &[]).unwrap();
+        let (back, _) = crate::record::meta::decode(&bytes).unwrap();
         assert_eq!(back, m);
         back.check_shape().unwrap();
         // A file whose body is a directory, an inode past next_ino.

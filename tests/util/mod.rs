@@ -248,14 +248,55 @@ pub fn damage_meta(path: &Path, damage: impl FnOnce(&mut Meta)) {
     let sb = superblock::choose(&superblock::read_copies(&pmem))
         .expect("superblock")
         .clone();
-    let (mut meta, pfns) =
+    let ck =
         pmemfs_ondisk::checkpoint::read(&pmem, &sb.geometry, &sb.checkpoint).expect("checkpoint");
+    let mut meta = ck.meta;
     damage(&mut meta);
     let journal = sb.journal;
-    Image::from_parts(Some(file), pmem, sb, meta, pfns, journal)
+    let mut over = pmemfs_ondisk::overlay::Overlay::default();
+    over.apply(&pmem, &ck.patches).expect("patches");
+    let shares = pmemfs_ondisk::image::SharesFrom::Replayed(over);
+    Image::from_parts(Some(file), pmem, sb, meta, ck.pfns, journal, shares)
         .expect("assemble")
         .close()
         .expect("write damaged checkpoint");
+}
+
+/// Changes the share tree of a closed image in place with `damage`, past
+/// every check but fsck's: counts that disagree with the page maps.
+/// `damage` may not need new nodes (the tree gets no free pages).
+pub fn damage_shares(
+    path: &Path,
+    damage: impl FnOnce(&mut pmemfs_ondisk::shares::ShareTree, &mut pmemfs_ondisk::overlay::Txn),
+) {
+    let img = Image::open(path, Access::ReadWrite).expect("open");
+    img.close().expect("close");
+    let file = File::options()
+        .read(true)
+        .write(true)
+        .open(path)
+        .expect("open");
+    let pmem = Pmem::map(&file, true).expect("map");
+    let sb = superblock::choose(&superblock::read_copies(&pmem))
+        .expect("superblock")
+        .clone();
+    let ck =
+        pmemfs_ondisk::checkpoint::read(&pmem, &sb.geometry, &sb.checkpoint).expect("checkpoint");
+    let mut tree = pmemfs_ondisk::shares::ShareTree::new(ck.meta.share_root);
+    let (mut free, mut free_pages) = (pmemfs_ondisk::RangeMap::new(), 0);
+    let mut txn = pmemfs_ondisk::overlay::Txn {
+        pmem: &pmem,
+        over: Default::default(),
+        free: &mut free,
+        free_pages: &mut free_pages,
+        data: (sb.geometry.data_start, sb.geometry.total_pages),
+        freed: Vec::new(),
+    };
+    damage(&mut tree, &mut txn);
+    assert_eq!(tree.root(), ck.meta.share_root, "the damage moved the root");
+    let patches = txn.over.patches(&pmem).expect("patches");
+    pmemfs_ondisk::overlay::Overlay::store(&pmem, &patches).expect("store");
+    pmem.fence().expect("fence");
 }
 
 /// The contents of page `index` of file `ino`, read straight from the image.

@@ -1,16 +1,17 @@
-//! A checkpoint's payload: the whole metadata, as a header, then one inode
-//! record per inode, then the share counts.
+//! A checkpoint's payload: a header, one inode record per inode, then the
+//! patches of the transaction the checkpoint carries (the one that found
+//! the journal full: its share-tree pages are stored in place only once
+//! the checkpoint is durable, and every mount from it stores them again).
 //!
 //! ```text
 //! off  size  field
-//!   0     4  magic     "META"
-//!   4     4  reserved  zero
-//!   8     8  next_ino  smallest inode number never handed out
-//!  16     8  inodes    inode records that follow (inode.rs), in ascending
-//!                      inode number order
-//!  24     8  shares    share records after them (share.rs), in ascending
-//!                      pfn order
-//!  32        the records
+//!   0     4  magic       "META"
+//!   4     4  reserved    zero
+//!   8     8  next_ino    smallest inode number never handed out
+//!  16     8  inodes      inode records that follow (inode.rs), in ascending
+//!                        inode number order
+//!  24     8  share_root  pfn of the share tree's root; 0: nothing shared
+//!  32        the inode records, then a patch list (patch.rs)
 //! ```
 //!
 //! Decoding checks what each record can check alone, that the records are
@@ -19,9 +20,9 @@
 
 use std::collections::BTreeMap;
 
-use super::{inode, put_u32, put_u64, share, Decode, Reader};
+use super::patch::{self, Patch};
+use super::{inode, put_u32, put_u64, Decode, Reader};
 use crate::meta::Meta;
-use crate::rangemap::RangeMap;
 
 pub const MAGIC: u32 = u32::from_le_bytes(*b"META");
 /// Bytes of the header.
@@ -29,44 +30,43 @@ pub const HEADER_BYTES: usize = 32;
 
 /// The whole payload in one buffer (tests; checkpoints use [`encode_each`]).
 #[cfg(test)]
-pub fn encode(m: &Meta) -> Decode<Vec<u8>> {
+pub fn encode(m: &Meta, patches: &[Patch]) -> Decode<Vec<u8>> {
     let mut out = Vec::new();
-    encode_each(m, |b| out.extend_from_slice(b))?;
+    encode_each(m, patches, |b| out.extend_from_slice(b))?;
     Ok(out)
 }
 
-/// Encodes `m` a record at a time into `sink`, so that a checkpoint is
-/// written (or measured) without the whole payload in memory.
-pub fn encode_each(m: &Meta, mut sink: impl FnMut(&[u8])) -> Decode<()> {
+/// Encodes `m` and `patches` a record at a time into `sink`, so that a
+/// checkpoint is written (or measured) without the whole payload in
+/// memory.
+pub fn encode_each(m: &Meta, patches: &[Patch], mut sink: impl FnMut(&[u8])) -> Decode<()> {
     let mut out = Vec::with_capacity(4096);
     put_u32(&mut out, MAGIC);
     put_u32(&mut out, 0);
     put_u64(&mut out, m.next_ino);
     put_u64(&mut out, m.inodes.len() as u64);
-    put_u64(&mut out, m.shares.run_count() as u64);
+    put_u64(&mut out, m.share_root);
     sink(&out);
     for (&ino, i) in &m.inodes {
         out.clear();
         inode::encode(ino, i, &mut out)?;
         sink(&out);
     }
-    for r in m.shares.iter() {
-        out.clear();
-        share::encode(&r, &mut out);
-        sink(&out);
-    }
+    out.clear();
+    patch::encode(patches, &mut out)?;
+    sink(&out);
     Ok(())
 }
 
 /// A payload in one buffer (tests; checkpoints use [`decode_pieces`]).
 #[cfg(test)]
-pub fn decode(bytes: &[u8]) -> Decode<Meta> {
+pub fn decode(bytes: &[u8]) -> Decode<(Meta, Vec<Patch>)> {
     decode_pieces(vec![bytes])
 }
 
 /// Decodes a payload that lies in `pieces`, one after another (the pages
 /// of a checkpoint's chain).
-pub fn decode_pieces(pieces: Vec<&[u8]>) -> Decode<Meta> {
+pub fn decode_pieces(pieces: Vec<&[u8]>) -> Decode<(Meta, Vec<Patch>)> {
     let mut r = Reader::pieces(pieces);
     if r.u32("metadata header")? != MAGIC {
         return Err("the metadata does not start with \"META\"".into());
@@ -76,12 +76,12 @@ pub fn decode_pieces(pieces: Vec<&[u8]>) -> Decode<Meta> {
     }
     let next_ino = r.u64("metadata header")?;
     let inodes = r.u64("metadata header")?;
-    let shares = r.u64("metadata header")?;
+    let share_root = r.u64("metadata header")?;
     let n = r.count(inodes, inode::FIXED_BYTES, "inodes")?;
     let mut m = Meta {
         next_ino,
         inodes: BTreeMap::new(),
-        shares: RangeMap::new(),
+        share_root,
     };
     for _ in 0..n {
         let (ino, i) = inode::decode(&mut r)?;
@@ -90,13 +90,9 @@ pub fn decode_pieces(pieces: Vec<&[u8]>) -> Decode<Meta> {
         }
         m.inodes.insert(ino, i);
     }
-    let n = r.count(shares, share::BYTES, "share runs")?;
-    let runs = (0..n)
-        .map(|_| share::decode(&mut r))
-        .collect::<Decode<Vec<_>>>()?;
-    m.shares = RangeMap::from_runs(runs).map_err(|e| format!("share counts: {e}"))?;
+    let patches = patch::decode_list(&mut r)?;
     r.finish("metadata")?;
-    Ok(m)
+    Ok((m, patches))
 }
 
 #[cfg(test)]
@@ -156,27 +152,36 @@ mod tests {
     #[test]
     fn round_trip() {
         let m = sample();
-        let bytes = encode(&m).unwrap();
-        assert_eq!(decode(&bytes).unwrap(), m);
+        let bytes = encode(&m, &[]).unwrap();
+        assert_eq!(decode(&bytes).unwrap(), (m.clone(), vec![]));
         m.check_shape().unwrap();
+        let p = vec![Patch {
+            pfn: 9,
+            off: 1,
+            bytes: vec![2, 3],
+        }];
+        let bytes = encode(&m, &p).unwrap();
+        assert_eq!(decode(&bytes).unwrap(), (m, p));
     }
 
     #[test]
     fn fixed_bytes_of_a_new_file_system() {
-        let m = Meta::new(0, 0, Time::default());
-        let bytes = encode(&m).unwrap();
+        let mut m = Meta::new(0, 0, Time::default());
+        m.share_root = 0x0102;
+        let bytes = encode(&m, &[]).unwrap();
         assert_eq!(
             bytes[..HEADER_BYTES],
             [
                 b'M', b'E', b'T', b'A', 0, 0, 0, 0, // magic, reserved
                 3, 0, 0, 0, 0, 0, 0, 0, // next_ino
                 2, 0, 0, 0, 0, 0, 0, 0, // two inodes
-                0, 0, 0, 0, 0, 0, 0, 0, // no shares
+                2, 1, 0, 0, 0, 0, 0, 0, // share_root
             ]
         );
-        // The root (entry lost+found) and lost+found, nothing after.
+        // The root (entry lost+found) and lost+found, then no patches.
         let root = inode::FIXED_BYTES + 10 + b"lost+found".len();
-        assert_eq!(bytes.len(), HEADER_BYTES + root + inode::FIXED_BYTES);
+        assert_eq!(bytes.len(), HEADER_BYTES + root + inode::FIXED_BYTES + 4);
+        assert_eq!(bytes[bytes.len() - 4..], [0, 0, 0, 0]);
         assert_eq!(
             bytes[HEADER_BYTES..HEADER_BYTES + 8],
             [1, 0, 0, 0, 0, 0, 0, 0]
@@ -190,14 +195,14 @@ mod tests {
     #[test]
     fn decodes_from_pieces() {
         let m = sample();
-        let bytes = encode(&m).unwrap();
+        let bytes = encode(&m, &[]).unwrap();
         let pieces: Vec<&[u8]> = bytes.chunks(7).collect();
-        assert_eq!(decode_pieces(pieces).unwrap(), m);
+        assert_eq!(decode_pieces(pieces).unwrap().0, m);
     }
 
     #[test]
     fn damage_is_refused() {
-        let bytes = encode(&sample()).unwrap();
+        let bytes = encode(&sample(), &[]).unwrap();
         super::super::assert_refuses_damage(&bytes, decode);
         let mut bad = bytes.clone();
         bad[0] = b'X';

@@ -2,11 +2,12 @@
 //! little-endian layout in the module named after it: [`attr`] (an inode's
 //! attributes and its times), [`inode`] (an inode in a checkpoint),
 //! [`xattr`], [`dirent`] (a directory entry), [`extent`] (a run of a
-//! file's page map), [`share`] (a run of share counts), [`op`] (one change
-//! in a journal entry) and [`meta`] (a checkpoint's payload: a header,
-//! then inode records, then share records); and, for format version 3
-//! (docs/format.md §7, not used by images yet), [`slot`] (an inode's slot
-//! in the inode table). `docs/format.md` §2.4 has the
+//! file's page map), [`op`] (one change in a journal entry), [`patch`]
+//! (new bytes for part of a metadata page) and [`meta`] (a checkpoint's
+//! payload: a header, inode records, then the patches it carries); and,
+//! for the inode table planned in docs/format.md §7 (not used by images
+//! yet), [`slot`] (an inode's slot). The share tree's and other B+trees'
+//! records are in `btree::kinds`. `docs/format.md` §2.4 has the
 //! byte tables; each module repeats its own.
 //!
 //! A record is a fixed part followed, where it has one, by bytes whose
@@ -22,7 +23,7 @@ pub mod extent;
 pub mod inode;
 pub mod meta;
 pub mod op;
-pub mod share;
+pub mod patch;
 pub mod slot;
 pub mod xattr;
 

@@ -20,6 +20,7 @@
 //!                   value_len u32, name, value)
 //!   9  RemoveXattr  ino, name_len u16, name
 //!  10  SetParent    dir, parent
+//!  11  SetShareRoot root (pfn of the share tree's root, 0 for none)
 //! ```
 //!
 //! Tags are never renumbered or reused; a new op takes the next one.
@@ -126,19 +127,29 @@ fn encode_op(op: &Op, out: &mut Vec<u8>) -> Decode<()> {
             put_u64(out, *dir);
             put_u64(out, *parent);
         }
+        Op::SetShareRoot { root } => {
+            out.push(11);
+            put_u64(out, *root);
+        }
     }
     Ok(())
 }
 
+/// A whole payload of ops, nothing after them.
 pub fn decode(bytes: &[u8]) -> Decode<Vec<Op>> {
     let mut r = Reader::new(bytes);
-    let n = r.u32("op count")?;
-    let n = r.count(u64::from(n), MIN_OP_BYTES, "ops")?;
-    let ops = (0..n)
-        .map(|i| decode_op(&mut r).map_err(|e| format!("op {i}: {e}")))
-        .collect::<Decode<Vec<_>>>()?;
+    let ops = decode_list(&mut r)?;
     r.finish("transaction")?;
     Ok(ops)
+}
+
+/// The count and the op records, from where `r` stands.
+pub fn decode_list(r: &mut Reader) -> Decode<Vec<Op>> {
+    let n = r.u32("op count")?;
+    let n = r.count(u64::from(n), MIN_OP_BYTES, "ops")?;
+    (0..n)
+        .map(|i| decode_op(r).map_err(|e| format!("op {i}: {e}")))
+        .collect()
 }
 
 fn decode_op(r: &mut Reader) -> Decode<Op> {
@@ -211,6 +222,9 @@ fn decode_op(r: &mut Reader) -> Decode<Op> {
         10 => Op::SetParent {
             dir: r.u64("dir")?,
             parent: r.u64("parent")?,
+        },
+        11 => Op::SetShareRoot {
+            root: r.u64("share root")?,
         },
         t => return Err(format!("unknown op tag {t}")),
     })
@@ -287,6 +301,7 @@ mod tests {
                 name: b"user.k".to_vec(),
             },
             Op::SetParent { dir: 4, parent: 1 },
+            Op::SetShareRoot { root: 0x0102 },
         ]
     }
 
@@ -334,6 +349,8 @@ mod tests {
         want.extend_from_slice(&attr_bytes);
         want.extend_from_slice(&[2, 0, 0, 0, 0, 0, 0, 0, 0, 2, 0, 0, 0, b'x', b'y']);
         assert_eq!(bytes, want);
+        let bytes = encode(&[Op::SetShareRoot { root: 0x0102 }]).unwrap();
+        assert_eq!(bytes, [1, 0, 0, 0, 11, 2, 1, 0, 0, 0, 0, 0, 0]);
     }
 
     #[test]
@@ -341,8 +358,8 @@ mod tests {
         let bytes = encode(&every_op()).unwrap();
         super::super::assert_refuses_damage(&bytes, decode);
         let mut bad = encode(&[Op::Delete { ino: 1 }]).unwrap();
-        bad[4] = 11;
-        assert!(decode(&bad).unwrap_err().contains("unknown op tag 11"));
+        bad[4] = 12;
+        assert!(decode(&bad).unwrap_err().contains("unknown op tag 12"));
         let mut bad = encode(&[Op::Delete { ino: 1 }]).unwrap();
         bad[0] = 0xff;
         assert!(decode(&bad).unwrap_err().contains("cannot fit"));

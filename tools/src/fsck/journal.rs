@@ -1,30 +1,49 @@
 //! Pass 2: the checkpoint chain, then journal replay.
 
 use pmemfs_ondisk::journal::{self, End, Entry};
+use pmemfs_ondisk::overlay::Overlay;
 use pmemfs_ondisk::superblock::{JournalPos, State, Superblock};
 use pmemfs_ondisk::{checkpoint, Corrupt, Meta, Pmem};
 
 use super::problem::Code;
 use super::{Check, Loaded};
 
-/// Applies `entries` in order; stops at the first that does not apply and
-/// returns its position and why.
-fn replay(meta: &mut Meta, entries: &[Entry]) -> Option<(usize, Corrupt)> {
+/// Applies `entries` in order, their ops to `meta` and their patches to
+/// `over`; stops at the first that does not apply and returns its
+/// position and why.
+fn replay(
+    pmem: &Pmem,
+    meta: &mut Meta,
+    over: &mut Overlay,
+    entries: &[Entry],
+) -> Option<(usize, Corrupt)> {
     for (i, e) in entries.iter().enumerate() {
         for op in &e.ops {
             if let Err(c) = meta.apply(op) {
                 return Some((i, c));
             }
         }
+        if let Err(err) = over.apply(pmem, &e.patches) {
+            return Some((i, Corrupt::new("patches", err.to_string())));
+        }
     }
     None
 }
 
+/// The checkpoint, with the patches it carries applied to an overlay.
+fn load(pmem: &Pmem, sb: &Superblock) -> Result<(Meta, Vec<u64>, Overlay), String> {
+    let ck = checkpoint::read(pmem, &sb.geometry, &sb.checkpoint).map_err(|e| e.to_string())?;
+    let mut over = Overlay::default();
+    over.apply(pmem, &ck.patches)
+        .map_err(|e| format!("checkpoint {}: its patches: {e}", sb.checkpoint.id))?;
+    Ok((ck.meta, ck.pfns, over))
+}
+
 pub fn check(c: &mut Check, pmem: &Pmem, sb: Superblock) -> Option<Loaded> {
-    let (mut meta, ckpt_pfns) = match checkpoint::read(pmem, &sb.geometry, &sb.checkpoint) {
+    let (mut meta, ckpt_pfns, mut over) = match load(pmem, &sb) {
         Ok(x) => x,
         Err(e) => {
-            c.found(Code::CheckpointBad, e.to_string());
+            c.found(Code::CheckpointBad, e);
             return None;
         }
     };
@@ -35,7 +54,7 @@ pub fn check(c: &mut Check, pmem: &Pmem, sb: Superblock) -> Option<Loaded> {
         meta.inodes.len()
     ));
     let scan = journal::scan(pmem, &sb.geometry, sb.journal);
-    if let Some((i, why)) = replay(&mut meta, &scan.entries) {
+    if let Some((i, why)) = replay(pmem, &mut meta, &mut over, &scan.entries) {
         // The failed entry may have half-applied: start again from the
         // checkpoint and stop before it.
         let e = &scan.entries[i];
@@ -50,8 +69,8 @@ pub fn check(c: &mut Check, pmem: &Pmem, sb: Superblock) -> Option<Loaded> {
                 why.detail
             ),
         );
-        meta = checkpoint::read(pmem, &sb.geometry, &sb.checkpoint).ok()?.0;
-        replay(&mut meta, &scan.entries[..i]);
+        (meta, _, over) = load(pmem, &sb).ok()?;
+        replay(pmem, &mut meta, &mut over, &scan.entries[..i]);
     }
     c.note(format!(
         "journal: {} entries replayed from offset {}",
@@ -97,6 +116,8 @@ pub fn check(c: &mut Check, pmem: &Pmem, sb: Superblock) -> Option<Loaded> {
         sb,
         meta,
         ckpt_pfns,
+        over,
+        rebuild_shares: false,
         journal_restart,
         torn_at,
     })

@@ -24,6 +24,8 @@ use std::fs::File;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use pmemfs_ondisk::image::SharesFrom;
+use pmemfs_ondisk::overlay::Overlay;
 use pmemfs_ondisk::superblock::{JournalPos, State, Superblock};
 use pmemfs_ondisk::{lock, Error, Image, Meta, Pmem};
 
@@ -215,6 +217,11 @@ pub struct Loaded {
     pub sb: Superblock,
     pub meta: Meta,
     pub ckpt_pfns: Vec<u64>,
+    /// The patches replay found (the checkpoint's and the entries'), over
+    /// the media: the share tree as mount would see it.
+    pub over: Overlay,
+    /// The share tree is to be built anew from the page maps.
+    pub rebuild_shares: bool,
     /// Where the journal restarts after a repair, past every entry that
     /// was read; the checkpoint that writes the repairs draws a new nonce.
     pub journal_restart: JournalPos,
@@ -347,7 +354,7 @@ fn passes(check: &mut Check, pmem: &Pmem, skip_clean: bool) -> Passes {
     }
 
     check.pass(5, "share counts and free space");
-    shares::check(check, &mut loaded);
+    shares::check(check, &mut loaded, pmem);
     Passes::Done(Box::new(loaded))
 }
 
@@ -390,6 +397,11 @@ fn write_repairs(file: File, pmem: Pmem, loaded: Loaded) -> Result<(), Error> {
     if let Some(off) = loaded.torn_at {
         pmemfs_ondisk::journal::cut(&pmem, &loaded.sb.geometry, off)?;
     }
+    let shares = if loaded.rebuild_shares {
+        SharesFrom::Rebuild
+    } else {
+        SharesFrom::Replayed(loaded.over)
+    };
     let image = Image::from_parts(
         Some(file),
         pmem,
@@ -397,6 +409,7 @@ fn write_repairs(file: File, pmem: Pmem, loaded: Loaded) -> Result<(), Error> {
         loaded.meta,
         loaded.ckpt_pfns,
         loaded.journal_restart,
+        shares,
     )?;
     image.close()
 }

@@ -28,6 +28,7 @@ pub enum Code {
     PageUncounted,
     AclBad,
     FlagsUnknown,
+    ShareTreeBad,
 }
 
 pub struct Problem {
@@ -178,6 +179,12 @@ impl Code {
                 "SH3",
                 "pages mapped by files are counted free",
                 Some("counted"),
+                true,
+            ),
+            ShareTreeBad => p(
+                "SH4",
+                "the share-count tree is damaged, or its nodes lie where they may not",
+                Some("rebuilt from the page maps"),
                 true,
             ),
         }

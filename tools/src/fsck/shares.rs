@@ -1,6 +1,14 @@
 //! Pass 5: share counts against the page maps, and free space.
+//!
+//! The share tree holds counts of 2 and more; a mapped page without a run
+//! is mapped once. What the page maps say is the truth: any disagreement,
+//! or a tree that cannot be read or whose nodes lie on pages in use, is
+//! repaired by building the tree anew from them.
 
-use pmemfs_ondisk::RangeMap;
+use std::collections::BTreeSet;
+
+use pmemfs_ondisk::shares::ShareTree;
+use pmemfs_ondisk::{Pmem, RangeMap};
 
 use super::problem::Code;
 use super::{Check, Loaded};
@@ -32,12 +40,49 @@ fn diff(a: &RangeMap<u32>, b: &RangeMap<u32>) -> Vec<(u64, u64, u32, u32)> {
     out
 }
 
-pub fn check(c: &mut Check, l: &mut Loaded) {
+/// What the tree says of every page: count 1 where a file maps it and the
+/// tree has no run, the tree's count where it has one.
+fn stored_counts(counted: &RangeMap<u32>, tree: &RangeMap<u32>) -> RangeMap<u32> {
+    let mut s = RangeMap::new();
+    for r in counted.iter() {
+        s.insert(r.start, r.len, 1);
+    }
+    for r in tree.iter() {
+        s.insert(r.start, r.len, r.value);
+    }
+    s
+}
+
+pub fn check(c: &mut Check, l: &mut Loaded, pmem: &Pmem) {
     let counted = l.meta.counted_shares();
+    let g = l.sb.geometry;
+    let mut nodes = Vec::new();
+    let tree = ShareTree::new(l.meta.share_root).check(&l.over.view(pmem), |p| nodes.push(p));
     let mut fix = false;
+    let mut tree_pages = nodes.len() as u64;
+    let stored = match tree {
+        Ok((runs, _)) => {
+            let ckpt: BTreeSet<u64> = l.ckpt_pfns.iter().copied().collect();
+            let misplaced = nodes
+                .iter()
+                .find(|&&p| !g.in_data(p, 1) || ckpt.contains(&p) || counted.get(p).is_some());
+            if let Some(p) = misplaced {
+                fix |= c.found(
+                    Code::ShareTreeBad,
+                    format!("node {p} lies outside the data area, in the checkpoint or on a mapped page"),
+                );
+            }
+            Some(stored_counts(&counted, &runs))
+        }
+        Err(e) => {
+            tree_pages = 0;
+            fix |= c.found(Code::ShareTreeBad, e.to_string());
+            None
+        }
+    };
     let mut lines = [0usize; 3];
     let mut hidden = [0u64; 3];
-    for (start, len, stored, refs) in diff(&l.meta.shares, &counted) {
+    for (start, len, stored, refs) in stored.as_ref().map_or(vec![], |s| diff(s, &counted)) {
         let (k, code, detail) = match (stored, refs) {
             (_, 0) => (
                 0,
@@ -80,22 +125,18 @@ pub fn check(c: &mut Check, l: &mut Loaded) {
         }
     }
     if fix {
-        l.meta.shares = counted;
+        // The old tree's nodes are free from here on; the new one is
+        // written where nothing in use lies (`Image::from_parts`).
+        l.meta.share_root = 0;
+        l.rebuild_shares = true;
     }
-    let g = l.sb.geometry;
-    let used = l.meta.shares.pages();
-    let shared: u64 = l
-        .meta
-        .shares
-        .iter()
-        .filter(|r| r.value > 1)
-        .map(|r| r.len)
-        .sum();
+    let used = counted.pages();
+    let shared: u64 = counted.iter().filter(|r| r.value > 1).map(|r| r.len).sum();
     let free = g
         .data_pages()
-        .saturating_sub(used + l.ckpt_pfns.len() as u64);
+        .saturating_sub(used + tree_pages + l.ckpt_pfns.len() as u64);
     c.note(format!(
-        "{used} data pages in use ({shared} shared), {} checkpoint pages, {free} of {} free",
+        "{used} data pages in use ({shared} shared), {tree_pages} share-tree pages, {} checkpoint pages, {free} of {} free",
         l.ckpt_pfns.len(),
         g.data_pages()
     ));
@@ -119,5 +160,17 @@ mod tests {
             diff(&a, &b),
             vec![(12, 2, 1, 2), (30, 2, 1, 0), (40, 1, 0, 1)]
         );
+    }
+
+    #[test]
+    fn stored_counts_fill_in_the_ones() {
+        let mut counted = RangeMap::new();
+        counted.insert(10, 10, 1);
+        counted.insert(12, 2, 2);
+        let mut tree = RangeMap::new();
+        tree.insert(12, 2, 3);
+        tree.insert(50, 1, 2);
+        let s = stored_counts(&counted, &tree);
+        assert_eq!(diff(&s, &counted), vec![(12, 2, 3, 2), (50, 1, 2, 0)]);
     }
 }

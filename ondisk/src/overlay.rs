@@ -1,0 +1,258 @@
+//! Metadata pages as a transaction or a replay sees them: copies of the
+//! pages it changed, over the mapped image.
+//!
+//! Nothing reaches a metadata page in place before the journal entry (or
+//! the checkpoint) holding its patches is durable, since a crash would
+//! otherwise leave a half-changed node that no committed state explains.
+//! So a transaction's B+tree changes go to an [`Overlay`]; at commit its
+//! [`Overlay::patches`] go into the entry, and once that is durable
+//! [`Overlay::store`] writes them where they belong. Replay builds an
+//! overlay from the patches it finds, which readers that may not write
+//! (`fsck -n`) read through.
+
+use std::collections::HashMap;
+
+use crate::btree::Pages;
+use crate::error::{Corrupt, Error, Result};
+use crate::layout::PAGE_SIZE;
+use crate::pmem::Pmem;
+use crate::rangemap::RangeMap;
+use crate::record::patch::Patch;
+
+const PAGE: usize = PAGE_SIZE as usize;
+
+/// Equal bytes shorter than this between two changed spans do not end a
+/// patch: a patch record costs 12 bytes.
+const JOIN: usize = 16;
+
+#[derive(Debug, Default)]
+pub struct Overlay {
+    pages: HashMap<u64, Box<[u8]>>,
+    /// Pages handed out in this transaction: their old bytes mean nothing,
+    /// so their patch is every byte written, not a difference.
+    fresh: HashMap<u64, usize>,
+}
+
+impl Overlay {
+    pub fn is_empty(&self) -> bool {
+        self.pages.is_empty()
+    }
+
+    fn page_mut(&mut self, pmem: &Pmem, pfn: u64) -> Result<&mut [u8]> {
+        Ok(match self.pages.entry(pfn) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(e) => {
+                let copy = pmem.bytes(pfn * PAGE_SIZE, PAGE_SIZE)?.to_vec();
+                e.insert(copy.into_boxed_slice())
+            }
+        })
+    }
+
+    fn page<'a>(&'a self, pmem: &'a Pmem, pfn: u64) -> Result<&'a [u8]> {
+        match self.pages.get(&pfn) {
+            Some(p) => Ok(p),
+            None => pmem.bytes(pfn * PAGE_SIZE, PAGE_SIZE),
+        }
+    }
+
+    fn write(&mut self, pmem: &Pmem, pfn: u64, off: usize, bytes: &[u8]) -> Result<()> {
+        let end = off + bytes.len();
+        if end > PAGE {
+            return Err(Corrupt::new(format!("page {pfn}"), "a write past its end").into());
+        }
+        self.page_mut(pmem, pfn)?[off..end].copy_from_slice(bytes);
+        if let Some(e) = self.fresh.get_mut(&pfn) {
+            *e = (*e).max(end);
+        }
+        Ok(())
+    }
+
+    /// Applies `patches` (replay), in order.
+    pub fn apply(&mut self, pmem: &Pmem, patches: &[Patch]) -> Result<()> {
+        for p in patches {
+            self.write(pmem, p.pfn, usize::from(p.off), &p.bytes)?;
+        }
+        Ok(())
+    }
+
+    /// The patches that make the media's pages the overlay's, in pfn order.
+    pub fn patches(&self, pmem: &Pmem) -> Result<Vec<Patch>> {
+        let mut pfns: Vec<u64> = self.pages.keys().copied().collect();
+        pfns.sort_unstable();
+        let mut out = Vec::new();
+        for pfn in pfns {
+            let new = &self.pages[&pfn];
+            if let Some(&end) = self.fresh.get(&pfn) {
+                if end > 0 {
+                    out.push(Patch {
+                        pfn,
+                        off: 0,
+                        bytes: new[..end].to_vec(),
+                    });
+                }
+                continue;
+            }
+            let old = pmem.bytes(pfn * PAGE_SIZE, PAGE_SIZE)?;
+            let mut i = 0;
+            while i < PAGE {
+                if new[i] == old[i] {
+                    i += 1;
+                    continue;
+                }
+                let start = i;
+                let mut end = i + 1;
+                let mut j = end;
+                while j < PAGE && j - end < JOIN {
+                    if new[j] != old[j] {
+                        end = j + 1;
+                    }
+                    j += 1;
+                }
+                out.push(Patch {
+                    pfn,
+                    off: start as u16,
+                    bytes: new[start..end].to_vec(),
+                });
+                i = end;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Stores `patches` in place and flushes them; the fence that makes
+    /// them durable is the next commit's (a checkpoint fences before it
+    /// restarts the journal that holds them).
+    pub fn store(pmem: &Pmem, patches: &[Patch]) -> Result<()> {
+        for p in patches {
+            let at = p.pfn * PAGE_SIZE + u64::from(p.off);
+            pmem.write(at, &p.bytes)?;
+            pmem.flush(at, p.bytes.len() as u64)?;
+        }
+        Ok(())
+    }
+
+    /// A read-only view of the pages through this overlay.
+    pub fn view<'a>(&'a self, pmem: &'a Pmem) -> View<'a> {
+        View {
+            pmem,
+            over: Some(self),
+        }
+    }
+}
+
+/// Pages read through an overlay, or straight from the media; it refuses
+/// changes.
+#[derive(Clone, Copy)]
+pub struct View<'a> {
+    pmem: &'a Pmem,
+    over: Option<&'a Overlay>,
+}
+
+impl<'a> View<'a> {
+    /// The media's pages as they are.
+    pub fn media(pmem: &'a Pmem) -> Self {
+        View { pmem, over: None }
+    }
+}
+
+impl Pages for View<'_> {
+    fn page(&self, pfn: u64) -> Result<&[u8]> {
+        match self.over {
+            Some(o) => o.page(self.pmem, pfn),
+            None => self.pmem.bytes(pfn * PAGE_SIZE, PAGE_SIZE),
+        }
+    }
+    fn write(&mut self, _: u64, _: usize, _: &[u8]) -> Result<()> {
+        Err(Error::ReadOnly)
+    }
+    fn alloc(&mut self) -> Result<u64> {
+        Err(Error::ReadOnly)
+    }
+    fn free(&mut self, _: u64) -> Result<()> {
+        Err(Error::ReadOnly)
+    }
+}
+
+/// One transaction's changes to metadata pages: an overlay, with pages
+/// for new nodes taken from the free set and freed nodes kept aside (the
+/// caller gives them back only once no replay can write them again).
+pub struct Txn<'a> {
+    pub pmem: &'a Pmem,
+    pub over: Overlay,
+    /// Free data pages (value 1) and their number.
+    pub free: &'a mut RangeMap<u32>,
+    pub free_pages: &'a mut u64,
+    /// Pages only this image may touch (the data area).
+    pub data: (u64, u64),
+    pub freed: Vec<u64>,
+}
+
+impl Pages for Txn<'_> {
+    fn page(&self, pfn: u64) -> Result<&[u8]> {
+        self.check(pfn)?;
+        self.over.page(self.pmem, pfn)
+    }
+    fn write(&mut self, pfn: u64, off: usize, bytes: &[u8]) -> Result<()> {
+        self.check(pfn)?;
+        self.over.write(self.pmem, pfn, off, bytes)
+    }
+    fn alloc(&mut self) -> Result<u64> {
+        // Metadata may dip into the checkpoint reserve: a few pages, and
+        // freeing files must not fail for want of one.
+        let run = self.free.first_at_or_after(0).ok_or(Error::NoSpace)?;
+        self.free.remove(run.start, 1);
+        *self.free_pages -= 1;
+        self.over.fresh.insert(run.start, 0);
+        Ok(run.start)
+    }
+    fn free(&mut self, pfn: u64) -> Result<()> {
+        self.freed.push(pfn);
+        Ok(())
+    }
+}
+
+impl Txn<'_> {
+    /// Nodes lie in the data area; a damaged pointer elsewhere is refused.
+    fn check(&self, pfn: u64) -> Result<()> {
+        let (start, end) = self.data;
+        if pfn < start || pfn >= end {
+            return Err(Corrupt::new(
+                format!("metadata node pointer {pfn}"),
+                "outside the data area; run fsck.pmemfs",
+            )
+            .into());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn patches_are_the_difference_and_replay_to_the_same_bytes() {
+        let pmem = Pmem::memory(1 << 24);
+        pmem.write(5 * PAGE_SIZE, &[7; 100]).unwrap();
+        let mut o = Overlay::default();
+        o.write(&pmem, 5, 10, &[7, 1, 2]).unwrap();
+        o.write(&pmem, 5, 20, &[9]).unwrap();
+        o.write(&pmem, 5, 200, &[3]).unwrap();
+        let ps = o.patches(&pmem).unwrap();
+        // Byte 10 was already 7; 11..21 is one patch, 200 another.
+        assert_eq!(
+            ps.iter()
+                .map(|p| (p.off, p.bytes.len()))
+                .collect::<Vec<_>>(),
+            vec![(11, 10), (200, 1)]
+        );
+        let copy = Pmem::memory(1 << 24);
+        copy.write(5 * PAGE_SIZE, &[7; 100]).unwrap();
+        Overlay::store(&copy, &ps).unwrap();
+        let mut replayed = Overlay::default();
+        replayed.apply(&pmem, &ps).unwrap();
+        for v in [o.view(&pmem), replayed.view(&pmem), View::media(&copy)] {
+            assert_eq!(v.page(5).unwrap(), o.page(&pmem, 5).unwrap());
+        }
+    }
+}
