@@ -664,12 +664,8 @@ impl Image {
         let mut freed = Vec::new();
         for op in ops {
             let refs = self.meta.apply(op)?;
-            for (pfn, len) in refs.added {
-                tree.add(&mut txn, pfn, len)?;
-            }
-            for (pfn, len) in refs.dropped {
-                freed.extend(tree.drop(&mut txn, pfn, len)?);
-            }
+            tree.add_all(&mut txn, &refs.added)?;
+            freed.extend(tree.drop_all(&mut txn, &refs.dropped)?);
         }
         let patches = txn.over.patches(&self.pmem)?;
         Ok((patches, freed, txn.freed, tree.root()))
@@ -1107,6 +1103,67 @@ mod tests {
             img.geometry().data_pages(),
             "every node was freed and given back"
         );
+    }
+
+    /// A clone of a file of scattered pages is one op of as many runs,
+    /// which rebuilds the share tree whole; so is deleting it.
+    #[test]
+    fn a_clone_of_scattered_pages_builds_the_tree_whole() {
+        let t = fresh("scatter", 64 << 20);
+        let mut img = Image::open(&t.0, Access::ReadWrite).unwrap();
+        let x = add_file(&mut img, "x", 0);
+        let y = add_file(&mut img, "y", 0);
+        let z = add_file(&mut img, "z", 0);
+        for i in 0..1000 {
+            for ino in [x, y] {
+                let r = img.alloc(1).unwrap();
+                img.commit(&[Op::Map {
+                    ino,
+                    index: i,
+                    pfn: r.start,
+                    len: 1,
+                }])
+                .unwrap();
+            }
+        }
+        let clone = |img: &mut Image, dst_index| {
+            img.commit(&[Op::Clone {
+                src: x,
+                src_index: 0,
+                dst: z,
+                dst_index,
+                len: 1000,
+            }])
+            .unwrap()
+        };
+        clone(&mut img, 0);
+        clone(&mut img, 5000);
+        let check = |img: &Image, shared: u64| {
+            let (runs, _) = img.shared_runs().unwrap();
+            assert!(same_shares(&runs, &img.meta().counted_shares()));
+            assert_eq!(runs.pages(), shared);
+        };
+        check(&img, 1000);
+        drop(img);
+        let mut img = Image::open(&t.0, Access::ReadWrite).unwrap();
+        check(&img, 1000);
+        img.commit(&[Op::Unmap {
+            ino: z,
+            index: 0,
+            len: 1000,
+        }])
+        .unwrap();
+        check(&img, 1000);
+        img.commit(&[Op::Unmap {
+            ino: z,
+            index: 5000,
+            len: 1000,
+        }])
+        .unwrap();
+        check(&img, 0);
+        assert_eq!(img.meta().share_root, 0);
+        drop(img);
+        check(&Image::open(&t.0, Access::ReadOnly).unwrap(), 0);
     }
 
     #[test]

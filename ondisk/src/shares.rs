@@ -180,6 +180,84 @@ impl ShareTree {
             .collect())
     }
 
+    /// Batches at least this long, and at least a sixteenth of the tree,
+    /// rebuild the tree rather than change it run by run (a clone of a
+    /// file of many scattered pages is one op of as many runs).
+    const BATCH: usize = 256;
+
+    fn rebuild_for(&self, pages: &impl Pages, runs: usize) -> Result<bool> {
+        Ok(runs >= Self::BATCH && (runs as u64).saturating_mul(16) >= self.tree.estimate(pages)?)
+    }
+
+    /// Every run of the tree, as a map.
+    fn all(&self, pages: &impl Pages) -> Result<RangeMap<u32>> {
+        let mut m = RangeMap::new();
+        self.each(pages, |r| {
+            m.insert(r.start, r.len, r.value);
+            true
+        })?;
+        Ok(m)
+    }
+
+    /// The tree anew from `m`'s runs of 2 and more; the old nodes freed.
+    fn replace(&mut self, pages: &mut impl Pages, m: &RangeMap<u32>) -> Result<()> {
+        self.tree.free_all(pages)?;
+        let records = m.iter().filter(|r| r.value >= 2).map(|r| {
+            (
+                r.start,
+                ShareRun {
+                    len: r.len,
+                    count: r.value,
+                },
+            )
+        });
+        self.tree = Tree::build(pages, OWNER, records)?;
+        Ok(())
+    }
+
+    /// [`ShareTree::add`] for each of `runs` `(pfn, len)`, in order.
+    pub fn add_all(&mut self, pages: &mut impl Pages, runs: &[(u64, u64)]) -> Result<()> {
+        if !self.rebuild_for(pages, runs.len())? {
+            return runs.iter().try_for_each(|&(s, l)| self.add(pages, s, l));
+        }
+        let mut m = self.all(pages)?;
+        for &(s, l) in runs {
+            Self::fill_once(&mut m, s, l);
+            m.add(s, l, 1).map_err(|_| Self::out_of_range(s, l))?;
+        }
+        self.replace(pages, &m)
+    }
+
+    /// [`ShareTree::drop`] for each of `runs` `(pfn, len)`, in order;
+    /// returns the pfn runs now mapped by nobody.
+    pub fn drop_all(
+        &mut self,
+        pages: &mut impl Pages,
+        runs: &[(u64, u64)],
+    ) -> Result<Vec<Run<u64>>> {
+        let mut freed = Vec::new();
+        if !self.rebuild_for(pages, runs.len())? {
+            for &(s, l) in runs {
+                freed.extend(self.drop(pages, s, l)?);
+            }
+            return Ok(freed);
+        }
+        let mut m = self.all(pages)?;
+        for &(s, l) in runs {
+            Self::fill_once(&mut m, s, l);
+            let f = m.add(s, l, -1).map_err(|_| Self::out_of_range(s, l))?;
+            freed.extend(f.into_iter().map(|r| Run {
+                start: r.start,
+                len: r.len,
+                value: r.start,
+            }));
+        }
+        // Counts of 1 are not stored; the map keeps them for this batch
+        // only (a later run of it may meet them again).
+        self.replace(pages, &m)?;
+        Ok(freed)
+    }
+
     /// A new tree holding `runs` (counts of 2 and more, in pfn order, not
     /// overlapping): fsck's rebuild.
     pub fn build(pages: &mut impl Pages, runs: impl IntoIterator<Item = Run<u32>>) -> Result<Self> {
@@ -321,6 +399,66 @@ mod tests {
         let (runs, shape) = t.check(&m, |_| {}).unwrap();
         assert_eq!(runs.run_count(), 1);
         assert_eq!(shape.records, 1);
+    }
+
+    /// Batches long enough to rebuild the tree give what run-by-run
+    /// changes give.
+    #[test]
+    fn batches_match_runs_one_by_one() {
+        let runs: Vec<(u64, u64)> = (0..3000u64)
+            .map(|i| (i * 2 + (i % 7) * 10_000, 1 + i % 3))
+            .collect();
+        let mut full: RangeMap<u32> = RangeMap::new();
+        for &(s, l) in &runs {
+            full.insert(s, l, 1);
+        }
+        let (mut a, mut b) = (Mem::default(), Mem::default());
+        let (mut ta, mut tb) = (ShareTree::new(0), ShareTree::new(0));
+        let halves: Vec<Vec<(u64, u64)>> = vec![
+            runs.clone(),
+            runs.iter().copied().step_by(2).collect(),
+            runs.iter().copied().skip(100).take(400).collect(),
+        ];
+        for batch in &halves {
+            ta.add_all(&mut a, batch).unwrap();
+            for &(s, l) in batch {
+                tb.add(&mut b, s, l).unwrap();
+                full.add(s, l, 1).unwrap();
+            }
+            let (ra, sa) = ta.check(&a, |_| {}).unwrap();
+            let (rb, _) = tb.check(&b, |_| {}).unwrap();
+            assert_eq!(ra, rb);
+            assert!(sa.depth >= 2, "{sa:?}");
+        }
+        let drop: Vec<(u64, u64)> = runs
+            .iter()
+            .copied()
+            .chain(runs.iter().copied().step_by(3))
+            .collect();
+        let fa = ta.drop_all(&mut a, &drop).unwrap();
+        let mut fb = Vec::new();
+        for &(s, l) in &drop {
+            fb.extend(tb.drop(&mut b, s, l).unwrap());
+        }
+        let canon = |v: Vec<Run<u64>>| {
+            let mut m: RangeMap<u64> = RangeMap::new();
+            for r in v {
+                m.insert(r.start, r.len, r.value);
+            }
+            m.iter().collect::<Vec<_>>()
+        };
+        assert_eq!(canon(fa), canon(fb));
+        assert_eq!(
+            ta.check(&a, |_| {}).unwrap().0,
+            tb.check(&b, |_| {}).unwrap().0
+        );
+        // Every node of the trees built and dropped was freed or is in use.
+        let mut pfns = std::collections::HashSet::new();
+        ta.check(&a, |p| {
+            pfns.insert(p);
+        })
+        .unwrap();
+        assert_eq!(pfns.len(), a.pages.len());
     }
 
     #[derive(Debug, Clone)]

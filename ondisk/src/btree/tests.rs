@@ -165,6 +165,25 @@ fn directories_with_long_names_split_by_bytes() {
 }
 
 #[test]
+fn built_trees_are_sound_and_change_like_any() {
+    for n in [0u64, 1, 150, 5000, 60_000] {
+        let mut m = Mem::default();
+        let mut t = Tree::<Extents>::build(&mut m, 5, (0..n).map(|i| (i * 2, ext(i)))).unwrap();
+        let shape = assert_sound(&t, &m, n as usize);
+        assert!(shape.pages <= n / 120 + 2, "{n}: {shape:?}");
+        let est = t.estimate(&m).unwrap();
+        assert!(est >= n / 4 && est <= n * 4 + 200, "{n}: estimate {est}");
+        for i in 0..n.min(3000) {
+            assert_eq!(t.get(&m, &(i * 2)).unwrap(), Some(ext(i)));
+            t.insert(&mut m, i * 2 + 1, ext(i)).unwrap();
+        }
+        assert_sound(&t, &m, (n + n.min(3000)) as usize);
+    }
+    let mut m = Mem::default();
+    assert!(Tree::<Extents>::build(&mut m, 5, [(3, ext(1)), (3, ext(2))]).is_err());
+}
+
+#[test]
 fn free_all_frees_every_page() {
     let mut m = Mem::default();
     let mut t = Tree::<Shares>::new(0, 0);
