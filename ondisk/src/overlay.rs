@@ -24,6 +24,8 @@ const PAGE: usize = PAGE_SIZE as usize;
 /// Equal bytes shorter than this between two changed spans do not end a
 /// patch: a patch record costs 12 bytes.
 const JOIN: usize = 16;
+/// Bytes compared at once while looking for a difference.
+const CHUNK: usize = 64;
 
 #[derive(Debug, Default)]
 pub struct Overlay {
@@ -95,6 +97,11 @@ impl Overlay {
             let old = pmem.bytes(pfn * PAGE_SIZE, PAGE_SIZE)?;
             let mut i = 0;
             while i < PAGE {
+                // Whole equal chunks are skipped at memcmp speed.
+                if i % CHUNK == 0 && new[i..i + CHUNK] == old[i..i + CHUNK] {
+                    i += CHUNK;
+                    continue;
+                }
                 if new[i] == old[i] {
                     i += 1;
                     continue;
@@ -229,6 +236,45 @@ impl Txn<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Changing one value in a leaf costs patches of its crc and that
+    /// value's changed bytes, not the page.
+    #[test]
+    fn a_change_to_a_node_patches_only_what_changed() {
+        use crate::btree::{Extent, Extents, Tree};
+        let pmem = Pmem::memory(1 << 24);
+        let (mut free, mut free_pages) = (RangeMap::new(), 100);
+        free.insert(1000, 100, 1);
+        let mut txn = Txn {
+            pmem: &pmem,
+            over: Overlay::default(),
+            free: &mut free,
+            free_pages: &mut free_pages,
+            data: (1000, 1100),
+            freed: Vec::new(),
+        };
+        let ext = |pfn| Extent { pfn, len: 1 };
+        let mut t = Tree::<Extents>::new(0, 5);
+        for i in 0..100 {
+            t.insert(&mut txn, i * 2, ext(i + 1)).unwrap();
+        }
+        let first = txn.over.patches(&pmem).unwrap();
+        assert_eq!(first.len(), 1, "a new node is one patch");
+        assert_eq!(first[0].bytes.len(), 32 + 100 * 24);
+        Overlay::store(&pmem, &first).unwrap();
+        txn.over = Overlay::default();
+        t.insert(&mut txn, 20, ext(0x300)).unwrap();
+        let ps = txn.over.patches(&pmem).unwrap();
+        let sizes: Vec<usize> = ps.iter().map(|p| p.bytes.len()).collect();
+        assert_eq!(
+            ps.iter().map(|p| p.off).collect::<Vec<_>>()[1],
+            32 + 10 * 24 + 8
+        );
+        assert!(
+            sizes[0] <= 4 && sizes[1] == 2,
+            "crc, then the pfn's two bytes: {sizes:?}"
+        );
+    }
 
     #[test]
     fn patches_are_the_difference_and_replay_to_the_same_bytes() {

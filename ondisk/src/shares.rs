@@ -71,18 +71,15 @@ impl ShareTree {
         let hi = start.saturating_add(len);
         let mut keys = Vec::new();
         let mut m = RangeMap::new();
-        if let Some((k, r)) = self.tree.floor(pages, &lo)? {
-            if k < lo && k + r.len >= lo {
-                keys.push(k);
-                m.insert(k, r.len, r.count);
-            }
-        }
-        self.tree.range(pages, Some(&lo), |&k, r| {
+        self.tree.range_back(pages, &lo, |&k, r| {
             if k > hi {
                 return false;
             }
-            keys.push(k);
-            m.insert(k, r.len, r.count);
+            // The record before `lo` counts only if it reaches it.
+            if k >= lo || k + r.len >= lo {
+                keys.push(k);
+                m.insert(k, r.len, r.count);
+            }
             true
         })?;
         Ok((keys, m))

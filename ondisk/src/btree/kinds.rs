@@ -11,6 +11,12 @@
 //! ```
 
 use super::Kind;
+
+fn u64_at(b: &[u8], at: usize) -> u64 {
+    let mut a = [0u8; 8];
+    a.copy_from_slice(&b[at..at + 8]);
+    u64::from_le_bytes(a)
+}
 use crate::meta::Ino;
 use crate::record::{put_u16, put_u32, put_u64, Decode, Reader};
 
@@ -34,6 +40,19 @@ impl Kind for Extents {
 
     fn key_bytes(_: &u64) -> usize {
         8
+    }
+    const FIXED: bool = true;
+    fn fixed_record(b: &[u8]) -> Option<Decode<(u64, Extent)>> {
+        (b.len() == 24).then(|| {
+            let (pfn, len) = (u64_at(b, 8), u64_at(b, 16));
+            if len == 0 || pfn.checked_add(len).is_none() {
+                return Err(format!("extent of {len} pages at pfn {pfn}"));
+            }
+            Ok((u64_at(b, 0), Extent { pfn, len }))
+        })
+    }
+    fn fixed_key(b: &[u8]) -> Option<Decode<u64>> {
+        (b.len() == 8).then(|| Ok(u64_at(b, 0)))
     }
     fn encode_key(k: &u64, out: &mut Vec<u8>) {
         put_u64(out, *k);
@@ -138,6 +157,20 @@ impl Kind for Shares {
 
     fn key_bytes(_: &u64) -> usize {
         8
+    }
+    const FIXED: bool = true;
+    fn fixed_record(b: &[u8]) -> Option<Decode<(u64, ShareRun)>> {
+        (b.len() == 20).then(|| {
+            let len = u64_at(b, 8);
+            let count = u32::from_le_bytes([b[16], b[17], b[18], b[19]]);
+            if len == 0 || count < 2 {
+                return Err(format!("share run of {len} pfns with count {count}"));
+            }
+            Ok((u64_at(b, 0), ShareRun { len, count }))
+        })
+    }
+    fn fixed_key(b: &[u8]) -> Option<Decode<u64>> {
+        (b.len() == 8).then(|| Ok(u64_at(b, 0)))
     }
     fn encode_key(k: &u64, out: &mut Vec<u8>) {
         put_u64(out, *k);

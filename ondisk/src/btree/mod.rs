@@ -6,9 +6,10 @@
 //! Every node is one page ([`node`]): records in ascending key order, a
 //! leaf's carrying values, an interior node's the pfns of its children.
 //! The tree reads and changes pages through [`Pages`], which decides what
-//! a change costs: in a transaction, every [`Pages::write`] becomes a byte
-//! image in the journal entry before it is stored in place, so the tree
-//! itself never needs to be crash-consistent between two writes.
+//! a change costs: a transaction (`overlay::Txn`) keeps the pages it
+//! changed aside and journals the bytes that differ before anything is
+//! stored in place, so the tree itself never needs to be crash-consistent
+//! between two writes.
 //!
 //! The rules, kept here and checked by [`Tree::check`]:
 //! - every node but an empty tree's (which has none) holds at least one
@@ -33,7 +34,6 @@ pub use kinds::{Dirents, Extent, Extents, NameKey, ShareRun, Shares};
 use node::{Entries, Node, CAPACITY, MAX_LEVEL};
 
 use crate::error::{Corrupt, Error, Result};
-use crate::layout::PAGE_SIZE;
 use crate::record::{Decode, Reader};
 
 /// A kind of tree: its node type and the layout of its keys and values.
@@ -50,6 +50,19 @@ pub trait Kind {
     const VALUE_BYTES: usize;
 
     fn key_bytes(k: &Self::Key) -> usize;
+    /// Whether every key is `MIN_KEY_BYTES` long, so that nodes decode
+    /// with [`Kind::fixed_record`] and [`Kind::fixed_key`].
+    const FIXED: bool = false;
+    /// A record of a leaf, from exactly its bytes, when keys have one size
+    /// (`None` otherwise): what nodes decode with on the hot path, without
+    /// a reader's bookkeeping per field.
+    fn fixed_record(_b: &[u8]) -> Option<Decode<(Self::Key, Self::Value)>> {
+        None
+    }
+    /// An interior record's key, likewise (its child is the last 8 bytes).
+    fn fixed_key(_b: &[u8]) -> Option<Decode<Self::Key>> {
+        None
+    }
     fn encode_key(k: &Self::Key, out: &mut Vec<u8>);
     fn decode_key(r: &mut Reader) -> Decode<Self::Key>;
     fn encode_value(v: &Self::Value, out: &mut Vec<u8>);
@@ -93,6 +106,17 @@ struct Split<K: Kind> {
     left_first: K::Key,
     sep: K::Key,
     right: u64,
+}
+
+/// How a walk over records ended.
+#[derive(Debug, PartialEq, Eq)]
+enum Walk {
+    /// Every record was visited.
+    More,
+    /// The visitor asked to stop.
+    Stop,
+    /// The record before the bound is in an earlier leaf (`range_back`).
+    Back,
 }
 
 /// What removing from a subtree left of its root: records and bytes.
@@ -151,33 +175,10 @@ impl<K: Kind> Tree<K> {
             .map_err(|e| Corrupt::new(format!("a new {} node", K::NAME), e).into())
     }
 
-    /// Writes `node` over the page at `pfn`, only the bytes that changed:
-    /// the header (it has the crc) and the span of records that differ.
+    /// Writes `node` over the page at `pfn`: its header and records (a
+    /// transaction's pages find what changed once, at commit).
     fn store(pages: &mut impl Pages, pfn: u64, node: &Node<K>) -> Result<()> {
-        let new = Self::encode(node)?;
-        let mut old = [0u8; PAGE_SIZE as usize];
-        let page = pages.page(pfn)?;
-        old.copy_from_slice(
-            page.get(..PAGE_SIZE as usize)
-                .ok_or_else(|| Corrupt::new(format!("page {pfn}"), "shorter than a page"))?,
-        );
-        let h = node::HEADER_BYTES;
-        if new[..h] != old[..h] {
-            pages.write(pfn, 0, &new[..h])?;
-        }
-        let body = &new[h..];
-        let was = &old[h..h + body.len()];
-        if let Some(first) = body.iter().zip(was).position(|(a, b)| a != b) {
-            let last = body.len()
-                - body
-                    .iter()
-                    .rev()
-                    .zip(was.iter().rev())
-                    .position(|(a, b)| a != b)
-                    .unwrap_or(0);
-            pages.write(pfn, h + first, &body[first..last])?;
-        }
-        Ok(())
+        pages.write(pfn, 0, &Self::encode(node)?)
     }
 
     fn store_new(pages: &mut impl Pages, node: &Node<K>) -> Result<u64> {
@@ -216,18 +217,21 @@ impl<K: Kind> Tree<K> {
             return Ok(None);
         }
         let root = self.load(pages, self.root, None)?;
-        self.floor_in(pages, root, key)
+        self.floor_in(pages, root, key, false)
     }
 
+    /// `strict`: the greatest key below `key`, not at most.
     fn floor_in(
         &self,
         pages: &impl Pages,
         n: Node<K>,
         key: &K::Key,
+        strict: bool,
     ) -> Result<Option<(K::Key, K::Value)>> {
         match n.entries {
             Entries::Leaf(mut v) => {
                 let at = match v.binary_search_by(|(k, _)| k.cmp(key)) {
+                    Ok(i) if strict => i,
                     Ok(i) => i + 1,
                     Err(i) => i,
                 };
@@ -240,7 +244,7 @@ impl<K: Kind> Tree<K> {
                 // (nodes are never empty, so the one before has it).
                 for i in (0..=child_index(&v, key)).rev() {
                     let child = self.load(pages, v[i].1, Some(n.level - 1))?;
-                    if let Some(r) = self.floor_in(pages, child, key)? {
+                    if let Some(r) = self.floor_in(pages, child, key, strict)? {
                         return Ok(Some(r));
                     }
                 }
@@ -261,32 +265,76 @@ impl<K: Kind> Tree<K> {
             return Ok(());
         }
         let root = self.load(pages, self.root, None)?;
-        self.range_in(pages, root, from, &mut visit).map(|_| ())
+        self.range_in(pages, root, from, false, &mut visit)
+            .map(|_| ())
     }
 
-    /// False when `visit` asked to stop.
+    /// [`Tree::range`] from `from`, but first the record before it (the
+    /// greatest key below `from`), if there is one: a record that may
+    /// reach past `from`. One descent where `floor` and `range` take two,
+    /// unless that record is the last of an earlier leaf.
+    pub fn range_back(
+        &self,
+        pages: &impl Pages,
+        from: &K::Key,
+        mut visit: impl FnMut(&K::Key, &K::Value) -> bool,
+    ) -> Result<()> {
+        if self.root == 0 {
+            return Ok(());
+        }
+        let root = self.load(pages, self.root, None)?;
+        if self.range_in(pages, root, Some(from), true, &mut visit)? != Walk::Back {
+            return Ok(());
+        }
+        let root = self.load(pages, self.root, None)?;
+        if let Some((k, v)) = self.floor_in(pages, root, from, true)? {
+            if !visit(&k, &v) {
+                return Ok(());
+            }
+        }
+        self.range(pages, Some(from), visit)
+    }
+
+    /// `back`: start one record before `from`; `Walk::Back` (nothing
+    /// visited) when that record is not in the leaf `from` leads to.
     fn range_in(
         &self,
         pages: &impl Pages,
         n: Node<K>,
         from: Option<&K::Key>,
+        back: bool,
         visit: &mut impl FnMut(&K::Key, &K::Value) -> bool,
-    ) -> Result<bool> {
+    ) -> Result<Walk> {
         match n.entries {
             Entries::Leaf(v) => {
-                let start = from.map_or(0, |f| v.partition_point(|(k, _)| k < f));
-                Ok(v[start..].iter().all(|(k, val)| visit(k, val)))
+                let mut start = from.map_or(0, |f| v.partition_point(|(k, _)| k < f));
+                if back {
+                    if start == 0 {
+                        return Ok(Walk::Back);
+                    }
+                    start -= 1;
+                }
+                Ok(if v[start..].iter().all(|(k, val)| visit(k, val)) {
+                    Walk::More
+                } else {
+                    Walk::Stop
+                })
             }
             Entries::Interior(v) => {
                 let start = from.map_or(0, |f| child_index(&v, f));
                 for (i, (_, child)) in v.iter().enumerate().skip(start) {
                     let c = self.load(pages, *child, Some(n.level - 1))?;
-                    let bound = if i == start { from } else { None };
-                    if !self.range_in(pages, c, bound, visit)? {
-                        return Ok(false);
+                    let (bound, back) = if i == start {
+                        (from, back)
+                    } else {
+                        (None, false)
+                    };
+                    match self.range_in(pages, c, bound, back, visit)? {
+                        Walk::More => {}
+                        w => return Ok(w),
                     }
                 }
-                Ok(true)
+                Ok(Walk::More)
             }
         }
     }

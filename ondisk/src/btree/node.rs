@@ -149,6 +149,50 @@ impl<K: Kind> Node<K> {
         Ok(out)
     }
 
+    /// Records of one size (`Kind::fixed_record`), straight from their
+    /// bytes; `None` for kinds whose keys vary.
+    fn decode_fixed(level: u8, count: usize, body: &[u8]) -> Option<Decode<Entries<K>>> {
+        let size = |b: usize| {
+            if b * count != body.len() {
+                return Err(format!(
+                    "{count} records of {b} bytes in {} bytes",
+                    body.len()
+                ));
+            }
+            Ok(b)
+        };
+        if !K::FIXED {
+            return None;
+        }
+        // Plain loops: collecting an iterator of results grows the vector
+        // a push at a time.
+        let decode = || -> Decode<Entries<K>> {
+            if level == 0 {
+                let b = size(K::MIN_KEY_BYTES + K::VALUE_BYTES)?;
+                let mut v = Vec::with_capacity(count);
+                for c in body.chunks_exact(b) {
+                    v.push(
+                        K::fixed_record(c)
+                            .unwrap_or_else(|| Err("a record of another size".into()))?,
+                    );
+                }
+                Ok(Entries::Leaf(v))
+            } else {
+                let b = size(K::MIN_KEY_BYTES + 8)?;
+                let mut v = Vec::with_capacity(count);
+                for c in body.chunks_exact(b) {
+                    let key = K::fixed_key(&c[..b - 8])
+                        .unwrap_or_else(|| Err("a key of another size".into()))?;
+                    let mut child = [0u8; 8];
+                    child.copy_from_slice(&c[b - 8..]);
+                    v.push((key, u64::from_le_bytes(child)));
+                }
+                Ok(Entries::Interior(v))
+            }
+        };
+        Some(decode())
+    }
+
     /// Decodes a page, refusing anything that is not a well-formed node of
     /// this kind: wrong magic, type or crc, a count or length that does
     /// not fit, keys out of order, a record that does not decode.
@@ -188,7 +232,10 @@ impl<K: Kind> Node<K> {
         let mut r = Reader::new(body);
         let min = K::MIN_KEY_BYTES + if h.level == 0 { K::VALUE_BYTES } else { 8 };
         let count = r.count(u64::from(h.count.get()), min, "node records")?;
-        let entries = if h.level == 0 {
+        let entries = if let Some(entries) = Self::decode_fixed(h.level, count, body) {
+            r = Reader::new(&[]);
+            entries?
+        } else if h.level == 0 {
             let mut v = Vec::with_capacity(count);
             for _ in 0..count {
                 v.push((K::decode_key(&mut r)?, K::decode_value(&mut r)?));

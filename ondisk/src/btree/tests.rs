@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use proptest::prelude::*;
 
 use super::*;
+use crate::layout::PAGE_SIZE;
 
 /// Pages in memory, counting what the tree writes.
 #[derive(Default)]
@@ -111,25 +112,6 @@ fn grows_and_shrinks_in_order_and_out_of_order() {
 }
 
 #[test]
-fn a_change_writes_only_what_changed() {
-    let mut m = Mem::default();
-    let mut t = Tree::<Extents>::new(0, 5);
-    for i in 0..100 {
-        t.insert(&mut m, i * 2, ext(i)).unwrap();
-    }
-    m.written = 0;
-    // The last record of a leaf: its 24 bytes and the header.
-    t.insert(&mut m, 1000, ext(1)).unwrap();
-    assert_eq!(m.written, 32 + 24);
-    m.written = 0;
-    t.insert(&mut m, 1000, ext(2)).unwrap();
-    assert_eq!(m.written, 32 + 1, "only the byte of the pfn that changed");
-    m.written = 0;
-    t.insert(&mut m, 1000, ext(2)).unwrap();
-    assert_eq!(m.written, 0, "nothing changed");
-}
-
-#[test]
 fn directories_with_long_names_split_by_bytes() {
     let mut m = Mem::default();
     let mut t = Tree::<Dirents>::new(0, 9);
@@ -204,6 +186,7 @@ enum Op {
     Get(u16),
     Floor(u16),
     Range(u16, u8),
+    Back(u16, u8),
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -213,6 +196,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => any::<u16>().prop_map(|k| Op::Get(k % 3000)),
         1 => any::<u16>().prop_map(|k| Op::Floor(k % 3000)),
         1 => (any::<u16>(), any::<u8>()).prop_map(|(k, n)| Op::Range(k % 3000, n)),
+        1 => (any::<u16>(), any::<u8>()).prop_map(|(k, n)| Op::Back(k % 3000, n)),
     ]
 }
 
@@ -249,6 +233,22 @@ proptest! {
                     }).unwrap();
                     let want: Vec<_> = model
                         .range(key(k)..)
+                        .take(usize::from(n).max(1))
+                        .map(|(k, v)| (k.clone(), *v))
+                        .collect();
+                    prop_assert_eq!(got, want);
+                }
+                Op::Back(k, n) => {
+                    let mut got = Vec::new();
+                    t.range_back(&m, &key(k), |k, v| {
+                        got.push((k.clone(), *v));
+                        got.len() < usize::from(n)
+                    }).unwrap();
+                    let want: Vec<_> = model
+                        .range(..key(k))
+                        .next_back()
+                        .into_iter()
+                        .chain(model.range(key(k)..))
                         .take(usize::from(n).max(1))
                         .map(|(k, v)| (k.clone(), *v))
                         .collect();
@@ -373,5 +373,33 @@ fn damage_behind_a_valid_crc_is_found() {
         m.pages.get_mut(&t0.root()).unwrap()[..bytes.len()].copy_from_slice(&bytes);
         let mut t = t0;
         assert!(!assert_survives(&mut m, &mut t), "{what} was not found");
+    }
+}
+
+#[test]
+fn range_back_starts_one_before() {
+    let mut m = Mem::default();
+    let mut t = Tree::<Extents>::new(0, 5);
+    let mut model = BTreeMap::new();
+    for i in 0..3000u64 {
+        t.insert(&mut m, i * 2, ext(i + 1)).unwrap();
+        model.insert(i * 2, ext(i + 1));
+    }
+    for from in 0..6010u64 {
+        let mut got = Vec::new();
+        t.range_back(&m, &from, |k, _| {
+            got.push(*k);
+            got.len() < 3
+        })
+        .unwrap();
+        let want: Vec<u64> = model
+            .range(..from)
+            .next_back()
+            .into_iter()
+            .chain(model.range(from..))
+            .take(3)
+            .map(|(k, _)| *k)
+            .collect();
+        assert_eq!(got, want, "from {from}");
     }
 }

@@ -80,6 +80,13 @@ impl<'a> Reader<'a> {
                 self.remaining()
             ));
         }
+        // One piece (a node, an entry): no piece to step over.
+        if let [only] = self.pieces[..] {
+            let b = &only[self.pos..self.pos + n];
+            self.pos += n;
+            self.at = self.pos;
+            return Ok(Cow::Borrowed(b));
+        }
         self.pos += n;
         // Pieces read to their end (and empty ones) are behind us.
         while self.piece < self.pieces.len() && self.at == self.pieces[self.piece].len() {
