@@ -453,15 +453,12 @@ impl Image {
     /// nothing else uses, and writes a checkpoint that carries it: until
     /// that checkpoint is durable the media holds the old state whole.
     fn rebuild_shares(&mut self, counted: &RangeMap<u32>) -> Result<()> {
-        let g = self.sb.geometry;
-        let mut txn = Txn {
-            pmem: &self.pmem,
-            over: Overlay::default(),
-            free: &mut self.free,
-            free_pages: &mut self.free_pages,
-            data: (g.data_start, g.total_pages),
-            freed: Vec::new(),
-        };
+        let mut txn = Txn::new(
+            &self.pmem,
+            &mut self.free,
+            &mut self.free_pages,
+            &self.sb.geometry,
+        );
         let tree = ShareTree::build(&mut txn, counted.iter().filter(|r| r.value >= 2))?;
         let patches = txn.over.patches(&self.pmem)?;
         self.meta.share_root = tree.root();
@@ -651,15 +648,12 @@ impl Image {
     /// pages nobody maps any more, the tree nodes freed and the tree's root.
     #[allow(clippy::type_complexity)]
     fn apply_all(&mut self, ops: &[Op]) -> Result<(Vec<Patch>, Vec<Run<u64>>, Vec<u64>, u64)> {
-        let g = self.sb.geometry;
-        let mut txn = Txn {
-            pmem: &self.pmem,
-            over: Overlay::default(),
-            free: &mut self.free,
-            free_pages: &mut self.free_pages,
-            data: (g.data_start, g.total_pages),
-            freed: Vec::new(),
-        };
+        let mut txn = Txn::new(
+            &self.pmem,
+            &mut self.free,
+            &mut self.free_pages,
+            &self.sb.geometry,
+        );
         let mut tree = ShareTree::new(self.meta.share_root);
         let mut freed = Vec::new();
         for op in ops {

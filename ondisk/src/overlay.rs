@@ -218,7 +218,25 @@ impl Pages for Txn<'_> {
     }
 }
 
-impl Txn<'_> {
+impl<'a> Txn<'a> {
+    /// A transaction over `pmem` taking new nodes from `free` (the data
+    /// area of geometry `g`).
+    pub fn new(
+        pmem: &'a Pmem,
+        free: &'a mut RangeMap<u32>,
+        free_pages: &'a mut u64,
+        g: &crate::layout::Geometry,
+    ) -> Self {
+        Txn {
+            pmem,
+            over: Overlay::default(),
+            free,
+            free_pages,
+            data: (g.data_start, g.total_pages),
+            freed: Vec::new(),
+        }
+    }
+
     /// Nodes lie in the data area; a damaged pointer elsewhere is refused.
     fn check(&self, pfn: u64) -> Result<()> {
         let (start, end) = self.data;

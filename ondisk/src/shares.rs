@@ -85,6 +85,17 @@ impl ShareTree {
         Ok((keys, m))
     }
 
+    /// A run as the tree's record.
+    fn record(r: Run<u32>) -> (u64, ShareRun) {
+        (
+            r.start,
+            ShareRun {
+                len: r.len,
+                count: r.value,
+            },
+        )
+    }
+
     /// Replaces the records `old` with the runs of `new` that count 2 or
     /// more: new values first (a key kept is changed where it lies), then
     /// the keys that are gone, so that the tree is not emptied and grown
@@ -92,15 +103,9 @@ impl ShareTree {
     fn rewrite(&mut self, pages: &mut impl Pages, old: &[u64], new: &RangeMap<u32>) -> Result<()> {
         let mut kept = Vec::new();
         for r in new.iter().filter(|r| r.value >= 2) {
-            self.tree.insert(
-                pages,
-                r.start,
-                ShareRun {
-                    len: r.len,
-                    count: r.value,
-                },
-            )?;
-            kept.push(r.start);
+            let (k, v) = Self::record(r);
+            self.tree.insert(pages, k, v)?;
+            kept.push(k);
         }
         for k in old.iter().filter(|k| !kept.contains(k)) {
             self.tree.remove(pages, k)?;
@@ -199,16 +204,7 @@ impl ShareTree {
     /// The tree anew from `m`'s runs of 2 and more; the old nodes freed.
     fn replace(&mut self, pages: &mut impl Pages, m: &RangeMap<u32>) -> Result<()> {
         self.tree.free_all(pages)?;
-        let records = m.iter().filter(|r| r.value >= 2).map(|r| {
-            (
-                r.start,
-                ShareRun {
-                    len: r.len,
-                    count: r.value,
-                },
-            )
-        });
-        self.tree = Tree::build(pages, OWNER, records)?;
+        *self = Self::build(pages, m.iter().filter(|r| r.value >= 2))?;
         Ok(())
     }
 
@@ -256,20 +252,11 @@ impl ShareTree {
     }
 
     /// A new tree holding `runs` (counts of 2 and more, in pfn order, not
-    /// overlapping): fsck's rebuild.
+    /// overlapping), built bottom up: fsck's rebuild, and big batches.
     pub fn build(pages: &mut impl Pages, runs: impl IntoIterator<Item = Run<u32>>) -> Result<Self> {
-        let mut t = ShareTree::new(0);
-        for r in runs {
-            t.tree.insert(
-                pages,
-                r.start,
-                ShareRun {
-                    len: r.len,
-                    count: r.value,
-                },
-            )?;
-        }
-        Ok(t)
+        Ok(ShareTree {
+            tree: Tree::build(pages, OWNER, runs.into_iter().map(Self::record))?,
+        })
     }
 
     /// Checks the tree (`btree::Tree::check`) and that its runs neither

@@ -233,9 +233,16 @@ impl Builder {
     }
 }
 
-/// Rewrites the image's metadata after `damage` changed it, as a valid
-/// checkpoint: logical damage that checksums cannot catch.
-pub fn damage_meta(path: &Path, damage: impl FnOnce(&mut Meta)) {
+/// A closed image mapped for writing, locked: its superblock and its
+/// checkpoint as read, for tests that damage what they find.
+fn open_closed(
+    path: &Path,
+) -> (
+    File,
+    Pmem,
+    superblock::Superblock,
+    pmemfs_ondisk::checkpoint::Loaded,
+) {
     let img = Image::open(path, Access::ReadWrite).expect("open");
     img.close().expect("close");
     let file = File::options()
@@ -250,6 +257,13 @@ pub fn damage_meta(path: &Path, damage: impl FnOnce(&mut Meta)) {
         .clone();
     let ck =
         pmemfs_ondisk::checkpoint::read(&pmem, &sb.geometry, &sb.checkpoint).expect("checkpoint");
+    (file, pmem, sb, ck)
+}
+
+/// Rewrites the image's metadata after `damage` changed it, as a valid
+/// checkpoint: logical damage that checksums cannot catch.
+pub fn damage_meta(path: &Path, damage: impl FnOnce(&mut Meta)) {
+    let (file, pmem, sb, ck) = open_closed(path);
     let mut meta = ck.meta;
     damage(&mut meta);
     let journal = sb.journal;
@@ -269,29 +283,10 @@ pub fn damage_shares(
     path: &Path,
     damage: impl FnOnce(&mut pmemfs_ondisk::shares::ShareTree, &mut pmemfs_ondisk::overlay::Txn),
 ) {
-    let img = Image::open(path, Access::ReadWrite).expect("open");
-    img.close().expect("close");
-    let file = File::options()
-        .read(true)
-        .write(true)
-        .open(path)
-        .expect("open");
-    let pmem = Pmem::map(&file, true).expect("map");
-    let sb = superblock::choose(&superblock::read_copies(&pmem))
-        .expect("superblock")
-        .clone();
-    let ck =
-        pmemfs_ondisk::checkpoint::read(&pmem, &sb.geometry, &sb.checkpoint).expect("checkpoint");
+    let (_file, pmem, sb, ck) = open_closed(path);
     let mut tree = pmemfs_ondisk::shares::ShareTree::new(ck.meta.share_root);
     let (mut free, mut free_pages) = (pmemfs_ondisk::RangeMap::new(), 0);
-    let mut txn = pmemfs_ondisk::overlay::Txn {
-        pmem: &pmem,
-        over: Default::default(),
-        free: &mut free,
-        free_pages: &mut free_pages,
-        data: (sb.geometry.data_start, sb.geometry.total_pages),
-        freed: Vec::new(),
-    };
+    let mut txn = pmemfs_ondisk::overlay::Txn::new(&pmem, &mut free, &mut free_pages, &sb.geometry);
     damage(&mut tree, &mut txn);
     assert_eq!(tree.root(), ck.meta.share_root, "the damage moved the root");
     let patches = txn.over.patches(&pmem).expect("patches");
