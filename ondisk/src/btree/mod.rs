@@ -108,6 +108,9 @@ struct Split<K: Kind> {
     right: u64,
 }
 
+/// A record, if the in-place search could say (`Tree::floor_in_place`).
+type Found<K> = Option<Option<(<K as Kind>::Key, <K as Kind>::Value)>>;
+
 /// How a walk over records ended.
 #[derive(Debug, PartialEq, Eq)]
 enum Walk {
@@ -216,8 +219,67 @@ impl<K: Kind> Tree<K> {
         if self.root == 0 {
             return Ok(None);
         }
+        if K::FIXED {
+            if let Some(found) = self.floor_in_place(pages, key)? {
+                return Ok(found);
+            }
+        }
         let root = self.load(pages, self.root, None)?;
         self.floor_in(pages, root, key, false)
+    }
+
+    /// [`Tree::floor`] for fixed-size records, by binary search in the
+    /// nodes' bytes instead of decoding them (the share count of every
+    /// page a write touches is one of these). `None` when the answer is
+    /// not in the leaf the search reaches (a key below that leaf's first),
+    /// which the decoding search then finds.
+    fn floor_in_place(&self, pages: &impl Pages, key: &K::Key) -> Result<Found<K>> {
+        let (mut pfn, mut level) = (self.root, None);
+        loop {
+            let what = || format!("{} node at pfn {pfn} of inode {}", K::NAME, self.owner);
+            let bad = |e: String| -> Error { Corrupt::new(what(), e).into() };
+            let raw = Node::<K>::raw(pages.page(pfn)?).map_err(bad)?;
+            if raw.owner != self.owner || level.is_some_and(|l| l != raw.level) || raw.count == 0 {
+                return Ok(None);
+            }
+            let rec = K::MIN_KEY_BYTES + if raw.level == 0 { K::VALUE_BYTES } else { 8 };
+            if raw.body.len() != raw.count * rec {
+                return Err(bad(format!(
+                    "{} bytes for {} records",
+                    raw.body.len(),
+                    raw.count
+                )));
+            }
+            let at = |i: usize| &raw.body[i * rec..(i + 1) * rec];
+            let key_at = |i: usize| {
+                K::fixed_key(&at(i)[..K::MIN_KEY_BYTES])
+                    .unwrap_or_else(|| Err("a key of another size".into()))
+                    .map_err(bad)
+            };
+            // How many records have a key at most `key`.
+            let (mut lo, mut hi) = (0, raw.count);
+            while lo < hi {
+                let mid = (lo + hi) / 2;
+                if key_at(mid)? <= *key {
+                    lo = mid + 1;
+                } else {
+                    hi = mid;
+                }
+            }
+            if raw.level == 0 {
+                if lo == 0 {
+                    return Ok(None);
+                }
+                let r = K::fixed_record(at(lo - 1))
+                    .unwrap_or_else(|| Err("a record of another size".into()))
+                    .map_err(bad)?;
+                return Ok(Some(Some(r)));
+            }
+            let mut child = [0u8; 8];
+            child.copy_from_slice(&at(lo.saturating_sub(1))[rec - 8..]);
+            pfn = u64::from_le_bytes(child);
+            level = Some(raw.level - 1);
+        }
     }
 
     /// `strict`: the greatest key below `key`, not at most.

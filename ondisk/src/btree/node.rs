@@ -51,6 +51,14 @@ struct RawHeader {
     reserved2: U64,
 }
 
+/// A node's checked header and its records' bytes (`Node::raw`).
+pub struct Raw<'a> {
+    pub level: u8,
+    pub owner: u64,
+    pub count: usize,
+    pub body: &'a [u8],
+}
+
 /// A node's records, decoded.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Entries<K: Kind> {
@@ -197,6 +205,47 @@ impl<K: Kind> Node<K> {
     /// this kind: wrong magic, type or crc, a count or length that does
     /// not fit, keys out of order, a record that does not decode.
     pub fn decode(page: &[u8]) -> Decode<Node<K>> {
+        let raw = Self::raw(page)?;
+        let (body, level) = (raw.body, raw.level);
+        let count = raw.count;
+        let mut r = Reader::new(body);
+        let entries = if let Some(entries) = Self::decode_fixed(level, count, body) {
+            r = Reader::new(&[]);
+            entries?
+        } else if level == 0 {
+            let mut v = Vec::with_capacity(count);
+            for _ in 0..count {
+                v.push((K::decode_key(&mut r)?, K::decode_value(&mut r)?));
+            }
+            Entries::Leaf(v)
+        } else {
+            let mut v = Vec::with_capacity(count);
+            for _ in 0..count {
+                v.push((K::decode_key(&mut r)?, r.u64("child pfn")?));
+            }
+            Entries::Interior(v)
+        };
+        r.finish("node records")?;
+        let node = Node {
+            level,
+            owner: raw.owner,
+            entries,
+        };
+        let ascending = match &node.entries {
+            Entries::Leaf(v) => v.windows(2).all(|w| w[0].0 < w[1].0),
+            Entries::Interior(v) => v.windows(2).all(|w| w[0].0 < w[1].0),
+        };
+        if !ascending {
+            return Err("node keys are not in ascending order".into());
+        }
+        Ok(node)
+    }
+
+    /// A page's header checked (magic, type, level, reserved fields, crc,
+    /// a count its bytes can hold) and its records' bytes, not decoded:
+    /// what [`Node::decode`] starts from, and what lookups in trees of
+    /// fixed-size records search in place.
+    pub fn raw(page: &[u8]) -> Decode<Raw<'_>> {
         let mut r = Reader::new(page);
         let h: RawHeader = r.fixed("node header")?;
         if h.magic != MAGIC {
@@ -232,36 +281,12 @@ impl<K: Kind> Node<K> {
         let mut r = Reader::new(body);
         let min = K::MIN_KEY_BYTES + if h.level == 0 { K::VALUE_BYTES } else { 8 };
         let count = r.count(u64::from(h.count.get()), min, "node records")?;
-        let entries = if let Some(entries) = Self::decode_fixed(h.level, count, body) {
-            r = Reader::new(&[]);
-            entries?
-        } else if h.level == 0 {
-            let mut v = Vec::with_capacity(count);
-            for _ in 0..count {
-                v.push((K::decode_key(&mut r)?, K::decode_value(&mut r)?));
-            }
-            Entries::Leaf(v)
-        } else {
-            let mut v = Vec::with_capacity(count);
-            for _ in 0..count {
-                v.push((K::decode_key(&mut r)?, r.u64("child pfn")?));
-            }
-            Entries::Interior(v)
-        };
-        r.finish("node records")?;
-        let node = Node {
+        Ok(Raw {
             level: h.level,
             owner: h.owner.get(),
-            entries,
-        };
-        let ascending = match &node.entries {
-            Entries::Leaf(v) => v.windows(2).all(|w| w[0].0 < w[1].0),
-            Entries::Interior(v) => v.windows(2).all(|w| w[0].0 < w[1].0),
-        };
-        if !ascending {
-            return Err("node keys are not in ascending order".into());
-        }
-        Ok(node)
+            count,
+            body,
+        })
     }
 }
 

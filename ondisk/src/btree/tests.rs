@@ -263,6 +263,35 @@ proptest! {
     }
 }
 
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(32))]
+
+    /// The in-place floor of fixed-size records (page maps, share counts)
+    /// answers as the model does, after inserts and removes in any order.
+    #[test]
+    fn floor_in_place_matches_the_model(
+        keys in prop::collection::vec((0..20_000u64, any::<bool>()), 1..4000),
+        probes in prop::collection::vec(0..20_100u64, 1..200),
+    ) {
+        let mut m = Mem::default();
+        let mut t = Tree::<Extents>::new(0, 5);
+        let mut model = BTreeMap::new();
+        for (k, insert) in keys {
+            if insert {
+                t.insert(&mut m, k, ext(k + 1)).unwrap();
+                model.insert(k, ext(k + 1));
+            } else {
+                t.remove(&mut m, &k).unwrap();
+                model.remove(&k);
+            }
+        }
+        for p in probes {
+            let want = model.range(..=p).next_back().map(|(k, v)| (*k, *v));
+            prop_assert_eq!(t.floor(&m, &p).unwrap(), want);
+        }
+    }
+}
+
 /// A tree of a few levels to damage.
 fn damaged_base() -> (Mem, Tree<Extents>) {
     let mut m = Mem::default();
