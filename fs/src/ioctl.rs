@@ -4,7 +4,7 @@
 //! in the number, so the kernel moves the data itself) and answer a fixed
 //! array of little-endian u64s.
 
-use pmemfs_ondisk::{Body, Ino, Run, PAGE_SIZE};
+use pmemfs_ondisk::{Body, Ino, PAGE_SIZE};
 
 use crate::cache::CacheStats;
 use crate::error::{fail, FsResult};
@@ -517,7 +517,7 @@ impl State {
         let mut out = Extents::default();
         let mut index = from / PAGE_SIZE;
         while let Some(run) = map.first_at_or_after(index) {
-            for c in self.counts_in(run.value, run.len)? {
+            for c in self.image.share_counts_in(run.value, run.len)? {
                 let e = Extent {
                     logical: (run.start + (c.start - run.value)) * PAGE_SIZE,
                     physical: c.start * PAGE_SIZE,
@@ -559,29 +559,6 @@ impl State {
             if matches!(self.inode(ino)?.body, Body::File(_)) {
                 out.files.push((ino, self.usage(ino)?));
             }
-        }
-        Ok(out)
-    }
-
-    /// The share counts of mapped pfns `[pfn, pfn + len)` as runs that
-    /// cover them: the share tree's runs, and count 1 between them.
-    fn counts_in(&self, pfn: u64, len: u64) -> FsResult<Vec<Run<u32>>> {
-        let mut out = Vec::new();
-        let mut next = pfn;
-        let once = |start: u64, end: u64| Run {
-            start,
-            len: end - start,
-            value: 1,
-        };
-        for c in self.image.shared_in(pfn, len)? {
-            if c.start > next {
-                out.push(once(next, c.start));
-            }
-            next = c.start + c.len;
-            out.push(c);
-        }
-        if next < pfn + len {
-            out.push(once(next, pfn + len));
         }
         Ok(out)
     }

@@ -26,8 +26,6 @@ use std::collections::BTreeSet;
 use std::fs::File;
 use std::path::Path;
 
-use std::borrow::Cow;
-
 use crate::btree::Shape;
 use crate::checkpoint;
 use crate::error::{Corrupt, Error, Result};
@@ -599,9 +597,12 @@ impl Image {
         if !self.pmem.is_writable() {
             return Err(Error::ReadOnly);
         }
-        let bare = journal::encode_entry(self.journal, ops, &[])?;
-        if bare.len() as u64 > self.sb.geometry.journal_bytes() {
-            return Err(Error::TransactionTooLarge(bare.len()));
+        // Refused before anything changes if it could never be journaled
+        // (the 4 bytes are an empty patch list).
+        let mut payload = journal::encode_ops(ops)?;
+        let bare = journal::entry_bytes(payload.len() + 4);
+        if bare > self.sb.geometry.journal_bytes() {
+            return Err(Error::TransactionTooLarge(bare as usize));
         }
         let changed = self.apply_all(ops);
         let (patches, freed, meta_freed, root) = match changed {
@@ -611,13 +612,19 @@ impl Image {
                 return Err(e);
             }
         };
-        let mut ops = Cow::Borrowed(ops);
         if root != self.meta.share_root {
-            let op = Op::SetShareRoot { root };
             self.meta.share_root = root;
-            ops.to_mut().push(op);
+            let mut with_root = ops.to_vec();
+            with_root.push(Op::SetShareRoot { root });
+            payload = match journal::encode_ops(&with_root) {
+                Ok(p) => p,
+                Err(e) => {
+                    self.pmem.poison();
+                    return Err(e);
+                }
+            };
         }
-        let written = journal::encode_entry(self.journal, &ops, &patches).and_then(|entry| {
+        let written = journal::entry_of(self.journal, payload, &patches).and_then(|entry| {
             let fits = journal::append(&self.pmem, &self.sb.geometry, self.journal, &entry)?;
             if fits {
                 self.journal = self.journal.after(self.journal.off + entry.len() as u64);
@@ -813,6 +820,12 @@ impl Image {
     /// Runs of pfns in `[start, start + len)` mapped twice or more.
     pub fn shared_in(&self, start: u64, len: u64) -> Result<Vec<Run<u32>>> {
         self.shares().shared_in(&self.share_pages(), start, len)
+    }
+
+    /// The share counts of mapped pfns `[start, start + len)`, as runs
+    /// that cover them all (count 1 where the tree has no run).
+    pub fn share_counts_in(&self, start: u64, len: u64) -> Result<Vec<Run<u32>>> {
+        self.shares().counts_in(&self.share_pages(), start, len)
     }
 
     /// Every run of pfns mapped twice or more, and the tree's shape.

@@ -75,8 +75,17 @@ pub fn entry_bytes(payload: usize) -> u64 {
 
 /// Encodes a transaction as the entry that goes at `pos`.
 pub fn encode_entry(pos: JournalPos, ops: &[Op], patches: &[Patch]) -> Result<Vec<u8>> {
-    let mut payload =
-        crate::record::op::encode(ops).map_err(|e| Error::Io(std::io::Error::other(e)))?;
+    entry_of(pos, encode_ops(ops)?, patches)
+}
+
+/// The ops part of an entry's payload, for [`entry_of`]: a commit encodes
+/// its ops once, before it knows its patches.
+pub fn encode_ops(ops: &[Op]) -> Result<Vec<u8>> {
+    crate::record::op::encode(ops).map_err(|e| Error::Io(std::io::Error::other(e)))
+}
+
+/// The entry at `pos` of ops already encoded (`encode_ops`) and patches.
+pub fn entry_of(pos: JournalPos, mut payload: Vec<u8>, patches: &[Patch]) -> Result<Vec<u8>> {
     patch::encode(patches, &mut payload).map_err(|e| Error::Io(std::io::Error::other(e)))?;
     let len =
         u32::try_from(payload.len()).map_err(|_| Error::TransactionTooLarge(payload.len()))?;

@@ -48,6 +48,14 @@ impl ShareTree {
         Ok(m.range(start, len))
     }
 
+    /// The counts of mapped pfns `[start, start + len)` as runs covering
+    /// them all: the tree's runs, and count 1 between them.
+    pub fn counts_in(&self, pages: &impl Pages, start: u64, len: u64) -> Result<Vec<Run<u32>>> {
+        let (_, mut m) = self.around(pages, start, len)?;
+        Self::fill_once(&mut m, start, len);
+        Ok(m.range(start, len))
+    }
+
     /// Every run, in pfn order, until `visit` returns false.
     pub fn each(&self, pages: &impl Pages, mut visit: impl FnMut(Run<u32>) -> bool) -> Result<()> {
         self.tree.range(pages, None, |k, r| {
@@ -365,6 +373,16 @@ mod tests {
         assert_eq!(t.count(&m, 100).unwrap(), 2);
         assert_eq!(t.count(&m, 125).unwrap(), 3);
         assert_eq!(t.shared_in(&m, 118, 4).unwrap().len(), 2);
+        let runs: Vec<(u64, u64, u32)> = t
+            .counts_in(&m, 95, 60)
+            .unwrap()
+            .iter()
+            .map(|r| (r.start, r.len, r.value))
+            .collect();
+        assert_eq!(
+            runs,
+            vec![(95, 5, 1), (100, 20, 2), (120, 10, 3), (130, 20, 2), (150, 5, 1)]
+        );
         assert!(t.drop(&mut m, 100, 50).unwrap().is_empty());
         assert_eq!(t.count(&m, 100).unwrap(), 1);
         assert_eq!(t.count(&m, 125).unwrap(), 2);
