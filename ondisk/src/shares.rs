@@ -381,7 +381,13 @@ mod tests {
             .collect();
         assert_eq!(
             runs,
-            vec![(95, 5, 1), (100, 20, 2), (120, 10, 3), (130, 20, 2), (150, 5, 1)]
+            vec![
+                (95, 5, 1),
+                (100, 20, 2),
+                (120, 10, 3),
+                (130, 20, 2),
+                (150, 5, 1)
+            ]
         );
         assert!(t.drop(&mut m, 100, 50).unwrap().is_empty());
         assert_eq!(t.count(&m, 100).unwrap(), 1);
