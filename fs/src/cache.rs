@@ -38,8 +38,10 @@
 //!   (or deletes an inode), the copies of the pfns the range held go, on
 //!   every node; an in-place write drops its page's copies as it writes. A
 //!   pfn that has copies is therefore always mapped, and its copies hold its
-//!   current bytes. Writers hold the state's write lock, so no read runs
-//!   between a drop and the commit.
+//!   current bytes. Writers that commit hold the state's write lock, so
+//!   no read runs between a drop and the commit; an in-place write holds
+//!   its file's data lock ([`crate::datalock`]), which every reader of the
+//!   page holds too, the page being that file's alone.
 //!
 //! The per-(inode, node) DRAM address_spaces of `pmemfs-pagecache` are not
 //! used: their pointers would keep copies alive that the copy table, and so
@@ -306,8 +308,9 @@ impl Cache {
     }
 
     /// Drops the DRAM copies of pfns `pfn..pfn + len` on every node. Call
-    /// with the state's write lock held, so that no read makes a copy
-    /// again before the change is in place.
+    /// with the state's write lock held, or the data lock of the file that
+    /// alone maps them, so that no read makes a copy again before the
+    /// change is in place.
     pub(crate) fn drop_copies(&self, pfn: u64, len: u64) {
         if !self.has_copies() {
             return;

@@ -18,7 +18,7 @@
 //! (`State::expose`); reads stop at the size, and a clone of a last page
 //! carries those bytes past the clone's end too.
 
-use pmemfs_ondisk::{Body, Ino, Op, RangeMap, Run, PAGE_SIZE};
+use pmemfs_ondisk::{Attr, Body, Ino, Op, RangeMap, Run, PAGE_SIZE};
 
 use std::sync::Arc;
 
@@ -284,13 +284,7 @@ impl State {
             match map.get(idx) {
                 Some(pfn) if self.exclusive(pfn)? => {
                     let (at, bytes) = part(idx);
-                    // Its DRAM copies would be stale: gone before any
-                    // read can run again (we hold the state alone).
-                    self.cache().drop_copies(pfn, 1);
-                    self.image
-                        .pmem()
-                        .write(pfn * PAGE_SIZE + at as u64, bytes)?;
-                    dirty.add(self.image.pmem(), pfn)?;
+                    self.store_in_place(pfn, at, bytes, &mut dirty)?;
                 }
                 old => need.push((idx, old)),
             }
@@ -333,6 +327,103 @@ impl State {
             self.image.pmem().fence()?;
         }
         Ok(())
+    }
+
+    /// Stores `bytes` at byte `at` of `pfn`, a page the file alone maps.
+    /// Its DRAM copies would be stale: they go first, and no read of the
+    /// page can make one again before the store is done (the caller holds
+    /// the state alone, or the file's data lock, which every reader of a
+    /// page the file alone maps holds).
+    fn store_in_place(&self, pfn: u64, at: usize, bytes: &[u8], dirty: &mut Dirty) -> FsResult<()> {
+        self.cache().drop_copies(pfn, 1);
+        self.image
+            .pmem()
+            .write(pfn * PAGE_SIZE + at as u64, bytes)?;
+        dirty.add(self.image.pmem(), pfn)
+    }
+
+    /// The attributes before and after a write by `who` that ends at byte
+    /// `end`: the size grows to `end`, the times are stamped (under the
+    /// writeback cache the kernel keeps them and sends them itself), and
+    /// set-uid and set-gid go when the kernel says so.
+    fn attr_after_write(&self, ino: Ino, end: u64, who: Writer) -> FsResult<(Attr, Attr)> {
+        let before = self.attr(ino)?;
+        let mut a = before;
+        a.size = a.size.max(end);
+        if !who.writeback {
+            a.mtime = now();
+            a.ctime = a.mtime;
+        }
+        if who.kill_suidgid {
+            crate::privs::kill_suid_sgid(&mut a);
+        }
+        Ok((before, a))
+    }
+
+    /// The write that needs no transaction, with the state shared: `data`
+    /// lies within the file's size on pages the file alone maps, and
+    /// neither the times (the coarse clock has not ticked since they were
+    /// stamped, or the writeback cache keeps them), nor the mode, nor the
+    /// file's capabilities change. Its stores are flushed and fenced, so
+    /// the write is durable when this returns. `None` when the write needs
+    /// more, or is refused: [`State::write_as`], with the state alone,
+    /// does it or says why. The caller holds the file's data lock
+    /// ([`crate::datalock`]) exclusive.
+    pub fn write_in_place(
+        &self,
+        ino: Ino,
+        off: u64,
+        data: &[u8],
+        who: Writer,
+    ) -> FsResult<Option<u32>> {
+        let Ok(map) = pages_of(self, ino) else {
+            return Ok(None);
+        };
+        let end = match off.checked_add(data.len() as u64) {
+            Some(end) if !data.is_empty() => end,
+            _ => return Ok(None),
+        };
+        if self.is_read_only() || self.may_write_at(ino, off, false).is_err() {
+            return Ok(None);
+        }
+        // Past the size, the size changes.
+        let (before, after) = self.attr_after_write(ino, end, who)?;
+        if after != before || self.kill_capability(ino).is_some() {
+            return Ok(None);
+        }
+        let (first, last) = (off / PAGE_SIZE, (end - 1) / PAGE_SIZE);
+        let runs = map.range(first, last - first + 1);
+        let mapped: u64 = runs.iter().map(|r| r.len).sum();
+        if mapped != last - first + 1 {
+            return Ok(None);
+        }
+        for r in &runs {
+            for k in 0..r.len {
+                if !self.exclusive(r.value + k)? {
+                    return Ok(None);
+                }
+            }
+        }
+        let mut dirty = Dirty::default();
+        for r in &runs {
+            for k in 0..r.len {
+                let idx = r.start + k;
+                let (a, b) = ((idx * PAGE_SIZE).max(off), ((idx + 1) * PAGE_SIZE).min(end));
+                let bytes = &data[(a - off) as usize..(b - off) as usize];
+                self.store_in_place(
+                    r.value + k,
+                    (a - idx * PAGE_SIZE) as usize,
+                    bytes,
+                    &mut dirty,
+                )?;
+            }
+        }
+        dirty.flush(self.image.pmem())?;
+        if !pmemfs_ondisk::testing::skip_data_fence() {
+            self.image.pmem().fence()?;
+        }
+        self.ksm_queue().push(ino);
+        Ok(Some(data.len() as u32))
     }
 
     /// Runs `build` to make a transaction's ops, committing them with
@@ -466,19 +557,7 @@ impl State {
         self.expose(ino, self.attr(ino)?.size, off)?;
         self.transact(|s, ops, fresh| {
             s.store(ino, off, data, ops, fresh)?;
-            let t = now();
-            let before = s.attr(ino)?;
-            let mut a = before;
-            a.size = a.size.max(end);
-            // Under the writeback cache the kernel keeps the times and
-            // sends them itself.
-            if !who.writeback {
-                a.mtime = t;
-                a.ctime = t;
-            }
-            if who.kill_suidgid {
-                crate::privs::kill_suid_sgid(&mut a);
-            }
+            let (before, a) = s.attr_after_write(ino, end, who)?;
             // An in-place write within the size whose times do not move
             // (the coarse clock has not ticked, or the writeback cache
             // keeps them) changes no metadata: its stores are durable

@@ -663,6 +663,8 @@ impl Filesystem for PmemFs {
     ) {
         let _timer = self.begin(Opcode::Read);
         let s = self.state.read();
+        // Until the reply is out: an in-place write of the file waits.
+        let _data = s.data_locks().read(ino.0);
         match s.read(ino.0, offset, size) {
             Ok(d) => {
                 reply.data(d.as_slice());
@@ -689,7 +691,19 @@ impl Filesystem for PmemFs {
             kill_suidgid: write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID),
             writeback: write_flags.contains(WriteFlags::FUSE_WRITE_CACHE),
         };
-        match self.state.write().write_as(ino.0, offset, data, who) {
+        // Most writes store bytes in place and need the state shared only
+        // (crate::datalock); the rest take it alone.
+        let fast = {
+            let s = self.state.read();
+            let _data = s.data_locks().write(ino.0);
+            s.write_in_place(ino.0, offset, data, who)
+        };
+        let done = match fast {
+            Ok(Some(n)) => Ok(n),
+            Ok(None) => self.state.write().write_as(ino.0, offset, data, who),
+            Err(e) => Err(e),
+        };
+        match done {
             Ok(n) => reply.written(n),
             // Under the writeback cache the kernel writes back dirty pages
             // of a file after its last close, when an unlinked file is

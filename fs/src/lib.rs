@@ -25,6 +25,7 @@ pub mod atime;
 pub mod attr;
 pub mod cache;
 pub mod data;
+pub mod datalock;
 pub mod dedupe;
 pub mod error;
 pub mod flags;

@@ -42,6 +42,9 @@ pub struct State {
     atimes: Atimes,
     /// Files written since the online dedupe scanner saw them.
     ksm: crate::ksm::Queue,
+    /// Readers and in-place writers of a file's bytes (see
+    /// [`crate::datalock`]).
+    data_locks: crate::datalock::DataLocks,
 }
 
 /// The page range `[first, last]` of a file whose mapping `op` changes;
@@ -131,6 +134,7 @@ impl State {
             atime_policy: AtimePolicy::default(),
             atimes: Atimes::default(),
             ksm: crate::ksm::Queue::default(),
+            data_locks: Default::default(),
         }
     }
 
@@ -307,6 +311,10 @@ impl State {
 
     pub fn cache(&self) -> &Cache {
         &self.cache
+    }
+
+    pub fn data_locks(&self) -> &crate::datalock::DataLocks {
+        &self.data_locks
     }
 
     pub fn is_read_only(&self) -> bool {
