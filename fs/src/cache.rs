@@ -5,17 +5,22 @@
 //! # Who is the truth
 //!
 //! Meta's page maps and share counts are the truth, for persistence and for
-//! copy on write. A DAX space is a cache of one file's page map, made on the
-//! file's first read (not at open: a file only written never pays for one)
-//! from its runs (a 2 MiB entry where a run covers an aligned block of 512
-//! pages, single pages elsewhere) and kept equal to the map: after every
-//! commit, each range an op mapped, unmapped or cloned into is erased and
-//! mapped again from the map ([`State::commit`]); a deleted inode's spaces
-//! go, and so do a file's at its last close. Nothing here takes references
-//! in the descriptor table (no `clone_range`, no `write_begin`), so it
-//! never holds a share count that could disagree with Meta's; erasing
-//! reports every page as unreferenced, and that report is ignored. The
-//! table only holds the DRAM copies.
+//! copy on write. A DAX space is a cache of one file's page map, made when
+//! the file is first used while open (a read, a write, a clone) from its
+//! runs (a 2 MiB entry where a run covers an aligned block of 512 pages,
+//! single pages elsewhere) and kept equal to the map: after every commit,
+//! each range an op mapped, unmapped or cloned into is erased and mapped
+//! again from the map, and an aligned block the range cuts into becomes one
+//! entry again when it is one run ([`State::commit`], `Cache::resync`);
+//! a deleted inode's spaces go, and so do a file's at its last close.
+//! Reads, writes, truncate, fallocate, seek, clone and dedupe find a
+//! file's pages in its space (`Cache::view`); a file nobody has open
+//! (the online dedupe scanner's, a writeback after the last close) is
+//! read from its map, so that no space is left that no close would drop.
+//! Nothing here takes references in the descriptor table (no
+//! `clone_range`, no `write_begin`), so it never holds a share count that
+//! could disagree with Meta's; erasing reports every page as unreferenced,
+//! and that report is ignored. The table only holds the DRAM copies.
 //!
 //! # DRAM copies
 //!
@@ -133,6 +138,83 @@ pub struct CacheStats {
     pub desc_bytes: u64,
 }
 
+/// One file's page map, where the file system finds it: the DAX space of
+/// a file in use, else the map as stored (see [`Cache::view`]). Both say
+/// the same: the space is kept equal to the map ([`Cache::resync`]).
+pub(crate) enum FileView<'a> {
+    Dax(Arc<InodeSpaces>),
+    Stored(&'a RangeMap<u64>),
+}
+
+impl FileView<'_> {
+    /// The pfn of page `index`; `None` for a hole.
+    pub fn get(&self, index: u64) -> Option<u64> {
+        match self {
+            FileView::Dax(s) => s.dax().lookup(index).map(|(pfn, _)| pfn),
+            FileView::Stored(m) => m.get(index),
+        }
+    }
+
+    /// The mapped pages of `start..start + len` as index runs on
+    /// consecutive pfns, holes left out, adjacent entries merged so that a
+    /// range inside one run of pmem is one run.
+    pub fn range(&self, start: u64, len: u64) -> Vec<Run<u64>> {
+        let s = match self {
+            FileView::Dax(s) => s,
+            FileView::Stored(m) => return m.range(start, len),
+        };
+        let Some(last) = len.checked_sub(1).map(|n| start.saturating_add(n)) else {
+            return Vec::new();
+        };
+        let r = s.dax().read();
+        let mut out: Vec<Run<u64>> = Vec::new();
+        for f in r.iter(start, last) {
+            // Only pfn entries are stored here.
+            let Some(pfn) = f.entry.pfn() else { continue };
+            let (a, b) = (f.index.max(start), f.last().min(last));
+            let p = pfn + (a - f.index);
+            match out.last_mut() {
+                Some(l) if l.start + l.len == a && l.value + l.len == p => l.len += b - a + 1,
+                _ => out.push(Run {
+                    start: a,
+                    len: b - a + 1,
+                    value: p,
+                }),
+            }
+        }
+        out
+    }
+
+    /// The first run that covers or follows page `from`, clipped to start
+    /// at `from`, as long as consecutive pages on consecutive pfns go.
+    pub fn first_at_or_after(&self, from: u64) -> Option<Run<u64>> {
+        let s = match self {
+            FileView::Dax(s) => s,
+            FileView::Stored(m) => return m.first_at_or_after(from),
+        };
+        let r = s.dax().read();
+        let mut run: Option<Run<u64>> = None;
+        for f in r.iter(from, u64::MAX) {
+            let Some(pfn) = f.entry.pfn() else { continue };
+            let a = f.index.max(from);
+            let p = pfn + (a - f.index);
+            let len = f.last() - a + 1;
+            match &mut run {
+                None => {
+                    run = Some(Run {
+                        start: a,
+                        len,
+                        value: p,
+                    })
+                }
+                Some(l) if l.start + l.len == a && l.value + l.len == p => l.len += len,
+                Some(_) => break,
+            }
+        }
+        run
+    }
+}
+
 /// See the module doc.
 pub struct Cache {
     pc: PageCache,
@@ -242,35 +324,24 @@ impl Cache {
         Ok(Arc::clone(all.entry(ino).or_insert_with(|| Arc::new(s))))
     }
 
-    /// The pfn runs of pages `first..=last` of `ino`, looked up in its DAX
-    /// space (made from `map` if it has none yet): index runs on
-    /// consecutive pfns, holes left out, adjacent entries merged so that a
-    /// range inside one run of pmem is one run.
-    pub(crate) fn runs(
+    /// The page map of file `ino` (`map`, as stored) for the file system
+    /// to consult: its DAX space when it has one, or is open (`in_use`)
+    /// and gets one now; the stored map for a file nobody has open (the
+    /// online dedupe scanner's, a writeback after the last close), which
+    /// should not leave a space behind that no close would drop.
+    pub(crate) fn view<'a>(
         &self,
         ino: Ino,
-        map: &RangeMap<u64>,
-        first: u64,
-        last: u64,
-    ) -> Result<Vec<Run<u64>>, XaError> {
-        let s = self.spaces(ino, map)?;
-        let r = s.dax().read();
-        let mut out: Vec<Run<u64>> = Vec::new();
-        for f in r.iter(first, last) {
-            // Only pfn entries are stored here.
-            let Some(pfn) = f.entry.pfn() else { continue };
-            let (a, b) = (f.index.max(first), f.last().min(last));
-            let p = pfn + (a - f.index);
-            match out.last_mut() {
-                Some(l) if l.start + l.len == a && l.value + l.len == p => l.len += b - a + 1,
-                _ => out.push(Run {
-                    start: a,
-                    len: b - a + 1,
-                    value: p,
-                }),
+        map: &'a RangeMap<u64>,
+        in_use: bool,
+    ) -> Result<FileView<'a>, XaError> {
+        if !in_use {
+            if let Some(s) = self.spaces.read().get(&ino) {
+                return Ok(FileView::Dax(Arc::clone(s)));
             }
+            return Ok(FileView::Stored(map));
         }
-        Ok(out)
+        Ok(FileView::Dax(self.spaces(ino, map)?))
     }
 
     /// After a commit that changed pages `first..=last` of `ino` (or failed
@@ -290,7 +361,27 @@ impl Cache {
         let remapped = map
             .range(first, (last - first).saturating_add(1))
             .iter()
-            .try_for_each(|r| map_run(s.dax(), r.start, r.len, r.value));
+            .try_for_each(|r| map_run(s.dax(), r.start, r.len, r.value))
+            .and_then(|()| {
+                // The aligned blocks the range cuts into may be whole runs
+                // now (a file written 1 MiB a request completes its 2 MiB
+                // blocks half by half): one entry each then, as a space
+                // made from the map has.
+                let block = 1u64 << BLOCK_ORDER;
+                let (a, b) = (first - first % block, last - last % block);
+                let edges = if a == b { vec![a] } else { vec![a, b] };
+                edges
+                    .into_iter()
+                    .try_for_each(|at| match map.range(at, block)[..] {
+                        [r] if r.len == block
+                            && s.dax().lookup_entry(at).is_some_and(|e| e.order == 0) =>
+                        {
+                            let _ = self.pc.erase_range(s, at, at + block - 1);
+                            map_run(s.dax(), at, block, r.value)
+                        }
+                        _ => Ok(()),
+                    })
+            });
         if remapped.is_err() {
             spaces.remove(&ino);
         }
@@ -533,8 +624,12 @@ mod tests {
             rdev: 0,
             target: None,
         };
-        st.make(ROOT_INO, name.as_bytes(), new, Caller { uid: 0, gid: 0 })
-            .expect("create")
+        let ino = st
+            .make(ROOT_INO, name.as_bytes(), new, Caller { uid: 0, gid: 0 })
+            .expect("create");
+        // Open, as through a mount: files in use have spaces.
+        st.opened(ino, false).expect("open");
+        ino
     }
 
     fn pattern(len: u64, seed: u8) -> Vec<u8> {
@@ -617,7 +712,10 @@ mod tests {
         let len = 2 * (1 << 20) + 5 * PG + 100;
         let mut want_f = pattern(len, 1);
         st.write(f, 0, &want_f).expect("write");
-        assert!(st.cache().spaces_of(f).is_none(), "made on first read");
+        assert!(
+            st.cache().spaces_of(f).is_some(),
+            "an open file's writes consult its space"
+        );
 
         // Two reads: the second makes copies (on this thread's node).
         assert_eq!(read_all(&st, f), want_f);
@@ -704,7 +802,7 @@ mod tests {
         check(&st);
         assert_eq!(read_all(&st, g), want_g);
 
-        // Zero range, then unlink g (deleted: spaces and copies go).
+        // Zero range, then unlink and close g (deleted: spaces and copies go).
         st.fallocate(g, 20 * PG, 3 * PG, libc::FALLOC_FL_ZERO_RANGE)
             .expect("zero range");
         want_g[20 * PG as usize..23 * PG as usize].fill(0);
@@ -713,6 +811,7 @@ mod tests {
         read_all(&st, g);
         let gp: Vec<u64> = map(&st, g).iter().map(|r| r.value).collect();
         st.unlink(ROOT_INO, b"g", false).expect("unlink");
+        st.closed(g, false).expect("last close");
         assert!(st.cache().spaces_of(g).is_none());
         for p in gp {
             assert_eq!(copies(&st, p), 0);
@@ -797,10 +896,42 @@ mod tests {
         assert_eq!(s.inodes, 1);
         assert_eq!(s.dax_pages, 600);
         assert_eq!((s.dram_copies, s.dram_hits, s.dram_misses), (0, 0, 0));
-        st.opened(f, false).expect("open");
         st.closed(f, false).expect("close");
         assert!(st.cache().spaces_of(f).is_none(), "last close drops spaces");
         check(&st);
+        // Closed, the file is read from its stored map, and no space is
+        // left behind that no close would drop.
+        assert_eq!(read_all(&st, f), want);
+        assert!(
+            st.cache().spaces_of(f).is_none(),
+            "no space for a closed file"
+        );
+    }
+
+    /// A file written in requests of 1 MiB, as the kernel sends them: each
+    /// 2 MiB block becomes one entry once its second half is written.
+    #[test]
+    fn blocks_completed_by_later_writes_become_one_entry() {
+        let mut st = state(0);
+        let f = create(&mut st, "f");
+        let mib = 1 << 20;
+        let want = pattern(5 * mib, 7);
+        for (i, part) in want.chunks(mib as usize).enumerate() {
+            st.write(f, i as u64 * mib, part).expect("write");
+            check(&st);
+        }
+        let s = st.cache().spaces_of(f).expect("spaces");
+        let orders: Vec<u8> = [0, 512, 1024]
+            .iter()
+            .map(|&i| s.dax().lookup_entry(i).expect("mapped").order)
+            .collect();
+        assert_eq!(
+            orders,
+            [BLOCK_ORDER, BLOCK_ORDER, 0],
+            "two whole blocks, half of a third"
+        );
+        assert_eq!(st.cache().stats().dax_entries, 2 + 256);
+        assert_eq!(read_all(&st, f), want);
     }
 
     /// Random writes, truncates, punches and clones over three files,

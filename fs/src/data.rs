@@ -18,13 +18,13 @@
 //! (`State::expose`); reads stop at the size, and a clone of a last page
 //! carries those bytes past the clone's end too.
 
-use pmemfs_ondisk::{Attr, Body, Ino, Op, RangeMap, Run, PAGE_SIZE};
+use pmemfs_ondisk::{Attr, Body, Ino, Op, Run, PAGE_SIZE};
 
 use std::sync::Arc;
 
 use pmemfs_pagecache::DramPage;
 
-use crate::cache::Tally;
+use crate::cache::{FileView, Tally};
 use crate::error::{fail, FsResult};
 use crate::state::{now, State};
 
@@ -54,9 +54,11 @@ impl ReadData<'_> {
     }
 }
 
-pub(crate) fn pages_of(state: &State, ino: Ino) -> FsResult<&RangeMap<u64>> {
+/// The page map of file `ino`, as everything here consults it: its DAX
+/// space while the file is in use (see [`crate::cache::Cache::view`]).
+pub(crate) fn pages_of(state: &State, ino: Ino) -> FsResult<FileView<'_>> {
     match &state.inode(ino)?.body {
-        Body::File(m) => Ok(m),
+        Body::File(m) => Ok(state.cache().view(ino, m, state.is_open(ino))?),
         Body::Dir(_) => fail(libc::EISDIR),
         _ => fail(libc::EINVAL),
     }
@@ -169,7 +171,7 @@ impl State {
         }
         let pmem = self.image.pmem();
         let (first, last) = (off / PAGE_SIZE, (end - 1) / PAGE_SIZE);
-        let runs = self.cache().runs(ino, map, first, last)?;
+        let runs = map.range(first, last - first + 1);
         if dram && self.cache().dram_enabled() {
             if let Some(d) = self.read_dram(&runs, off, end)? {
                 return Ok(d);

@@ -7,6 +7,7 @@
 use pmemfs_ondisk::{Body, Ino, PAGE_SIZE};
 
 use crate::cache::CacheStats;
+use crate::data::pages_of;
 use crate::error::{fail, FsResult};
 use crate::state::State;
 
@@ -494,8 +495,8 @@ impl State {
     /// A regular file's usage; other inodes use nothing.
     pub fn usage(&self, ino: Ino) -> FsResult<Usage> {
         let mut u = Usage::default();
-        if let Body::File(map) = &self.inode(ino)?.body {
-            for r in map.iter() {
+        if let Body::File(_) = &self.inode(ino)?.body {
+            for r in pages_of(self, ino)?.range(0, u64::MAX) {
                 u.total += r.len * PAGE_SIZE;
                 for c in self.image.shared_in(r.value, r.len)? {
                     u.shared += c.len * PAGE_SIZE;
@@ -511,9 +512,10 @@ impl State {
     /// pfns, split where the pages' sharing changes; one that starts
     /// before `from`'s page is reported from that page on.
     pub fn extents(&self, ino: Ino, from: u64) -> FsResult<Extents> {
-        let Body::File(map) = &self.inode(ino)?.body else {
+        let Body::File(_) = &self.inode(ino)?.body else {
             return fail(libc::EINVAL);
         };
+        let map = pages_of(self, ino)?;
         let mut out = Extents::default();
         let mut index = from / PAGE_SIZE;
         while let Some(run) = map.first_at_or_after(index) {

@@ -313,6 +313,11 @@ impl State {
         &self.cache
     }
 
+    /// Whether some handle of `ino` is open.
+    pub fn is_open(&self, ino: Ino) -> bool {
+        self.opens.is_open(ino)
+    }
+
     pub fn data_locks(&self) -> &crate::datalock::DataLocks {
         &self.data_locks
     }
