@@ -94,7 +94,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
-use pmemfs_fs::state::{Caller, NewInode, State};
+use pmemfs_fs::namespace::{Caller, NewInode};
+use pmemfs_fs::state::State;
 use pmemfs_ondisk::recording::{Recording, ReplayBuffers, Trace};
 use pmemfs_ondisk::{checkpoint, superblock};
 use pmemfs_ondisk::{

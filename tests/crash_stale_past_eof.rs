@@ -1,6 +1,7 @@
 //! Regression, found by the crash harness (tests/crash.rs): a write past the end of a file, stored in place into its last page and cut by a crash before its commit, left its bytes past the end, and growing the file afterwards (truncate, a write past a gap, fallocate, a copy past a gap) showed them instead of zeros. Fixed in fs/src/data.rs: whatever grows a file first zeroes the bytes it exposes (`State::expose`).
 
-use pmemfs_fs::state::{Caller, NewInode, State};
+use pmemfs_fs::namespace::{Caller, NewInode};
+use pmemfs_fs::state::State;
 use pmemfs_ondisk::recording::Recording;
 use pmemfs_ondisk::{format_pmem, FormatOptions, Image, MIN_IMAGE_BYTES, PAGE_SIZE, ROOT_INO};
 

@@ -8,7 +8,8 @@
 //! have replayed its ops. Fixed in ondisk/src/journal.rs: every run has a
 //! random nonce, kept in the superblock, that each of its entries carries.
 
-use pmemfs_fs::state::{Caller, NewInode, State};
+use pmemfs_fs::namespace::{Caller, NewInode};
+use pmemfs_fs::state::State;
 use pmemfs_ondisk::journal;
 use pmemfs_ondisk::pmem::CACHE_LINE;
 use pmemfs_ondisk::recording::Recording;

@@ -577,7 +577,8 @@ mod tests {
     //! no DRAM copy left.
 
     use super::*;
-    use crate::state::{Caller, NewInode, State};
+    use crate::namespace::{Caller, NewInode};
+    use crate::state::State;
     use pmemfs_ondisk::{format_pmem, FormatOptions, Image, Pmem, MIN_IMAGE_BYTES, ROOT_INO};
 
     const PG: u64 = PAGE_SIZE;

@@ -32,11 +32,12 @@ use crate::ioctl::{
     PMEMFS_IOC_OPS_RESET, PMEMFS_IOC_PAGE_HASHES, PMEMFS_IOC_STATS, PMEMFS_IOC_UNSHARE,
     PMEMFS_IOC_USAGE,
 };
+use crate::namespace::{Caller, NewInode};
 use crate::opens;
 use crate::ops::{OpCounters, Opcode, Timer};
 use crate::options::MountOptions;
 use crate::poll::Poller;
-use crate::state::{now, Caller, NewInode, State};
+use crate::state::{now, State};
 
 /// How long the kernel may trust attributes and entries: a day, as good as
 /// for ever. The daemon is the image's only writer (it holds the lock) and

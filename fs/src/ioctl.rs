@@ -782,7 +782,7 @@ mod tests {
     }
 
     fn file(st: &mut State, name: &str) -> Ino {
-        use crate::state::{Caller, NewInode};
+        use crate::namespace::{Caller, NewInode};
         let new = NewInode {
             mode: libc::S_IFREG | 0o644,
             rdev: 0,
