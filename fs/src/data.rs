@@ -25,7 +25,7 @@ use std::sync::Arc;
 use pmemfs_pagecache::DramPage;
 
 use crate::cache::{FileView, Tally};
-use crate::error::{fail, FsResult};
+use crate::error::{fail, FsError, FsResult};
 use crate::state::{now, State};
 
 /// The largest file, as the kernel's MAX_LFS_FILESIZE.
@@ -66,13 +66,13 @@ pub(crate) fn pages_of(state: &State, ino: Ino) -> FsResult<FileView<'_>> {
 
 /// `Map` ops for (page index, pfn) pairs: consecutive indexes on
 /// consecutive pfns go in one op, which keeps transactions small.
-fn push_maps(ino: Ino, pairs: &[(u64, u64)], ops: &mut Vec<Op>) {
+fn push_maps(ino: Ino, pairs: &[(u64, u64, Option<u64>)], ops: &mut Vec<Op>) {
     let mut i = 0;
     while i < pairs.len() {
-        let (index, pfn) = pairs[i];
+        let (index, pfn, _) = pairs[i];
         let mut len = 1;
         while i + (len as usize) < pairs.len()
-            && pairs[i + len as usize] == (index + len, pfn + len)
+            && (pairs[i + len as usize].0, pairs[i + len as usize].1) == (index + len, pfn + len)
         {
             len += 1;
         }
@@ -84,6 +84,16 @@ fn push_maps(ino: Ino, pairs: &[(u64, u64)], ops: &mut Vec<Op>) {
         });
         i += len as usize;
     }
+}
+
+/// The pages of `need` (page index, pfn it maps now) paired with the
+/// fresh pfns of `runs`, taken for them in order: (index, fresh pfn, old).
+fn replacements(need: &[(u64, Option<u64>)], runs: &[Run<u64>]) -> Vec<(u64, u64, Option<u64>)> {
+    let fresh = runs.iter().flat_map(|r| r.start..r.start + r.len);
+    need.iter()
+        .zip(fresh)
+        .map(|(&(idx, old), pfn)| (idx, pfn, old))
+        .collect()
 }
 
 /// Who writes, as the FUSE request says.
@@ -108,6 +118,13 @@ fn goal(state: &State, ino: Ino, index: u64, fresh: &Fresh) -> Option<u64> {
         return Some(r.start + r.len);
     }
     pages_of(state, ino).ok()?.get(prev).map(|pfn| pfn + 1)
+}
+
+/// A write between its steps (see [`State::stage_write`]): the pages it
+/// replaces and the fresh pages taken for them.
+pub struct StagedWrite {
+    need: Vec<(u64, Option<u64>)>,
+    fresh: Fresh,
 }
 
 /// Pages written and not yet flushed, as one run of consecutive pfns.
@@ -139,6 +156,7 @@ impl Dirty {
 
 /// Pages allocated for a transaction that has not committed yet: given back
 /// if it fails.
+#[derive(Default)]
 struct Fresh(Vec<Run<u64>>);
 
 impl Fresh {
@@ -266,6 +284,69 @@ impl State {
         if data.is_empty() {
             return Ok(());
         }
+        let need = self.pages_to_replace(ino, off, data.len())?;
+        let taken = fresh.0.len();
+        self.take_fresh(ino, &need, fresh)?;
+        let pairs = replacements(&need, &fresh.0[taken..]);
+        self.fill(ino, off, data, &pairs)?;
+        push_maps(ino, &pairs, ops);
+        Ok(())
+    }
+
+    /// The pages of bytes `[off, off + len)` that a write must replace
+    /// with fresh ones (holes and shared pages; the file's own pages are
+    /// written in place), with the pfn each maps now.
+    fn pages_to_replace(
+        &self,
+        ino: Ino,
+        off: u64,
+        len: usize,
+    ) -> FsResult<Vec<(u64, Option<u64>)>> {
+        let end = off + len as u64;
+        let (first, last) = (off / PAGE_SIZE, (end - 1) / PAGE_SIZE);
+        let map = pages_of(self, ino)?;
+        let mut need = Vec::new();
+        for idx in first..=last {
+            match map.get(idx) {
+                Some(pfn) if self.exclusive(pfn)? => {}
+                old => need.push((idx, old)),
+            }
+        }
+        Ok(need)
+    }
+
+    /// Takes fresh pages for `need` (see [`State::pages_to_replace`]),
+    /// each run placed to extend the file's run before it, onto `fresh`.
+    fn take_fresh(
+        &mut self,
+        ino: Ino,
+        need: &[(u64, Option<u64>)],
+        fresh: &mut Fresh,
+    ) -> FsResult<()> {
+        let mut i = 0;
+        while i < need.len() {
+            let goal = goal(self, ino, need[i].0, fresh);
+            let run = self
+                .image
+                .alloc_for((need.len() - i) as u64, goal, need[i].0)?;
+            fresh.0.push(run);
+            i += run.len as usize;
+        }
+        Ok(())
+    }
+
+    /// Stores `data` at byte `off`: in place on the file's own pages, and
+    /// into the fresh pages `pairs` (page index, fresh pfn, pfn it
+    /// replaces) whole, with the old bytes or zeros around `data`; then
+    /// flushes and fences it all. Needs the state alone, or shared with the
+    /// file's data lock held alone and the fresh pages not yet mapped.
+    fn fill(
+        &self,
+        ino: Ino,
+        off: u64,
+        data: &[u8],
+        pairs: &[(u64, u64, Option<u64>)],
+    ) -> FsResult<()> {
         let end = off + data.len() as u64;
         let (first, last) = (off / PAGE_SIZE, (end - 1) / PAGE_SIZE);
         // The bytes of `data` that land in page `idx`, and where in it.
@@ -279,50 +360,30 @@ impl State {
         // Flushes go out per run of consecutive pfns: with the msync domain
         // each flush is a system call.
         let mut dirty = Dirty::default();
-        // Which pages need a fresh pfn, with what they held before.
-        let mut need: Vec<(u64, Option<u64>)> = Vec::new();
         let map = pages_of(self, ino)?;
-        for idx in first..=last {
-            match map.get(idx) {
-                Some(pfn) if self.exclusive(pfn)? => {
-                    let (at, bytes) = part(idx);
-                    self.store_in_place(pfn, at, bytes, &mut dirty)?;
-                }
-                old => need.push((idx, old)),
-            }
-        }
-        let mut i = 0;
+        let mut fresh = pairs.iter().peekable();
         // The buffer for partial fresh pages, made only when one needs it:
         // an in-place write, the common case, takes no allocation.
         let mut page = Vec::new();
-        while i < need.len() {
-            let goal = goal(self, ino, need[i].0, fresh);
-            let run = self
-                .image
-                .alloc_for((need.len() - i) as u64, goal, need[i].0)?;
-            fresh.0.push(run);
-            for k in 0..run.len {
-                let (idx, old) = need[i + k as usize];
-                let (at, bytes) = part(idx);
-                let pfn = run.start + k;
-                if bytes.len() == PAGE {
-                    self.image.pmem().write(pfn * PAGE_SIZE, bytes)?;
-                } else {
-                    page.resize(PAGE, 0);
-                    match old {
-                        Some(old) => self.image.pmem().read(old * PAGE_SIZE, &mut page)?,
-                        None => page.fill(0),
-                    }
-                    page[at..at + bytes.len()].copy_from_slice(bytes);
-                    self.image.pmem().write(pfn * PAGE_SIZE, &page)?;
+        for idx in first..=last {
+            let (at, bytes) = part(idx);
+            let Some(&(_, pfn, old)) = fresh.next_if(|p| p.0 == idx) else {
+                let pfn = map.get(idx).ok_or(FsError::Posix(libc::EIO))?;
+                self.store_in_place(pfn, at, bytes, &mut dirty)?;
+                continue;
+            };
+            if bytes.len() == PAGE {
+                self.image.pmem().write(pfn * PAGE_SIZE, bytes)?;
+            } else {
+                page.resize(PAGE, 0);
+                match old {
+                    Some(old) => self.image.pmem().read(old * PAGE_SIZE, &mut page)?,
+                    None => page.fill(0),
                 }
-                dirty.add(self.image.pmem(), pfn)?;
+                page[at..at + bytes.len()].copy_from_slice(bytes);
+                self.image.pmem().write(pfn * PAGE_SIZE, &page)?;
             }
-            let pairs: Vec<(u64, u64)> = (0..run.len)
-                .map(|k| (need[i + k as usize].0, run.start + k))
-                .collect();
-            push_maps(ino, &pairs, ops);
-            i += run.len as usize;
+            dirty.add(self.image.pmem(), pfn)?;
         }
         dirty.flush(self.image.pmem())?;
         if !pmemfs_ondisk::testing::skip_data_fence() {
@@ -457,11 +518,26 @@ impl State {
     /// crash stops the growth after it), so that the growth's own stores
     /// see its pages.
     fn expose(&mut self, ino: Ino, from: u64, to: u64) -> FsResult<()> {
-        if from >= to {
+        let dirty = self.to_expose(ino, from, to)?;
+        if dirty.is_empty() {
             return Ok(());
         }
-        let (first, last) = (from / PAGE_SIZE, (to - 1) / PAGE_SIZE);
+        self.transact(|s, ops, fresh| {
+            for (a, b) in dirty {
+                s.store(ino, a, &vec![0u8; (b - a) as usize], ops, fresh)?;
+            }
+            Ok(())
+        })
+    }
+
+    /// The byte ranges of `[from, to)` (past the size `from`) that are not
+    /// zero: what [`State::expose`] zeroes.
+    fn to_expose(&self, ino: Ino, from: u64, to: u64) -> FsResult<Vec<(u64, u64)>> {
         let mut dirty = Vec::new();
+        if from >= to {
+            return Ok(dirty);
+        }
+        let (first, last) = (from / PAGE_SIZE, (to - 1) / PAGE_SIZE);
         for r in pages_of(self, ino)?.range(first, last - first + 1) {
             for k in 0..r.len {
                 let idx = r.start + k;
@@ -472,15 +548,7 @@ impl State {
                 }
             }
         }
-        if dirty.is_empty() {
-            return Ok(());
-        }
-        self.transact(|s, ops, fresh| {
-            for (a, b) in dirty {
-                s.store(ino, a, &vec![0u8; (b - a) as usize], ops, fresh)?;
-            }
-            Ok(())
-        })
+        Ok(dirty)
     }
 
     /// Whether a write of `data` at `off` leaves every byte below the
@@ -559,17 +627,96 @@ impl State {
         self.expose(ino, self.attr(ino)?.size, off)?;
         self.transact(|s, ops, fresh| {
             s.store(ino, off, data, ops, fresh)?;
-            let (before, a) = s.attr_after_write(ino, end, who)?;
-            // An in-place write within the size whose times do not move
-            // (the coarse clock has not ticked, or the writeback cache
-            // keeps them) changes no metadata: its stores are durable
-            // already, and no transaction is written.
-            if a != before {
-                ops.push(Op::SetAttr { ino, attr: a });
-            }
-            ops.extend(s.kill_capability(ino));
-            Ok(())
+            s.write_attr_ops(ino, end, who, ops)
         })?;
+        self.ksm_queue().push(ino);
+        Ok(data.len() as u32)
+    }
+
+    /// The ops a write by `who` ending at `end` commits besides its
+    /// pages: the attributes it changes, and the capabilities it drops.
+    fn write_attr_ops(&self, ino: Ino, end: u64, who: Writer, ops: &mut Vec<Op>) -> FsResult<()> {
+        let (before, a) = self.attr_after_write(ino, end, who)?;
+        // An in-place write within the size whose times do not move (the
+        // coarse clock has not ticked, or the writeback cache keeps them)
+        // changes no metadata: its stores are durable already, and no
+        // transaction is written.
+        if a != before {
+            ops.push(Op::SetAttr { ino, attr: a });
+        }
+        ops.extend(self.kill_capability(ino));
+        Ok(())
+    }
+
+    /// The first step of a write that takes fresh pages (holes, an append,
+    /// copy on write of shared pages), in three steps so that the bytes
+    /// are stored while the state is shared ([`crate::fuse`]'s write):
+    /// with the state shared, what it needs; `None` when the write must
+    /// go the whole way with the state alone ([`State::write_as`]: it is
+    /// refused, or only part of it fits, or bytes past the size must be
+    /// zeroed first, or it takes no fresh page).
+    pub fn stage_write(&self, ino: Ino, off: u64, data: &[u8]) -> FsResult<Option<StagedWrite>> {
+        let Ok(_) = pages_of(self, ino) else {
+            return Ok(None);
+        };
+        let fits = off
+            .checked_add(data.len() as u64)
+            .is_some_and(|e| e <= MAX_FILE_SIZE);
+        if !fits || data.is_empty() || self.is_read_only() {
+            return Ok(None);
+        }
+        if self.may_write_at(ino, off, false).is_err()
+            || self.bytes_that_fit(ino, off, data.len())? != data.len()
+            || !self.to_expose(ino, self.attr(ino)?.size, off)?.is_empty()
+        {
+            return Ok(None);
+        }
+        let need = self.pages_to_replace(ino, off, data.len())?;
+        Ok((!need.is_empty()).then(|| StagedWrite {
+            need,
+            fresh: Fresh(Vec::new()),
+        }))
+    }
+
+    /// The second step, with the state alone and briefly: takes the fresh
+    /// pages. Nothing is taken if it fails.
+    pub fn take_staged(&mut self, ino: Ino, w: &mut StagedWrite) -> FsResult<()> {
+        let r = self.take_fresh(ino, &w.need, &mut w.fresh);
+        if r.is_err() {
+            std::mem::take(&mut w.fresh).give_back(self);
+        }
+        r
+    }
+
+    /// The third, with the state shared again and the file's data lock
+    /// held alone: stores the bytes (in place and into the fresh pages),
+    /// flushed and fenced.
+    pub fn fill_staged(&self, ino: Ino, off: u64, data: &[u8], w: &StagedWrite) -> FsResult<()> {
+        self.fill(ino, off, data, &replacements(&w.need, &w.fresh.0))
+    }
+
+    /// The last, with the state alone: commits the fresh pages and the
+    /// attributes, given how [`State::fill_staged`] went; the pages go
+    /// back if anything failed. The state must not have changed since
+    /// [`State::stage_write`] but for bytes stored in place.
+    pub fn finish_staged(
+        &mut self,
+        ino: Ino,
+        off: u64,
+        data: &[u8],
+        who: Writer,
+        w: StagedWrite,
+        filled: FsResult<()>,
+    ) -> FsResult<u32> {
+        let mut ops = Vec::new();
+        push_maps(ino, &replacements(&w.need, &w.fresh.0), &mut ops);
+        let r = filled
+            .and_then(|()| self.write_attr_ops(ino, off + data.len() as u64, who, &mut ops))
+            .and_then(|()| self.commit(&ops));
+        if r.is_err() {
+            w.fresh.give_back(self);
+            return r.map(|()| 0);
+        }
         self.ksm_queue().push(ino);
         Ok(data.len() as u32)
     }
@@ -738,8 +885,8 @@ impl State {
                     s.image
                         .pmem()
                         .flush(run.start * PAGE_SIZE, run.len * PAGE_SIZE)?;
-                    let pairs: Vec<(u64, u64)> = (0..run.len)
-                        .map(|k| (holes[i + k as usize], run.start + k))
+                    let pairs: Vec<_> = (0..run.len)
+                        .map(|k| (holes[i + k as usize], run.start + k, None))
                         .collect();
                     push_maps(ino, &pairs, ops);
                     i += run.len as usize;

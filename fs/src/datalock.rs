@@ -6,7 +6,14 @@
 //! ([`crate::state::State::write_in_place`]), needs only the state shared
 //! and its file's data lock exclusive: writers of different files run at
 //! once, and a reader of the file, which holds the lock shared, sees a
-//! write whole or not at all, as on XFS.
+//! write whole or not at all, as on XFS. A write that takes fresh pages
+//! holds its data lock from start to commit, and the state alone only to
+//! take the pages and to commit ([`crate::state::State::stage_write`]).
+//!
+//! Order: a data lock is taken before the state's lock, never while
+//! holding it, so that a writer holding its data lock can wait for the
+//! state alone while that file's readers wait for the data lock, holding
+//! nothing.
 //!
 //! The locks are a fixed table of shards found by inode number, so a file
 //! costs no lock of its own and nothing is made or freed per inode; two

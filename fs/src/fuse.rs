@@ -21,11 +21,13 @@ use fuser::{
     ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyLseek,
     ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
-use parking_lot::{Mutex, RwLock};
+use parking_lot::{Mutex, RwLock, RwLockUpgradableReadGuard, RwLockWriteGuard};
 use pmemfs_ondisk::{Access, Image, Ino, Kind, PAGE_SIZE};
 
 use crate::attr::{kind_to_fuse, time_from_system};
 use crate::cache::CacheOptions;
+use crate::data::Writer;
+use crate::datalock::DataLocks;
 use crate::error::{fail, FsError, FsResult};
 use crate::ioctl::{
     FITRIM, PMEMFS_IOC_DEDUPE, PMEMFS_IOC_DIR_USAGE, PMEMFS_IOC_EXTENTS, PMEMFS_IOC_OPS,
@@ -57,6 +59,8 @@ type Listing = Vec<(Ino, Kind, Vec<u8>)>;
 
 pub struct PmemFs {
     state: Arc<RwLock<State>>,
+    /// Each file's bytes ([`crate::datalock`]): taken before the state.
+    data: DataLocks,
     /// The online dedupe scanner, while the mount runs one.
     scanner: Mutex<Option<crate::ksm::Scanner>>,
     /// Directory listings taken at opendir, served by readdir.
@@ -105,6 +109,7 @@ impl PmemFs {
         }
         Ok(PmemFs {
             state: Arc::new(RwLock::new(state)),
+            data: DataLocks::default(),
             scanner: Mutex::new(None),
             listings: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
@@ -126,6 +131,31 @@ impl PmemFs {
 
     /// Starts serving a request of `op`: the poller hears of it, and the
     /// returned timer counts it when dropped.
+    /// A write, holding the state alone as little as it can: most store
+    /// bytes in place and need it shared only ([`State::write_in_place`]);
+    /// one that takes fresh pages (holes, appends, copy on write) holds it
+    /// alone to take them and to commit, and stores its bytes in between
+    /// with the state upgradable (shared with readers and in-place writers,
+    /// no other change) and the file's data lock held alone, so that
+    /// readers of other files are not held up by the copy. The rest go
+    /// the whole way with the state alone ([`State::write_as`]).
+    fn write_staged(&self, ino: Ino, off: u64, data: &[u8], who: Writer) -> FsResult<u32> {
+        let _data = self.data.write(ino);
+        if let Some(n) = self.state.read().write_in_place(ino, off, data, who)? {
+            return Ok(n);
+        }
+        let s = self.state.upgradable_read();
+        let Some(mut w) = s.stage_write(ino, off, data)? else {
+            drop(s);
+            return self.state.write().write_as(ino, off, data, who);
+        };
+        let mut x = RwLockUpgradableReadGuard::upgrade(s);
+        x.take_staged(ino, &mut w)?;
+        let s = RwLockWriteGuard::downgrade_to_upgradable(x);
+        let filled = s.fill_staged(ino, off, data, &w);
+        RwLockUpgradableReadGuard::upgrade(s).finish_staged(ino, off, data, who, w, filled)
+    }
+
     fn begin(&self, op: Opcode) -> Timer<'_> {
         self.poller.busy();
         self.ops.time(op)
@@ -663,9 +693,9 @@ impl Filesystem for PmemFs {
         reply: ReplyData,
     ) {
         let _timer = self.begin(Opcode::Read);
+        // Until the reply is out: a write of the file waits.
+        let _data = self.data.read(ino.0);
         let s = self.state.read();
-        // Until the reply is out: an in-place write of the file waits.
-        let _data = s.data_locks().read(ino.0);
         match s.read(ino.0, offset, size) {
             Ok(d) => {
                 reply.data(d.as_slice());
@@ -688,23 +718,11 @@ impl Filesystem for PmemFs {
         reply: ReplyWrite,
     ) {
         let _timer = self.begin(Opcode::Write);
-        let who = crate::data::Writer {
+        let who = Writer {
             kill_suidgid: write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID),
             writeback: write_flags.contains(WriteFlags::FUSE_WRITE_CACHE),
         };
-        // Most writes store bytes in place and need the state shared only
-        // (crate::datalock); the rest take it alone.
-        let fast = {
-            let s = self.state.read();
-            let _data = s.data_locks().write(ino.0);
-            s.write_in_place(ino.0, offset, data, who)
-        };
-        let done = match fast {
-            Ok(Some(n)) => Ok(n),
-            Ok(None) => self.state.write().write_as(ino.0, offset, data, who),
-            Err(e) => Err(e),
-        };
-        match done {
+        match self.write_staged(ino.0, offset, data, who) {
             Ok(n) => reply.written(n),
             // Under the writeback cache the kernel writes back dirty pages
             // of a file after its last close, when an unlinked file is

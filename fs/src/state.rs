@@ -41,9 +41,6 @@ pub struct State {
     pub(crate) atimes: Atimes,
     /// Files written since the online dedupe scanner saw them.
     pub(crate) ksm: crate::ksm::Queue,
-    /// Readers and in-place writers of a file's bytes (see
-    /// [`crate::datalock`]).
-    pub(crate) data_locks: crate::datalock::DataLocks,
 }
 
 /// The time for stamps: the kernel's coarse clock, the one it stamps files
@@ -82,7 +79,6 @@ impl State {
             atime_policy: AtimePolicy::default(),
             atimes: Atimes::default(),
             ksm: crate::ksm::Queue::default(),
-            data_locks: Default::default(),
         }
     }
 
@@ -171,10 +167,6 @@ impl State {
     /// Whether some handle of `ino` is open.
     pub fn is_open(&self, ino: Ino) -> bool {
         self.opens.is_open(ino)
-    }
-
-    pub fn data_locks(&self) -> &crate::datalock::DataLocks {
-        &self.data_locks
     }
 
     pub fn is_read_only(&self) -> bool {
