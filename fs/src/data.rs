@@ -439,9 +439,9 @@ impl State {
         data: &[u8],
         who: Writer,
     ) -> FsResult<Option<u32>> {
-        let Ok(map) = pages_of(self, ino) else {
+        if pages_of(self, ino).is_err() {
             return Ok(None);
-        };
+        }
         let end = match off.checked_add(data.len() as u64) {
             Some(end) if !data.is_empty() => end,
             _ => return Ok(None),
@@ -454,37 +454,11 @@ impl State {
         if after != before || self.kill_capability(ino).is_some() {
             return Ok(None);
         }
-        let (first, last) = (off / PAGE_SIZE, (end - 1) / PAGE_SIZE);
-        let runs = map.range(first, last - first + 1);
-        let mapped: u64 = runs.iter().map(|r| r.len).sum();
-        if mapped != last - first + 1 {
+        // Every page mapped, and the file's alone.
+        if !self.pages_to_replace(ino, off, data.len())?.is_empty() {
             return Ok(None);
         }
-        for r in &runs {
-            for k in 0..r.len {
-                if !self.exclusive(r.value + k)? {
-                    return Ok(None);
-                }
-            }
-        }
-        let mut dirty = Dirty::default();
-        for r in &runs {
-            for k in 0..r.len {
-                let idx = r.start + k;
-                let (a, b) = ((idx * PAGE_SIZE).max(off), ((idx + 1) * PAGE_SIZE).min(end));
-                let bytes = &data[(a - off) as usize..(b - off) as usize];
-                self.store_in_place(
-                    r.value + k,
-                    (a - idx * PAGE_SIZE) as usize,
-                    bytes,
-                    &mut dirty,
-                )?;
-            }
-        }
-        dirty.flush(self.image.pmem())?;
-        if !pmemfs_ondisk::testing::skip_data_fence() {
-            self.image.pmem().fence()?;
-        }
+        self.fill(ino, off, data, &[])?;
         self.ksm_queue().push(ino);
         Ok(Some(data.len() as u32))
     }

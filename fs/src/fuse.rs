@@ -129,8 +129,6 @@ impl PmemFs {
         Arc::clone(&self.poller)
     }
 
-    /// Starts serving a request of `op`: the poller hears of it, and the
-    /// returned timer counts it when dropped.
     /// A write, holding the state alone as little as it can: most store
     /// bytes in place and need it shared only ([`State::write_in_place`]);
     /// one that takes fresh pages (holes, appends, copy on write) holds it
@@ -156,6 +154,8 @@ impl PmemFs {
         RwLockUpgradableReadGuard::upgrade(s).finish_staged(ino, off, data, who, w, filled)
     }
 
+    /// Starts serving a request of `op`: the poller hears of it, and the
+    /// returned timer counts it when dropped.
     fn begin(&self, op: Opcode) -> Timer<'_> {
         self.poller.busy();
         self.ops.time(op)
