@@ -55,6 +55,13 @@
 //! itself recorded and crashed at each of its crash points: a crash while
 //! mounting must leave an image as legal as the first.
 //!
+//! Writers run at once on a mount where one stores bytes in place with the
+//! state shared while another's write is staged (`State::stage_write`: its
+//! fresh pages taken and filled before its commit). A crash sees only the
+//! order of their stores and fences, so one thread replays such an
+//! interleaving (`Act::Interleaved`) and the checks above hold it to the
+//! same rules, as one op.
+//!
 //! The crash model is the recording domain's: a line in flight reaches the
 //! media whole with its last value, or not at all (see
 //! `pmemfs_ondisk::recording` for what that leaves out).
@@ -94,6 +101,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
+use pmemfs_fs::data::Writer;
 use pmemfs_fs::namespace::{Caller, NewInode};
 use pmemfs_fs::state::State;
 use pmemfs_ondisk::recording::{Recording, ReplayBuffers, Trace};
@@ -195,6 +203,14 @@ enum Act {
     Open(String),
     /// Closes the file opened last.
     Close,
+    /// Two writers at once, as the mount runs them: a write of the first
+    /// file staged (fresh pages taken, its bytes stored, then its commit)
+    /// with an in-place write of the second between its store and its
+    /// commit. One op for the checks: the second's bytes are in place, the
+    /// first's new pages come with its commit. The second is left out when
+    /// it is the same file (its data lock keeps them apart) or would
+    /// commit anything (it then waits for the first's commit).
+    Interleaved(String, u64, u64, u64, String, u64, u64, u64),
 }
 
 /// Bytes an op stores in place over existing pages (before its commit):
@@ -252,6 +268,45 @@ fn exec(
             }
             c[*off as usize..end].copy_from_slice(&data);
             Ok(vec![(ino, *off, data)])
+        }
+        Act::Interleaved(pa, oa, la, sa, pb, ob, lb, sb) => {
+            let (a, b) = (resolve(st, pa)?, resolve(st, pb)?);
+            let (da, db) = (pattern(*sa, *la), pattern(*sb, *lb));
+            let who = Writer::default();
+            let mut b_done = false;
+            match st.stage_write(a, *oa, &da).map_err(e)? {
+                Some(mut w) => {
+                    st.take_staged(a, &mut w).map_err(e)?;
+                    let filled = st.fill_staged(a, *oa, &da, &w);
+                    if a != b {
+                        b_done = st.write_in_place(b, *ob, &db, who).map_err(e)?.is_some();
+                    }
+                    st.finish_staged(a, *oa, &da, who, w, filled).map_err(e)?;
+                }
+                // The first goes the whole way with the state alone: the
+                // second can only run before or after it, before here, so
+                // that the op's commit comes last as in every op.
+                None => {
+                    if a != b {
+                        b_done = st.write_in_place(b, *ob, &db, who).map_err(e)?.is_some();
+                    }
+                    st.write(a, *oa, &da).map_err(e)?;
+                }
+            }
+            let mut in_place = Vec::new();
+            for (ino, off, data, done) in [(a, *oa, da, true), (b, *ob, db, b_done)] {
+                if !done {
+                    continue;
+                }
+                let c = model.entry(ino).or_default();
+                let end = off as usize + data.len();
+                if c.len() < end {
+                    c.resize(end, 0);
+                }
+                c[off as usize..end].copy_from_slice(&data);
+                in_place.push((ino, off, data));
+            }
+            Ok(in_place)
         }
         Act::Append(p, len, seed) => {
             let ino = resolve(st, p)?;
@@ -430,7 +485,11 @@ fn templates() -> Vec<Act> {
         Fallocate(s("/e"), 0, 2 * PAGE, libc::FALLOC_FL_KEEP_SIZE),
         Mknod(s("/b/fifo")),
         Write(s("/e"), 0, 40 * PAGE, 19), // many pages
-        Open(s("/a/g")),                  // then an unlink leaves an orphan
+        // Copy on write into the clone beside an in-place write of /a/f;
+        // a write into a hole beside one of /h.
+        Interleaved(s("/k"), 100, 5000, 22, s("/a/f"), 1000, 3000, 23),
+        Interleaved(s("/e"), 2 * PAGE, 100, 24, s("/h"), 10, 5000, 25),
+        Open(s("/a/g")), // then an unlink leaves an orphan
         Close,
     ]
 }
@@ -487,7 +546,17 @@ fn random_act(st: &State, rng: &mut Rng) -> Act {
         return Act::Create(new_name(rng, &dirs));
     }
     match rng.below(100) {
-        0..=19 => Act::Write(pick(&files, rng), off(rng), len(rng), seed),
+        0..=16 => Act::Write(pick(&files, rng), off(rng), len(rng), seed),
+        17..=19 => Act::Interleaved(
+            pick(&files, rng),
+            off(rng),
+            len(rng),
+            seed,
+            pick(&files, rng),
+            off(rng),
+            len(rng),
+            seed + 1,
+        ),
         20..=27 => Act::Append(pick(&files, rng), len(rng), seed),
         28..=34 => Act::Truncate(pick(&files, rng), off(rng)),
         35..=40 => Act::Punch(pick(&files, rng), off(rng), len(rng)),
