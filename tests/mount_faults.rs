@@ -53,6 +53,31 @@ impl Drop for Setup {
     }
 }
 
+/// Mounts, runs the Python `script` on directory `roundN` of the mount for
+/// `ms` milliseconds, kills the daemon with SIGKILL and then the script
+/// (whose children fail with the mount), and lets the image go. Returns
+/// the directory and what the script printed.
+fn killed_during(s: &Setup, round: u64, script: &str, ms: u64) -> (PathBuf, String) {
+    let mut daemon = mount_foreground(&s.image, &s.dir);
+    let sub = s.dir.join(format!("round{round}"));
+    std::fs::create_dir(&sub).unwrap();
+    let mut load = Command::new("python3")
+        .args(["-c", script])
+        .arg(&sub)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(ms));
+    daemon.kill().unwrap(); // SIGKILL
+    daemon.wait().unwrap();
+    let _ = load.kill();
+    let out = load.wait_with_output().unwrap();
+    unmount(&s.dir);
+    wait_released(&s.image);
+    (sub, String::from_utf8_lossy(&out.stdout).to_string())
+}
+
 /// Python workload: writes files of known content, fsyncs each, and prints
 /// its name only once fsync returned.
 const WORKLOAD: &str = r#"
@@ -104,33 +129,14 @@ fn expected(name: &str) -> Vec<u8> {
 #[test]
 fn kill_9_during_writes_loses_nothing_fsynced() {
     let s = setup("kill9", "256M");
-    for round in 0..3 {
-        let mut daemon = mount_foreground(&s.image, &s.dir);
-        let sub = s.dir.join(format!("round{round}"));
-        std::fs::create_dir(&sub).unwrap();
-        let mut load = Command::new("python3")
-            .args(["-c", WORKLOAD])
-            .arg(&sub)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        std::thread::sleep(Duration::from_millis(700 + round * 300));
-        daemon.kill().unwrap(); // SIGKILL
-        daemon.wait().unwrap();
-        let _ = load.kill();
-        let out = load.wait_with_output().unwrap();
-        let synced: Vec<String> = String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .map(str::to_string)
-            .collect();
+    for round in 0..3u64 {
+        let (sub, said) = killed_during(&s, round, WORKLOAD, 700 + round * 300);
+        let synced: Vec<String> = said.lines().map(str::to_string).collect();
         assert!(
             synced.len() > 5,
             "round {round}: the workload made too little progress ({})",
             synced.len()
         );
-        unmount(&s.dir);
-        wait_released(&s.image);
         // The crashed image is consistent before any recovery writes.
         let (c, out) = fsck("-n", &s.image);
         assert!(
@@ -217,26 +223,7 @@ fn pattern_b(n: usize) -> Vec<u8> {
 fn kill_9_during_concurrent_writers_loses_nothing_answered() {
     let s = setup("kill9conc", "256M");
     for round in 0..3u64 {
-        let mut daemon = mount_foreground(&s.image, &s.dir);
-        let sub = s.dir.join(format!("round{round}"));
-        std::fs::create_dir(&sub).unwrap();
-        let mut load = Command::new("python3")
-            .args(["-c", CONCURRENT])
-            .arg(&sub)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        std::thread::sleep(Duration::from_millis(800 + round * 300));
-        daemon.kill().unwrap(); // SIGKILL
-        daemon.wait().unwrap();
-        let _ = load.kill();
-        let out = load.wait_with_output().unwrap();
-        // The children die with the mount: their writes fail, or they
-        // block until the mount goes, then fail.
-        unmount(&s.dir);
-        wait_released(&s.image);
-        let said = String::from_utf8_lossy(&out.stdout).to_string();
+        let (sub, said) = killed_during(&s, round, CONCURRENT, 800 + round * 300);
         let (mut units, mut b_len, mut clones) = ([0u8; 8], 0usize, Vec::new());
         let mut counts = [0usize; 3];
         for line in said.lines() {
