@@ -225,6 +225,16 @@ fn s(x: &str) -> String {
     x.to_string()
 }
 
+/// `data` written at byte `off` of file `ino` in `model`.
+fn model_write(model: &mut Contents, ino: Ino, off: u64, data: &[u8]) {
+    let c = model.entry(ino).or_default();
+    let end = off as usize + data.len();
+    if c.len() < end {
+        c.resize(end, 0);
+    }
+    c[off as usize..end].copy_from_slice(data);
+}
+
 /// Runs `act`; on success updates `model` and returns what it stores in
 /// place. Errors (ENOENT after an earlier unlink, say) are part of the
 /// game: the op must then change nothing.
@@ -261,12 +271,7 @@ fn exec(
             let ino = resolve(st, p)?;
             let data = pattern(*seed, *len);
             st.write(ino, *off, &data).map_err(e)?;
-            let c = model.entry(ino).or_default();
-            let end = (*off + *len) as usize;
-            if c.len() < end {
-                c.resize(end, 0);
-            }
-            c[*off as usize..end].copy_from_slice(&data);
+            model_write(model, ino, *off, &data);
             Ok(vec![(ino, *off, data)])
         }
         Act::Interleaved(pa, oa, la, sa, pb, ob, lb, sb) => {
@@ -295,16 +300,10 @@ fn exec(
             }
             let mut in_place = Vec::new();
             for (ino, off, data, done) in [(a, *oa, da, true), (b, *ob, db, b_done)] {
-                if !done {
-                    continue;
+                if done {
+                    model_write(model, ino, off, &data);
+                    in_place.push((ino, off, data));
                 }
-                let c = model.entry(ino).or_default();
-                let end = off as usize + data.len();
-                if c.len() < end {
-                    c.resize(end, 0);
-                }
-                c[off as usize..end].copy_from_slice(&data);
-                in_place.push((ino, off, data));
             }
             Ok(in_place)
         }
@@ -433,12 +432,7 @@ fn exec(
                 return Ok(vec![]);
             }
             let bytes = model.entry(si).or_default()[*so as usize..(*so + n) as usize].to_vec();
-            let c = model.entry(di).or_default();
-            let end = (*dof + n) as usize;
-            if c.len() < end {
-                c.resize(end, 0);
-            }
-            c[*dof as usize..end].copy_from_slice(&bytes);
+            model_write(model, di, *dof, &bytes);
             Ok(vec![(di, *dof, bytes)])
         }
     }

@@ -78,6 +78,24 @@ fn killed_during(s: &Setup, round: u64, script: &str, ms: u64) -> (PathBuf, Stri
     (sub, String::from_utf8_lossy(&out.stdout).to_string())
 }
 
+/// After a kill: the crashed image is consistent before any recovery
+/// writes (fsck -n finds at most a torn journal tail), `check` runs on the
+/// remounted file system, and fsck finds the image clean after unmount.
+fn recovered(s: &Setup, round: u64, check: impl FnOnce()) {
+    let (c, out) = fsck("-n", &s.image);
+    assert!(
+        c == 0 || (c == 4 && out.contains("[JN1]")),
+        "round {round}: fsck -n after the kill:\n{out}"
+    );
+    let mut daemon = mount_foreground(&s.image, &s.dir);
+    check();
+    unmount(&s.dir);
+    daemon.wait().unwrap();
+    wait_released(&s.image);
+    let (c, out) = fsck("-n", &s.image);
+    assert_eq!(c, 0, "round {round}: fsck after remount:\n{out}");
+}
+
 /// Python workload: writes files of known content, fsyncs each, and prints
 /// its name only once fsync returned.
 const WORKLOAD: &str = r#"
@@ -137,26 +155,16 @@ fn kill_9_during_writes_loses_nothing_fsynced() {
             "round {round}: the workload made too little progress ({})",
             synced.len()
         );
-        // The crashed image is consistent before any recovery writes.
-        let (c, out) = fsck("-n", &s.image);
-        assert!(
-            c == 0 || (c == 4 && out.contains("[JN1]")),
-            "round {round}: fsck -n after the kill:\n{out}"
-        );
-        let mut daemon = mount_foreground(&s.image, &s.dir);
-        for name in &synced {
-            let got = std::fs::read(sub.join(name))
-                .unwrap_or_else(|e| panic!("round {round}: {name} lost: {e}"));
-            assert!(
-                got == expected(name),
-                "round {round}: {name} has the wrong contents"
-            );
-        }
-        unmount(&s.dir);
-        daemon.wait().unwrap();
-        wait_released(&s.image);
-        let (c, out) = fsck("-n", &s.image);
-        assert_eq!(c, 0, "round {round}: fsck after remount:\n{out}");
+        recovered(&s, round, || {
+            for name in &synced {
+                let got = std::fs::read(sub.join(name))
+                    .unwrap_or_else(|e| panic!("round {round}: {name} lost: {e}"));
+                assert!(
+                    got == expected(name),
+                    "round {round}: {name} has the wrong contents"
+                );
+            }
+        });
     }
 }
 
@@ -249,52 +257,43 @@ fn kill_9_during_concurrent_writers_loses_nothing_answered() {
             counts.iter().all(|&c| c > 3),
             "round {round}: a writer made too little progress: {counts:?}"
         );
-        let (c, out) = fsck("-n", &s.image);
-        assert!(
-            c == 0 || (c == 4 && out.contains("[JN1]")),
-            "round {round}: fsck -n after the kill:\n{out}"
-        );
-        let mut daemon = mount_foreground(&s.image, &s.dir);
-        // a: every unit as last answered, but for at most one, which a
-        // write in flight at the kill may have changed in part.
-        let a = std::fs::read(sub.join("a")).unwrap();
-        let unit = 16 * 4096;
-        let changed: Vec<usize> = (0..8)
-            .filter(|&u| a[u * unit..(u + 1) * unit].iter().any(|&x| x != units[u]))
-            .collect();
-        assert!(
-            changed.len() <= 1,
-            "round {round}: units {changed:?} of a differ from their answered writes"
-        );
-        // b: at least what was answered, every byte as appended.
-        let b = std::fs::read(sub.join("b")).unwrap();
-        assert!(
-            b.len() >= b_len && b[..b_len] == pattern_b(b_len)[..],
-            "round {round}: b has {} bytes, {b_len} answered, or wrong bytes",
-            b.len()
-        );
-        // Each clone answered: a's 128 pages whole (a unit of one byte
-        // each) but page 3, its own.
-        for name in &clones {
-            let c = std::fs::read(sub.join(name)).unwrap();
-            assert_eq!(c.len(), 8 * unit, "round {round}: {name}'s size");
+        recovered(&s, round, || {
+            // a: every unit as last answered, but for at most one, which a
+            // write in flight at the kill may have changed in part.
+            let a = std::fs::read(sub.join("a")).unwrap();
+            let unit = 16 * 4096;
+            let changed: Vec<usize> = (0..8)
+                .filter(|&u| a[u * unit..(u + 1) * unit].iter().any(|&x| x != units[u]))
+                .collect();
             assert!(
-                c[3 * 4096..4 * 4096].iter().all(|&x| x == 255),
-                "round {round}: {name} lost its copy-on-write page"
+                changed.len() <= 1,
+                "round {round}: units {changed:?} of a differ from their answered writes"
             );
-            for u in 1..8 {
-                let part = &c[u * unit..(u + 1) * unit];
+            // b: at least what was answered, every byte as appended.
+            let b = std::fs::read(sub.join("b")).unwrap();
+            assert!(
+                b.len() >= b_len && b[..b_len] == pattern_b(b_len)[..],
+                "round {round}: b has {} bytes, {b_len} answered, or wrong bytes",
+                b.len()
+            );
+            // Each clone answered: a's 128 pages whole (a unit of one byte
+            // each) but page 3, its own.
+            for name in &clones {
+                let c = std::fs::read(sub.join(name)).unwrap();
+                assert_eq!(c.len(), 8 * unit, "round {round}: {name}'s size");
                 assert!(
-                    part.iter().all(|&x| x == part[0]),
-                    "round {round}: {name} unit {u} is a mix"
+                    c[3 * 4096..4 * 4096].iter().all(|&x| x == 255),
+                    "round {round}: {name} lost its copy-on-write page"
                 );
+                for u in 1..8 {
+                    let part = &c[u * unit..(u + 1) * unit];
+                    assert!(
+                        part.iter().all(|&x| x == part[0]),
+                        "round {round}: {name} unit {u} is a mix"
+                    );
+                }
             }
-        }
-        unmount(&s.dir);
-        daemon.wait().unwrap();
-        wait_released(&s.image);
-        let (c, out) = fsck("-n", &s.image);
-        assert_eq!(c, 0, "round {round}: fsck after remount:\n{out}");
+        });
     }
 }
 

@@ -369,18 +369,16 @@ impl Cache {
                 // made from the map has.
                 let block = 1u64 << BLOCK_ORDER;
                 let (a, b) = (first - first % block, last - last % block);
-                let edges = if a == b { vec![a] } else { vec![a, b] };
-                edges
-                    .into_iter()
-                    .try_for_each(|at| match map.range(at, block)[..] {
-                        [r] if r.len == block
-                            && s.dax().lookup_entry(at).is_some_and(|e| e.order == 0) =>
-                        {
-                            let _ = self.pc.erase_range(s, at, at + block - 1);
-                            map_run(s.dax(), at, block, r.value)
-                        }
-                        _ => Ok(()),
-                    })
+                let mut edges = std::iter::once(a).chain((b != a).then_some(b));
+                edges.try_for_each(|at| match map.range(at, block)[..] {
+                    [r] if r.len == block
+                        && s.dax().lookup_entry(at).is_some_and(|e| e.order == 0) =>
+                    {
+                        let _ = self.pc.erase_range(s, at, at + block - 1);
+                        map_run(s.dax(), at, block, r.value)
+                    }
+                    _ => Ok(()),
+                })
             });
         if remapped.is_err() {
             spaces.remove(&ino);

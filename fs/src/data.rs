@@ -18,7 +18,7 @@
 //! (`State::expose`); reads stop at the size, and a clone of a last page
 //! carries those bytes past the clone's end too.
 
-use pmemfs_ondisk::{Attr, Body, Ino, Op, Run, PAGE_SIZE};
+use pmemfs_ondisk::{Body, Ino, Op, Run, PAGE_SIZE};
 
 use std::sync::Arc;
 
@@ -284,11 +284,11 @@ impl State {
         if data.is_empty() {
             return Ok(());
         }
-        let need = self.pages_to_replace(ino, off, data.len())?;
+        let need = self.pages_to_replace(&pages_of(self, ino)?, off, data.len())?;
         let taken = fresh.0.len();
         self.take_fresh(ino, &need, fresh)?;
         let pairs = replacements(&need, &fresh.0[taken..]);
-        self.fill(ino, off, data, &pairs)?;
+        self.fill(&pages_of(self, ino)?, off, data, &pairs)?;
         push_maps(ino, &pairs, ops);
         Ok(())
     }
@@ -298,13 +298,12 @@ impl State {
     /// written in place), with the pfn each maps now.
     fn pages_to_replace(
         &self,
-        ino: Ino,
+        map: &FileView,
         off: u64,
         len: usize,
     ) -> FsResult<Vec<(u64, Option<u64>)>> {
         let end = off + len as u64;
         let (first, last) = (off / PAGE_SIZE, (end - 1) / PAGE_SIZE);
-        let map = pages_of(self, ino)?;
         let mut need = Vec::new();
         for idx in first..=last {
             match map.get(idx) {
@@ -335,14 +334,15 @@ impl State {
         Ok(())
     }
 
-    /// Stores `data` at byte `off`: in place on the file's own pages, and
+    /// Stores `data` at byte `off` of the file `map` is of: in place on its
+    /// own pages, and
     /// into the fresh pages `pairs` (page index, fresh pfn, pfn it
     /// replaces) whole, with the old bytes or zeros around `data`; then
     /// flushes and fences it all. Needs the state alone, or shared with the
     /// file's data lock held alone and the fresh pages not yet mapped.
     fn fill(
         &self,
-        ino: Ino,
+        map: &FileView,
         off: u64,
         data: &[u8],
         pairs: &[(u64, u64, Option<u64>)],
@@ -360,7 +360,6 @@ impl State {
         // Flushes go out per run of consecutive pfns: with the msync domain
         // each flush is a system call.
         let mut dirty = Dirty::default();
-        let map = pages_of(self, ino)?;
         let mut fresh = pairs.iter().peekable();
         // The buffer for partial fresh pages, made only when one needs it:
         // an in-place write, the common case, takes no allocation.
@@ -405,24 +404,6 @@ impl State {
         dirty.add(self.image.pmem(), pfn)
     }
 
-    /// The attributes before and after a write by `who` that ends at byte
-    /// `end`: the size grows to `end`, the times are stamped (under the
-    /// writeback cache the kernel keeps them and sends them itself), and
-    /// set-uid and set-gid go when the kernel says so.
-    fn attr_after_write(&self, ino: Ino, end: u64, who: Writer) -> FsResult<(Attr, Attr)> {
-        let before = self.attr(ino)?;
-        let mut a = before;
-        a.size = a.size.max(end);
-        if !who.writeback {
-            a.mtime = now();
-            a.ctime = a.mtime;
-        }
-        if who.kill_suidgid {
-            crate::privs::kill_suid_sgid(&mut a);
-        }
-        Ok((before, a))
-    }
-
     /// The write that needs no transaction, with the state shared: `data`
     /// lies within the file's size on pages the file alone maps, and
     /// neither the times (the coarse clock has not ticked since they were
@@ -430,7 +411,8 @@ impl State {
     /// file's capabilities change. Its stores are flushed and fenced, so
     /// the write is durable when this returns. `None` when the write needs
     /// more, or is refused: [`State::write_as`], with the state alone,
-    /// does it or says why. The caller holds the file's data lock
+    /// does it or says why (an error here, for what is not a file, is the
+    /// one it would give). The caller holds the file's data lock
     /// ([`crate::datalock`]) exclusive.
     pub fn write_in_place(
         &self,
@@ -439,9 +421,7 @@ impl State {
         data: &[u8],
         who: Writer,
     ) -> FsResult<Option<u32>> {
-        if pages_of(self, ino).is_err() {
-            return Ok(None);
-        }
+        let map = pages_of(self, ino)?;
         let end = match off.checked_add(data.len() as u64) {
             Some(end) if !data.is_empty() => end,
             _ => return Ok(None),
@@ -449,16 +429,17 @@ impl State {
         if self.is_read_only() || self.may_write_at(ino, off, false).is_err() {
             return Ok(None);
         }
-        // Past the size, the size changes.
-        let (before, after) = self.attr_after_write(ino, end, who)?;
-        if after != before || self.kill_capability(ino).is_some() {
+        // Past the size, the size changes; the times may have to move.
+        let mut ops = Vec::new();
+        self.write_attr_ops(ino, end, who, &mut ops)?;
+        if !ops.is_empty() {
             return Ok(None);
         }
         // Every page mapped, and the file's alone.
-        if !self.pages_to_replace(ino, off, data.len())?.is_empty() {
+        if !self.pages_to_replace(&map, off, data.len())?.is_empty() {
             return Ok(None);
         }
-        self.fill(ino, off, data, &[])?;
+        self.fill(&map, off, data, &[])?;
         self.ksm_queue().push(ino);
         Ok(Some(data.len() as u32))
     }
@@ -609,8 +590,20 @@ impl State {
 
     /// The ops a write by `who` ending at `end` commits besides its
     /// pages: the attributes it changes, and the capabilities it drops.
+    /// The size grows to `end`, the times are stamped (under the writeback
+    /// cache the kernel keeps them and sends them itself), and set-uid and
+    /// set-gid go when the kernel says so.
     fn write_attr_ops(&self, ino: Ino, end: u64, who: Writer, ops: &mut Vec<Op>) -> FsResult<()> {
-        let (before, a) = self.attr_after_write(ino, end, who)?;
+        let before = self.attr(ino)?;
+        let mut a = before;
+        a.size = a.size.max(end);
+        if !who.writeback {
+            a.mtime = now();
+            a.ctime = a.mtime;
+        }
+        if who.kill_suidgid {
+            crate::privs::kill_suid_sgid(&mut a);
+        }
         // An in-place write within the size whose times do not move (the
         // coarse clock has not ticked, or the writeback cache keeps them)
         // changes no metadata: its stores are durable already, and no
@@ -630,9 +623,7 @@ impl State {
     /// refused, or only part of it fits, or bytes past the size must be
     /// zeroed first, or it takes no fresh page).
     pub fn stage_write(&self, ino: Ino, off: u64, data: &[u8]) -> FsResult<Option<StagedWrite>> {
-        let Ok(_) = pages_of(self, ino) else {
-            return Ok(None);
-        };
+        let map = pages_of(self, ino)?;
         let fits = off
             .checked_add(data.len() as u64)
             .is_some_and(|e| e <= MAX_FILE_SIZE);
@@ -645,7 +636,7 @@ impl State {
         {
             return Ok(None);
         }
-        let need = self.pages_to_replace(ino, off, data.len())?;
+        let need = self.pages_to_replace(&map, off, data.len())?;
         Ok((!need.is_empty()).then(|| StagedWrite {
             need,
             fresh: Fresh(Vec::new()),
@@ -666,7 +657,8 @@ impl State {
     /// held alone: stores the bytes (in place and into the fresh pages),
     /// flushed and fenced.
     pub fn fill_staged(&self, ino: Ino, off: u64, data: &[u8], w: &StagedWrite) -> FsResult<()> {
-        self.fill(ino, off, data, &replacements(&w.need, &w.fresh.0))
+        let pairs = replacements(&w.need, &w.fresh.0);
+        self.fill(&pages_of(self, ino)?, off, data, &pairs)
     }
 
     /// The last, with the state alone: commits the fresh pages and the

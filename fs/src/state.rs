@@ -36,7 +36,7 @@ pub struct State {
     pub(crate) cache: Cache,
     /// POSIX ACLs stored and honoured (see [`crate::acl`]).
     pub(crate) acls: bool,
-    pub(crate) atime_policy: AtimePolicy,
+    atime_policy: AtimePolicy,
     /// Access times recorded by reads, not yet committed.
     pub(crate) atimes: Atimes,
     /// Files written since the online dedupe scanner saw them.
