@@ -795,8 +795,8 @@ fn take_up(pmem: Pmem) -> Image {
     let journal = sb.journal;
     let mut over = pmemfs_ondisk::overlay::Overlay::default();
     over.apply(&pmem, &ck.patches).expect("patches");
-    let shares = pmemfs_ondisk::image::SharesFrom::Replayed(over);
-    Image::from_parts(None, pmem, sb, ck.meta, ck.pfns, journal, shares).expect("image")
+    let rebuild = pmemfs_ondisk::image::Rebuild::default();
+    Image::from_parts(None, pmem, sb, ck.meta, ck.pfns, journal, over, rebuild).expect("image")
 }
 
 fn record(p: Prep, ops: &Ops) -> Recorded {
@@ -964,15 +964,21 @@ fn check_image(pmem: Pmem, legal: &Legal, thorough: bool, turn: u64) -> Result<(
     let (runs, tree) = image
         .shared_runs()
         .map_err(|e| format!("the share tree: {e}"))?;
-    let counted = meta.counted_shares();
+    let counted = image
+        .counted_shares()
+        .map_err(|e| format!("the page maps: {e}"))?;
+    let map_pages = image
+        .map_tree_pages()
+        .map_err(|e| format!("the page maps: {e}"))?;
     let accounted = image.free_pages()
         + image.checkpoint_pfns().len() as u64
         + counted.pages()
         + tree.pages
+        + map_pages
         + image.deferred_pages();
     if accounted != g.data_pages() {
         return Err(format!(
-            "free space does not add up: {} free + {} checkpoint + {} in use + {} share-tree pages != {} data pages",
+            "free space does not add up: {} free + {} checkpoint + {} in use + {} share-tree pages + {map_pages} page-map tree pages != {} data pages",
             image.free_pages(),
             image.checkpoint_pfns().len(),
             counted.pages(),
@@ -1057,10 +1063,12 @@ fn stale_past_eof(st: &State) -> Result<Vec<(Ino, u64, u64)>, String> {
     let pmem = st.image.pmem();
     let mut out = Vec::new();
     for (&ino, inode) in &st.image.meta().inodes {
-        let Some(map) = inode.pages() else { continue };
+        let Some(map) = st.image.file_map(ino) else {
+            continue;
+        };
         let size = inode.attr.size;
         let mut end = None;
-        for r in map.iter() {
+        for r in map.all().map_err(|e| e.to_string())? {
             for i in 0..r.len {
                 let idx = r.start + i;
                 if (idx + 1) * PAGE <= size {
@@ -1233,6 +1241,9 @@ struct Tally {
     kinds: Mutex<BTreeMap<String, (u64, String)>>,
     /// Sequences during which an op checkpointed (the journal was full).
     checkpointed: AtomicU64,
+    /// Sequences in which an op made, moved or freed the root of a file's
+    /// page-map tree on the media.
+    with_trees: AtomicU64,
     /// Per preparation: sequences, crash states, seconds.
     per_prep: Mutex<BTreeMap<String, (u64, u64, f64)>>,
 }
@@ -1323,6 +1334,18 @@ fn run_job(job: &Job, seed: u64, tally: &Tally, bufs: &mut Option<ReplayBuffers>
         }
     }
     *bufs = Some(rp.into_buffers());
+    // Roots of the page-map trees: an op that changes one changed a tree.
+    let roots = |s: &Snap| -> Vec<(Ino, u64)> {
+        s.meta
+            .inodes
+            .iter()
+            .filter_map(|(&ino, i)| Some((ino, i.pages()?.parts().root)))
+            .filter(|&(_, root)| root != 0)
+            .collect()
+    };
+    if rec.snaps.windows(2).any(|w| roots(&w[0]) != roots(&w[1])) {
+        tally.with_trees.fetch_add(1, Ordering::Relaxed);
+    }
     if rec.checkpointed {
         tally.checkpointed.fetch_add(1, Ordering::Relaxed);
     }
@@ -1429,10 +1452,11 @@ fn report(what: &str, t: &Tally, took: Duration) -> (u64, u64) {
     // Written to stderr directly, so that CI shows it without --nocapture.
     let _ = writeln!(
         err,
-        "{what}: {} sequences ({} through a journal-full checkpoint) in {:.1}s; \
+        "{what}: {} sequences ({} through a journal-full checkpoint, {} changing a page-map tree's root) in {:.1}s; \
          crash states checked: {n}, violations: {v}",
         t.sequences.load(Ordering::Relaxed),
         t.checkpointed.load(Ordering::Relaxed),
+        t.with_trees.load(Ordering::Relaxed),
         took.as_secs_f64()
     );
     (n, v)
@@ -1548,6 +1572,10 @@ fn bounded_crash_states() {
     assert!(
         partial || t.checkpointed.load(Ordering::Relaxed) >= 100,
         "too few sequences went through a journal-full checkpoint"
+    );
+    assert!(
+        partial || t.with_trees.load(Ordering::Relaxed) >= 100,
+        "too few sequences changed a page-map tree"
     );
 }
 

@@ -22,6 +22,8 @@ struct Template {
     pages: Vec<(u64, Vec<u8>)>,
     journal: (u64, u64),
     checkpoint: Vec<u64>,
+    /// Roots of page-map trees.
+    trees: Vec<u64>,
 }
 
 /// A crashed image: files, a directory, clones sharing pages, deletions,
@@ -41,9 +43,14 @@ fn template(dir: &TempDir) -> Template {
         ));
     }
     b.clone_file(files[4], "clone4");
+    // Page maps of many runs: trees on the media, one in the checkpoint's
+    // state, one made after it, and a clone sharing the first's pages.
+    let frag = b.fragmented(d, "frag", 40, 3);
+    b.clone_file(frag, "clonefrag");
     b.image.checkpoint().unwrap();
     b.clone_file(files[7], "clone7");
     b.file(d, "late", 3, 9);
+    let late_frag = b.fragmented(ROOT_INO, "late-frag", 25, 5);
     b.image
         .commit(&[
             Op::Unlink {
@@ -60,6 +67,14 @@ fn template(dir: &TempDir) -> Template {
         g.journal_offset() + b.image.journal_pos().off,
     );
     let checkpoint = b.image.checkpoint_pfns().to_vec();
+    let trees: Vec<u64> = [frag, late_frag]
+        .iter()
+        .map(|&i| map_root(&b.image, i))
+        .collect();
+    assert!(
+        trees.iter().all(|&r| r != 0),
+        "the fragmented files have trees"
+    );
     drop(b); // crash: the journal holds the last transactions
     assert_eq!(fsck("-n", &path).0, 0, "the template is clean");
     let f = std::fs::File::open(&path).unwrap();
@@ -75,6 +90,7 @@ fn template(dir: &TempDir) -> Template {
         pages,
         journal,
         checkpoint,
+        trees,
     }
 }
 
@@ -100,6 +116,9 @@ fn damaged_copy(t: &Template, path: &std::path::Path, rng: &mut Rng) -> Vec<Stri
             6..=8 => {
                 t.checkpoint[rng.below(t.checkpoint.len() as u64) as usize] * PAGE_SIZE
                     + rng.below(PAGE_SIZE)
+            }
+            9 if rng.below(2) == 0 => {
+                t.trees[rng.below(t.trees.len() as u64) as usize] * PAGE_SIZE + rng.below(PAGE_SIZE)
             }
             _ => t.pages[rng.below(t.pages.len() as u64) as usize].0 + rng.below(PAGE_SIZE),
         };

@@ -4,9 +4,10 @@
 
 mod util;
 
+use pmemfs_ondisk::filemap::MapParts;
 use pmemfs_ondisk::journal;
 use pmemfs_ondisk::meta::LOST_FOUND;
-use pmemfs_ondisk::{Access, Body, Image, Op, PAGE_SIZE, ROOT_INO};
+use pmemfs_ondisk::{Access, Body, FileMap, Image, Op, PAGE_SIZE, ROOT_INO};
 use util::*;
 
 const SIZE: u64 = 32 << 20;
@@ -44,6 +45,14 @@ fn repair_cycle(path: &std::path::Path, expect_id: &str) -> (String, String) {
     (out_n, out_y)
 }
 
+/// Writes `entry` (bytes of a journal entry) where the image's next entry
+/// goes, durably, as a commit would have before a crash.
+fn put_entry(b: &Builder, entry: &[u8]) {
+    let at = b.image.geometry().journal_offset() + b.image.journal_pos().off;
+    b.image.pmem().write(at, entry).unwrap();
+    b.image.pmem().persist(at, entry.len() as u64).unwrap();
+}
+
 #[test]
 fn first_superblock_zeroed() {
     let dir = TempDir::new("sb0");
@@ -69,7 +78,6 @@ fn torn_journal_tail() {
     let mut b = Builder::open(&path);
     b.file(ROOT_INO, "committed", 2, 7);
     let pos = b.image.journal_pos();
-    let g = b.image.geometry();
     let mut entry = journal::encode_entry(
         pos,
         &[Op::Unlink {
@@ -79,17 +87,9 @@ fn torn_journal_tail() {
         &[],
     )
     .unwrap();
-    let n = entry.len();
     // The header and the first payload byte landed; the rest did not.
     entry[journal::HEADER_BYTES as usize + 1..].fill(0);
-    b.image
-        .pmem()
-        .write(g.journal_offset() + pos.off, &entry)
-        .unwrap();
-    b.image
-        .pmem()
-        .persist(g.journal_offset() + pos.off, n as u64)
-        .unwrap();
+    put_entry(&b, &entry);
     drop(b); // the crash
     let (_, out_y) = repair_cycle(&path, "JN1");
     assert!(out_y.contains("fixed: dropped"), "{out_y}");
@@ -151,6 +151,77 @@ fn damaged_share_tree_node() {
     repair_cycle(&path, "SH4");
     let img = Image::open(&path, Access::ReadWrite).unwrap();
     assert_eq!(img.shared_runs().unwrap().0, runs, "the counts are back");
+}
+
+/// A node of a file's page-map tree damaged on the media: mount refuses,
+/// naming fsck; fsck drops that map (the file reads as zeros, its size
+/// kept) and nothing else.
+#[test]
+fn damaged_page_map_node() {
+    let dir = TempDir::new("mapnode");
+    let path = populated(&dir);
+    let mut b = Builder::open(&path);
+    let frag = b.fragmented(ROOT_INO, "frag", 30, 7);
+    let root = map_root(&b.image, frag);
+    assert_ne!(root, 0, "30 scattered pages make a tree");
+    b.image.close().unwrap();
+    assert_eq!(fsck("-n", &path).0, 0, "the image with a tree is clean");
+    let img = Image::open(&path, Access::ReadOnly).unwrap();
+    assert_eq!(page_of(&img, frag, 29).unwrap()[0], 7 + 29);
+    drop(img);
+    let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&f, &[0x5a; 8], root * PAGE_SIZE + 40).unwrap();
+    drop(f);
+    let e = Image::open(&path, Access::ReadWrite)
+        .err()
+        .expect("refused");
+    assert!(e.to_string().contains("fsck.pmemfs"), "{e}");
+    repair_cycle(&path, "IN6");
+    let img = Image::open(&path, Access::ReadWrite).unwrap();
+    let i = img.meta().get(frag).unwrap();
+    assert_eq!(
+        (i.attr.size, i.pages().unwrap().pages()),
+        (30 * PAGE_SIZE, 0)
+    );
+    assert_eq!(img.meta().inodes.len(), 7, "nothing else lost");
+}
+
+/// A committed entry that maps a page of one file onto a node of another
+/// file's page-map tree: fsck writes that tree anew elsewhere, and both
+/// files keep what they map.
+#[test]
+fn page_map_tree_on_a_mapped_page() {
+    let dir = TempDir::new("mapclash");
+    let path = populated(&dir);
+    let mut b = Builder::open(&path);
+    let frag = b.fragmented(ROOT_INO, "frag", 30, 7);
+    let one = b.file(ROOT_INO, "one", 1, 50);
+    let root = map_root(&b.image, frag);
+    let run = pmemfs_ondisk::Run {
+        start: 0,
+        len: 1,
+        value: root,
+    };
+    let parts = MapParts {
+        root: 0,
+        runs: 1,
+        pages: 1,
+        inline: Some(run),
+    };
+    let map = FileMap::from_parts(one, parts).unwrap();
+    let pos = b.image.journal_pos();
+    let entry = journal::encode_entry(pos, &[Op::SetFileMap { ino: one, map }], &[]).unwrap();
+    put_entry(&b, &entry);
+    drop(b); // the crash, with the entry committed
+    let (out_n, _) = repair_cycle(&path, "IN7");
+    assert!(out_n.contains(&format!("node {root}")), "{out_n}");
+    let img = Image::open(&path, Access::ReadWrite).unwrap();
+    let moved = map_root(&img, frag);
+    assert_ne!(moved, root, "the tree lies elsewhere now");
+    for i in 0..30 {
+        assert_eq!(page_of(&img, frag, i).unwrap()[0], 7 + i as u8, "page {i}");
+    }
+    assert_eq!(img.file_map(one).unwrap().get(0).unwrap(), Some(root));
 }
 
 #[test]

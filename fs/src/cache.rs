@@ -59,11 +59,13 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 
 use parking_lot::{Mutex, RwLock};
-use pmemfs_ondisk::{Ino, RangeMap, Run, PAGE_SIZE};
+use pmemfs_ondisk::overlay::View;
+use pmemfs_ondisk::{Ino, MapView, Result as MediaResult, Run, PAGE_SIZE};
 use pmemfs_pagecache::desc::CHUNK_DESCS;
 use pmemfs_pagecache::xarray::{XaError, NODE_BYTES};
 use pmemfs_pagecache::{DaxSpace, DramPage, InodeSpaces, PageCache, Topology};
 
+use crate::error::FsResult;
 use crate::options::MountOptions;
 
 /// Order of the largest DAX entry made: 2 MiB, the largest compound a
@@ -143,14 +145,14 @@ pub struct CacheStats {
 /// the same: the space is kept equal to the map ([`Cache::resync`]).
 pub(crate) enum FileView<'a> {
     Dax(Arc<InodeSpaces>),
-    Stored(&'a RangeMap<u64>),
+    Stored(MapView<'a, View<'a>>),
 }
 
 impl FileView<'_> {
     /// The pfn of page `index`; `None` for a hole.
-    pub fn get(&self, index: u64) -> Option<u64> {
+    pub fn get(&self, index: u64) -> MediaResult<Option<u64>> {
         match self {
-            FileView::Dax(s) => s.dax().lookup(index).map(|(pfn, _)| pfn),
+            FileView::Dax(s) => Ok(s.dax().lookup(index).map(|(pfn, _)| pfn)),
             FileView::Stored(m) => m.get(index),
         }
     }
@@ -158,13 +160,13 @@ impl FileView<'_> {
     /// The mapped pages of `start..start + len` as index runs on
     /// consecutive pfns, holes left out, adjacent entries merged so that a
     /// range inside one run of pmem is one run.
-    pub fn range(&self, start: u64, len: u64) -> Vec<Run<u64>> {
+    pub fn range(&self, start: u64, len: u64) -> MediaResult<Vec<Run<u64>>> {
         let s = match self {
             FileView::Dax(s) => s,
             FileView::Stored(m) => return m.range(start, len),
         };
         let Some(last) = len.checked_sub(1).map(|n| start.saturating_add(n)) else {
-            return Vec::new();
+            return Ok(Vec::new());
         };
         let r = s.dax().read();
         let mut out: Vec<Run<u64>> = Vec::new();
@@ -182,12 +184,12 @@ impl FileView<'_> {
                 }),
             }
         }
-        out
+        Ok(out)
     }
 
     /// The first run that covers or follows page `from`, clipped to start
     /// at `from`, as long as consecutive pages on consecutive pfns go.
-    pub fn first_at_or_after(&self, from: u64) -> Option<Run<u64>> {
+    pub fn first_at_or_after(&self, from: u64) -> MediaResult<Option<Run<u64>>> {
         let s = match self {
             FileView::Dax(s) => s,
             FileView::Stored(m) => return m.first_at_or_after(from),
@@ -211,7 +213,7 @@ impl FileView<'_> {
                 Some(_) => break,
             }
         }
-        run
+        Ok(run)
     }
 }
 
@@ -310,16 +312,19 @@ impl Cache {
     }
 
     /// The spaces of `ino`, made from its page map `map` on first use.
-    fn spaces(&self, ino: Ino, map: &RangeMap<u64>) -> Result<Arc<InodeSpaces>, XaError> {
+    fn spaces(&self, ino: Ino, map: &MapView<View>) -> FsResult<Arc<InodeSpaces>> {
         if let Some(s) = self.spaces.read().get(&ino) {
             return Ok(Arc::clone(s));
         }
         // Built outside the lock: the caller shares the state, so the map
         // cannot change, and a racing builder builds the same spaces.
         let s = self.pc.new_inode(ino);
-        for r in map.iter() {
-            map_run(s.dax(), r.start, r.len, r.value)?;
-        }
+        let mut mapped = Ok(());
+        map.each(|r| {
+            mapped = map_run(s.dax(), r.start, r.len, r.value);
+            mapped.is_ok()
+        })?;
+        mapped?;
         let mut all = self.spaces.write();
         Ok(Arc::clone(all.entry(ino).or_insert_with(|| Arc::new(s))))
     }
@@ -332,23 +337,23 @@ impl Cache {
     pub(crate) fn view<'a>(
         &self,
         ino: Ino,
-        map: &'a RangeMap<u64>,
+        map: MapView<'a, View<'a>>,
         in_use: bool,
-    ) -> Result<FileView<'a>, XaError> {
+    ) -> FsResult<FileView<'a>> {
         if !in_use {
             if let Some(s) = self.spaces.read().get(&ino) {
                 return Ok(FileView::Dax(Arc::clone(s)));
             }
             return Ok(FileView::Stored(map));
         }
-        Ok(FileView::Dax(self.spaces(ino, map)?))
+        Ok(FileView::Dax(self.spaces(ino, &map)?))
     }
 
     /// After a commit that changed pages `first..=last` of `ino` (or failed
     /// half way through): the DAX space, if `ino` has one, is made equal to
     /// `map` (its page map now; `None` if it is no longer a file) there.
     /// Should mapping fail, the spaces go and the next read remakes them.
-    pub(crate) fn resync(&mut self, ino: Ino, map: Option<&RangeMap<u64>>, first: u64, last: u64) {
+    pub(crate) fn resync(&mut self, ino: Ino, map: Option<MapView<View>>, first: u64, last: u64) {
         let spaces = self.spaces.get_mut();
         let Some(s) = spaces.get(&ino) else { return };
         let Some(map) = map else {
@@ -358,8 +363,13 @@ impl Cache {
         // The pages it returns as unreferenced are not freed here: the
         // descriptor table counts nothing, Meta's share counts decide.
         let _ = self.pc.erase_range(s, first, last);
-        let remapped = map
-            .range(first, (last - first).saturating_add(1))
+        // A page map that cannot be read leaves no space behind: the next
+        // use reads it again and fails there.
+        let Ok(runs) = map.range(first, (last - first).saturating_add(1)) else {
+            spaces.remove(&ino);
+            return;
+        };
+        let remapped = runs
             .iter()
             .try_for_each(|r| map_run(s.dax(), r.start, r.len, r.value))
             .and_then(|()| {
@@ -370,9 +380,10 @@ impl Cache {
                 let block = 1u64 << BLOCK_ORDER;
                 let (a, b) = (first - first % block, last - last % block);
                 let mut edges = std::iter::once(a).chain((b != a).then_some(b));
-                edges.try_for_each(|at| match map.range(at, block)[..] {
-                    [r] if r.len == block
-                        && s.dax().lookup_entry(at).is_some_and(|e| e.order == 0) =>
+                edges.try_for_each(|at| match map.range(at, block).as_deref() {
+                    Ok(&[r])
+                        if r.len == block
+                            && s.dax().lookup_entry(at).is_some_and(|e| e.order == 0) =>
                     {
                         let _ = self.pc.erase_range(s, at, at + block - 1);
                         map_run(s.dax(), at, block, r.value)
@@ -652,16 +663,9 @@ mod tests {
         out
     }
 
-    fn map(st: &State, ino: Ino) -> RangeMap<u64> {
-        st.inode(ino)
-            .expect("inode")
-            .pages()
-            .expect("a file")
-            .clone()
-    }
-
     fn pfn(st: &State, ino: Ino, index: u64) -> u64 {
-        map(st, ino).get(index).expect("mapped")
+        let map = st.image.file_map(ino).expect("a file");
+        map.get(index).expect("page map").expect("mapped")
     }
 
     /// DRAM copies of `pfn` on any node.
@@ -680,13 +684,18 @@ mod tests {
             let Some(s) = st.cache().spaces_of(ino) else {
                 continue;
             };
-            let m = inode.pages().expect("only files have spaces");
+            assert!(inode.pages().is_some(), "only files have spaces");
+            let m = st.image.file_map(ino).expect("a file");
             let dax = s.dax();
             let mut pages = 0;
             for f in dax.read().iter(0, u64::MAX) {
                 for i in f.index..=f.last() {
                     let got = dax.lookup(i).map(|(p, _)| p);
-                    assert_eq!(got, m.get(i), "ino {ino} page {i}: DAX vs page map");
+                    assert_eq!(
+                        got,
+                        m.get(i).expect("page map"),
+                        "ino {ino} page {i}: DAX vs page map"
+                    );
                     pages += 1;
                 }
             }
@@ -696,7 +705,7 @@ mod tests {
             assert!(meta.get(*ino).is_some(), "spaces of deleted inode {ino}");
         }
         let mut n = 0;
-        for r in meta.counted_shares().iter() {
+        for r in st.image.counted_shares().expect("page maps").iter() {
             for p in r.start..r.start + r.len {
                 n += copies(st, p) as u64;
             }
@@ -808,7 +817,15 @@ mod tests {
         check(&st);
         assert_eq!(read_all(&st, g), want_g);
         read_all(&st, g);
-        let gp: Vec<u64> = map(&st, g).iter().map(|r| r.value).collect();
+        let gp: Vec<u64> = st
+            .image
+            .file_map(g)
+            .expect("a file")
+            .all()
+            .expect("page map")
+            .iter()
+            .map(|r| r.value)
+            .collect();
         st.unlink(ROOT_INO, b"g", false).expect("unlink");
         st.closed(g, false).expect("last close");
         assert!(st.cache().spaces_of(g).is_none());

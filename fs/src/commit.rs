@@ -48,8 +48,8 @@ impl State {
         self.flush_atimes()?;
         if self.cache.has_copies() {
             for (ino, first, last) in ops.iter().filter_map(touched) {
-                if let Some(map) = self.image.meta().get(ino).and_then(|i| i.pages()) {
-                    for r in map.range(first, (last - first).saturating_add(1)) {
+                if let Some(map) = self.image.file_map(ino) {
+                    for r in map.range(first, (last - first).saturating_add(1))? {
                         self.cache.drop_copies(r.value, r.len);
                     }
                 }
@@ -57,8 +57,8 @@ impl State {
         }
         let r = self.image.commit(ops);
         for (ino, first, last) in ops.iter().filter_map(touched) {
-            let map = self.image.meta().get(ino).and_then(|i| i.pages());
-            self.cache.resync(ino, map, first, last);
+            self.cache
+                .resync(ino, self.image.file_map(ino), first, last);
         }
         Ok(r?)
     }

@@ -58,7 +58,9 @@ impl ReadData<'_> {
 /// space while the file is in use (see [`crate::cache::Cache::view`]).
 pub(crate) fn pages_of(state: &State, ino: Ino) -> FsResult<FileView<'_>> {
     match &state.inode(ino)?.body {
-        Body::File(m) => Ok(state.cache().view(ino, m, state.is_open(ino))?),
+        Body::File(m) => state
+            .cache()
+            .view(ino, m.view(state.image.view()), state.is_open(ino)),
         Body::Dir(_) => fail(libc::EISDIR),
         _ => fail(libc::EINVAL),
     }
@@ -117,7 +119,11 @@ fn goal(state: &State, ino: Ino, index: u64, fresh: &Fresh) -> Option<u64> {
         // consecutive: the common case of a long write.
         return Some(r.start + r.len);
     }
-    pages_of(state, ino).ok()?.get(prev).map(|pfn| pfn + 1)
+    pages_of(state, ino)
+        .ok()?
+        .get(prev)
+        .ok()?
+        .map(|pfn| pfn + 1)
 }
 
 /// A write between its steps (see [`State::stage_write`]): the pages it
@@ -189,7 +195,7 @@ impl State {
         }
         let pmem = self.image.pmem();
         let (first, last) = (off / PAGE_SIZE, (end - 1) / PAGE_SIZE);
-        let runs = map.range(first, last - first + 1);
+        let runs = map.range(first, last - first + 1)?;
         if dram && self.cache().dram_enabled() {
             if let Some(d) = self.read_dram(&runs, off, end)? {
                 return Ok(d);
@@ -306,7 +312,7 @@ impl State {
         let (first, last) = (off / PAGE_SIZE, (end - 1) / PAGE_SIZE);
         let mut need = Vec::new();
         for idx in first..=last {
-            match map.get(idx) {
+            match map.get(idx)? {
                 Some(pfn) if self.exclusive(pfn)? => {}
                 old => need.push((idx, old)),
             }
@@ -367,7 +373,7 @@ impl State {
         for idx in first..=last {
             let (at, bytes) = part(idx);
             let Some(&(_, pfn, old)) = fresh.next_if(|p| p.0 == idx) else {
-                let pfn = map.get(idx).ok_or(FsError::Posix(libc::EIO))?;
+                let pfn = map.get(idx)?.ok_or(FsError::Posix(libc::EIO))?;
                 self.store_in_place(pfn, at, bytes, &mut dirty)?;
                 continue;
             };
@@ -493,7 +499,7 @@ impl State {
             return Ok(dirty);
         }
         let (first, last) = (from / PAGE_SIZE, (to - 1) / PAGE_SIZE);
-        for r in pages_of(self, ino)?.range(first, last - first + 1) {
+        for r in pages_of(self, ino)?.range(first, last - first + 1)? {
             for k in 0..r.len {
                 let idx = r.start + k;
                 let (a, b) = ((idx * PAGE_SIZE).max(from), ((idx + 1) * PAGE_SIZE).min(to));
@@ -532,7 +538,7 @@ impl State {
         let map = pages_of(self, ino)?;
         let mut fresh = 0;
         for idx in first..=last {
-            let needs_page = match map.get(idx) {
+            let needs_page = match map.get(idx)? {
                 Some(pfn) => !self.exclusive(pfn)?,
                 None => true,
             };
@@ -722,7 +728,7 @@ impl State {
             edges.push((tail, end));
         }
         for (a, b) in edges {
-            if pages_of(self, ino)?.get(a / PAGE_SIZE).is_some() {
+            if pages_of(self, ino)?.get(a / PAGE_SIZE)?.is_some() {
                 self.store(ino, a, &vec![0u8; (b - a) as usize], ops, fresh)?;
             }
         }
@@ -835,9 +841,12 @@ impl State {
                 let (first, last) = (off / PAGE_SIZE, (end - 1) / PAGE_SIZE);
                 let unmapped = off.div_ceil(PAGE_SIZE)..end / PAGE_SIZE;
                 let map = pages_of(s, ino)?;
-                let holes: Vec<u64> = (first..=last)
-                    .filter(|i| map.get(*i).is_none() || (zero_range && unmapped.contains(i)))
-                    .collect();
+                let mut holes = Vec::new();
+                for i in first..=last {
+                    if map.get(i)?.is_none() || (zero_range && unmapped.contains(&i)) {
+                        holes.push(i);
+                    }
+                }
                 let mut i = 0;
                 while i < holes.len() {
                     let goal = goal(s, ino, holes[i], fresh);
@@ -877,7 +886,7 @@ impl State {
     fn unshare(&mut self, ino: Ino, off: u64, end: u64) -> FsResult<()> {
         let (first, last) = (off / PAGE_SIZE, (end - 1) / PAGE_SIZE);
         let mut shared = Vec::new();
-        for r in pages_of(self, ino)?.range(first, last - first + 1) {
+        for r in pages_of(self, ino)?.range(first, last - first + 1)? {
             for k in 0..r.len {
                 if !self.exclusive(r.value + k)? {
                     shared.push((r.start + k, r.value + k));
@@ -917,13 +926,13 @@ impl State {
         }
         let idx = off / PAGE_SIZE;
         match whence {
-            libc::SEEK_DATA => match map.first_at_or_after(idx) {
+            libc::SEEK_DATA => match map.first_at_or_after(idx)? {
                 Some(r) if r.start * PAGE_SIZE < size => Ok((r.start * PAGE_SIZE).max(off)),
                 _ => fail(libc::ENXIO),
             },
             libc::SEEK_HOLE => {
                 let mut at = idx;
-                while let Some(r) = map.first_at_or_after(at) {
+                while let Some(r) = map.first_at_or_after(at)? {
                     if r.start != at {
                         break;
                     }

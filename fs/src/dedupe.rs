@@ -73,7 +73,7 @@ impl State {
         let pmem = self.image.pmem();
         let mut out = Vec::new();
         let mut index = from;
-        while let Some(run) = map.first_at_or_after(index).filter(|r| r.start < whole) {
+        while let Some(run) = map.first_at_or_after(index)?.filter(|r| r.start < whole) {
             let len = run.len.min(whole - run.start);
             for k in 0..len {
                 if out.len() == max {
@@ -212,7 +212,10 @@ impl State {
         let pages = count.div_ceil(PAGE_SIZE);
         for i in 0..pages {
             let n = (count - i * PAGE_SIZE).min(PAGE_SIZE);
-            let (pa, pb) = (ma.get(a_off / PAGE_SIZE + i), mb.get(b_off / PAGE_SIZE + i));
+            let (pa, pb) = (
+                ma.get(a_off / PAGE_SIZE + i)?,
+                mb.get(b_off / PAGE_SIZE + i)?,
+            );
             if pa.is_some() && pa == pb {
                 continue;
             }

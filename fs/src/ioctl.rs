@@ -496,7 +496,7 @@ impl State {
     pub fn usage(&self, ino: Ino) -> FsResult<Usage> {
         let mut u = Usage::default();
         if let Body::File(_) = &self.inode(ino)?.body {
-            for r in pages_of(self, ino)?.range(0, u64::MAX) {
+            for r in pages_of(self, ino)?.range(0, u64::MAX)? {
                 u.total += r.len * PAGE_SIZE;
                 for c in self.image.shared_in(r.value, r.len)? {
                     u.shared += c.len * PAGE_SIZE;
@@ -518,7 +518,7 @@ impl State {
         let map = pages_of(self, ino)?;
         let mut out = Extents::default();
         let mut index = from / PAGE_SIZE;
-        while let Some(run) = map.first_at_or_after(index) {
+        while let Some(run) = map.first_at_or_after(index)? {
             for c in self.image.share_counts_in(run.value, run.len)? {
                 let e = Extent {
                     logical: (run.start + (c.start - run.value)) * PAGE_SIZE,
@@ -576,7 +576,7 @@ impl State {
             ksm: self.ksm_queue().stats(),
             ..Stats::default()
         };
-        for r in meta.counted_shares().iter() {
+        for r in self.image.counted_shares()?.iter() {
             s.used_pages += r.len;
             s.referenced_pages += r.len * u64::from(r.value);
         }
@@ -585,7 +585,7 @@ impl State {
             .inodes
             .values()
             .filter_map(|i| i.pages())
-            .map(|m| m.run_count() as u64)
+            .map(|m| m.runs())
             .sum();
         Ok(s)
     }

@@ -22,13 +22,14 @@
 //!   an older entry would write it again; a node freed by the transaction
 //!   a checkpoint carries, only at the checkpoint after.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
 use std::path::Path;
 
 use crate::btree::Shape;
 use crate::checkpoint;
 use crate::error::{Corrupt, Error, Result};
+use crate::filemap::{FileMap, MapView};
 use crate::journal::{self, End};
 use crate::layout::{Geometry, PAGE_SIZE};
 use crate::lock;
@@ -40,13 +41,15 @@ use crate::record::patch::Patch;
 use crate::shares::ShareTree;
 use crate::superblock::{self, CheckpointRef, JournalPos, State, Superblock};
 
-/// Where an assembled image's share tree comes from.
-pub enum SharesFrom {
-    /// The tree `Meta::share_root` names, read through the patches replay
-    /// found that are not stored in place yet.
-    Replayed(Overlay),
-    /// Built anew from the page maps (fsck's repair).
-    Rebuild,
+/// What an image assembled from parts writes anew before it is used:
+/// fsck's repairs of trees. `Default`: nothing.
+#[derive(Debug, Default)]
+pub struct Rebuild {
+    /// The share tree, from the page maps (its old nodes are free).
+    pub shares: bool,
+    /// These files' page maps, from the runs given (their maps in `Meta`
+    /// are empty meanwhile, and their old trees' nodes free).
+    pub maps: BTreeMap<Ino, Vec<Run<u64>>>,
 }
 
 /// How an image is opened.
@@ -344,7 +347,8 @@ impl Image {
             meta,
             ckpt_pfns,
             scan.next,
-            SharesFrom::Replayed(over),
+            over,
+            Rebuild::default(),
         )?;
         image.recovery = recovery;
         if writable {
@@ -354,9 +358,12 @@ impl Image {
     }
 
     /// Assembles an image from parts a caller has read and checked (fsck,
-    /// after repairing them). Derives the free set; fails when page maps
-    /// reach outside the data area, into the share tree or into the
-    /// checkpoint, or when the share tree disagrees with the page maps.
+    /// after repairing them): the metadata pages read through `over` (the
+    /// patches replay found that are not stored in place yet). Derives the
+    /// free set; fails when page maps cannot be read or reach outside the
+    /// data area, into a tree or into the checkpoint, or when the share
+    /// tree disagrees with the page maps. Writes what `rebuild` asks for.
+    #[allow(clippy::too_many_arguments)]
     pub fn from_parts(
         file: Option<File>,
         pmem: Pmem,
@@ -364,20 +371,53 @@ impl Image {
         mut meta: Meta,
         ckpt_pfns: Vec<u64>,
         journal: JournalPos,
-        shares: SharesFrom,
+        over: Overlay,
+        rebuild: Rebuild,
     ) -> Result<Image> {
-        let rebuild = matches!(shares, SharesFrom::Rebuild);
-        let over = match shares {
-            SharesFrom::Replayed(over) => over,
-            SharesFrom::Rebuild => {
-                meta.share_root = 0;
-                Overlay::default()
-            }
+        let fsck = |e: Error| match e {
+            Error::Corrupt(c) => Error::Corrupt(Corrupt::new(
+                c.what,
+                format!("{}; run fsck.pmemfs -y", c.detail),
+            )),
+            e => e,
         };
+        if rebuild.shares {
+            meta.share_root = 0;
+        }
         let g = sb.geometry;
         let mut free = RangeMap::new();
         free.insert(g.data_start, g.data_pages(), 1u32);
-        let counted = meta.counted_shares();
+        // Every page map walked and checked once: its runs counted, its
+        // tree's nodes in use.
+        let view = over.view(&pmem);
+        let mut counted = RangeMap::new();
+        let mut nodes = Vec::new();
+        let mut count = |r: Run<u64>| {
+            if counted.add(r.value, r.len, 1).is_err() {
+                counted.insert(r.value, r.len, u32::MAX);
+            }
+        };
+        for (&ino, i) in &meta.inodes {
+            if let Some(m) = i.pages() {
+                let (runs, _) = m
+                    .check(&view, |p| nodes.push((p, ino)))
+                    .map_err(|e| match e {
+                        Error::Corrupt(c) => Error::Corrupt(Corrupt::new(
+                            format!("inode {ino}: {}", c.what),
+                            c.detail,
+                        )),
+                        e => e,
+                    })
+                    .map_err(fsck)?;
+                runs.into_iter().for_each(&mut count);
+            }
+        }
+        rebuild
+            .maps
+            .values()
+            .flatten()
+            .copied()
+            .for_each(&mut count);
         for r in counted.iter() {
             if !g.in_data(r.start, r.len) {
                 return Err(Error::Corrupt(Corrupt::new(
@@ -390,29 +430,33 @@ impl Image {
             }
             free.remove(r.start, r.len);
         }
-        let mut nodes = Vec::new();
+        for (p, ino) in nodes {
+            if free.remove(p, 1).is_empty() {
+                return Err(Error::Corrupt(Corrupt::new(
+                    format!("inode {ino}: page map"),
+                    format!(
+                        "node {p} is outside the data area, mapped by a file or in another tree; run fsck.pmemfs -y"
+                    ),
+                )));
+            }
+        }
+        let mut share_nodes = Vec::new();
         // An empty tree (root 0) when rebuilding: nothing to walk.
         let (stored, _) = ShareTree::new(meta.share_root)
-            .check(&over.view(&pmem), |p| nodes.push(p))
-            .map_err(|e| match e {
-                Error::Corrupt(c) => Error::Corrupt(Corrupt::new(
-                    c.what,
-                    format!("{}; run fsck.pmemfs -y", c.detail),
-                )),
-                e => e,
-            })?;
-        if !rebuild && !same_shares(&stored, &counted) {
+            .check(&view, |p| share_nodes.push(p))
+            .map_err(fsck)?;
+        if !rebuild.shares && !same_shares(&stored, &counted) {
             return Err(Error::Corrupt(Corrupt::new(
                 "share counts",
                 "they disagree with the page maps; run fsck.pmemfs -y",
             )));
         }
-        for p in nodes {
+        for p in share_nodes {
             if free.remove(p, 1).is_empty() {
                 return Err(Error::Corrupt(Corrupt::new(
                     "share tree",
                     format!(
-                        "node {p} is outside the data area or mapped by a file; run fsck.pmemfs -y"
+                        "node {p} is outside the data area, mapped by a file or in a page map; run fsck.pmemfs -y"
                     ),
                 )));
             }
@@ -421,7 +465,7 @@ impl Image {
             if free.remove(p, 1).is_empty() {
                 return Err(Error::Corrupt(Corrupt::new(
                     "checkpoint",
-                    format!("page {p} is also mapped by a file; run fsck.pmemfs -y"),
+                    format!("page {p} is also mapped by a file or in a tree; run fsck.pmemfs -y"),
                 )));
             }
         }
@@ -441,25 +485,33 @@ impl Image {
             meta_freed: Vec::new(),
             carried_freed: Vec::new(),
         };
-        if rebuild {
-            image.rebuild_shares(&counted)?;
+        if rebuild.shares || !rebuild.maps.is_empty() {
+            image.rebuild(&counted, rebuild)?;
         }
         Ok(image)
     }
 
-    /// Builds the share tree anew from the page maps' counts, in pages
-    /// nothing else uses, and writes a checkpoint that carries it: until
-    /// that checkpoint is durable the media holds the old state whole.
-    fn rebuild_shares(&mut self, counted: &RangeMap<u32>) -> Result<()> {
+    /// Builds what `rebuild` asks for in pages nothing else uses, and
+    /// writes a checkpoint that carries it: until that checkpoint is
+    /// durable the media holds the old state whole.
+    fn rebuild(&mut self, counted: &RangeMap<u32>, rebuild: Rebuild) -> Result<()> {
         let mut txn = Txn::new(
             &self.pmem,
             &mut self.free,
             &mut self.free_pages,
             &self.sb.geometry,
         );
-        let tree = ShareTree::build(&mut txn, counted.iter().filter(|r| r.value >= 2))?;
+        for (ino, runs) in &rebuild.maps {
+            if let Some(Body::File(m)) = self.meta.inodes.get_mut(ino).map(|i| &mut i.body) {
+                *m = FileMap::new();
+                m.replace(&mut txn, *ino, 0, u64::MAX, runs)?;
+            }
+        }
+        if rebuild.shares {
+            let tree = ShareTree::build(&mut txn, counted.iter().filter(|r| r.value >= 2))?;
+            self.meta.share_root = tree.root();
+        }
         let patches = txn.over.patches(&self.pmem)?;
-        self.meta.share_root = tree.root();
         self.checkpoint_carrying(self.sb.state, &patches, Vec::new())
     }
 
@@ -496,6 +548,36 @@ impl Image {
 
     pub fn geometry(&self) -> Geometry {
         self.sb.geometry
+    }
+
+    /// The metadata pages as this image reads them: the media, and
+    /// replayed patches not stored in place when read-only.
+    pub fn view(&self) -> View<'_> {
+        self.unstored.view(&self.pmem)
+    }
+
+    /// The page map of file `ino`, read through [`Image::view`]; `None`
+    /// when `ino` is not a file.
+    pub fn file_map(&self, ino: Ino) -> Option<MapView<'_, View<'_>>> {
+        Some(self.meta.get(ino)?.pages()?.view(self.view()))
+    }
+
+    /// Pages of the page-map trees, by walking them all (tests, fsck-like
+    /// accounting).
+    pub fn map_tree_pages(&self) -> Result<u64> {
+        let view = self.view();
+        let mut n = 0;
+        for i in self.meta.inodes.values() {
+            if let Some(m) = i.pages() {
+                n += m.check(&view, |_| {})?.1.pages;
+            }
+        }
+        Ok(n)
+    }
+
+    /// How many times the page maps map each pfn ([`Meta::counted_shares`]).
+    pub fn counted_shares(&self) -> Result<RangeMap<u32>> {
+        self.meta.counted_shares(&self.view())
     }
 
     pub fn meta(&self) -> &Meta {
@@ -598,32 +680,34 @@ impl Image {
             return Err(Error::ReadOnly);
         }
         // Refused before anything changes if it could never be journaled
-        // (the 4 bytes are an empty patch list).
-        let mut payload = journal::encode_ops(ops)?;
-        let bare = journal::entry_bytes(payload.len() + 4);
+        // (the 4 bytes are an empty patch list); what the journal records
+        // for page-map ops is about as long as the ops.
+        let asked = journal::encode_ops(ops)?;
+        let bare = journal::entry_bytes(asked.len() + 4);
         if bare > self.sb.geometry.journal_bytes() {
             return Err(Error::TransactionTooLarge(bare as usize));
         }
         let changed = self.apply_all(ops);
-        let (patches, freed, meta_freed, root) = match changed {
+        let (mut journaled, patches, freed, meta_freed, root) = match changed {
             Ok(c) => c,
             Err(e) => {
                 self.pmem.poison();
                 return Err(e);
             }
         };
+        // What the journal holds: the page-map ops' outcomes, and the share
+        // tree's root if it moved.
         if root != self.meta.share_root {
             self.meta.share_root = root;
-            let mut with_root = ops.to_vec();
-            with_root.push(Op::SetShareRoot { root });
-            payload = match journal::encode_ops(&with_root) {
-                Ok(p) => p,
-                Err(e) => {
-                    self.pmem.poison();
-                    return Err(e);
-                }
-            };
+            journaled.push(Op::SetShareRoot { root });
         }
+        let payload = match journal::encode_ops(&journaled) {
+            Ok(p) => p,
+            Err(e) => {
+                self.pmem.poison();
+                return Err(e);
+            }
+        };
         let written = journal::entry_of(self.journal, payload, &patches).and_then(|entry| {
             let fits = journal::append(&self.pmem, &self.sb.geometry, self.journal, &entry)?;
             if fits {
@@ -650,11 +734,16 @@ impl Image {
         Ok(())
     }
 
-    /// Applies `ops` to the metadata and their reference changes to the
-    /// share tree in an overlay; returns the overlay's patches, the data
-    /// pages nobody maps any more, the tree nodes freed and the tree's root.
+    /// Applies `ops` to the metadata, their page-map changes and their
+    /// reference changes to the trees in an overlay; returns the ops the
+    /// journal records ([`Meta::execute`]), the overlay's patches, the
+    /// data pages nobody maps any more, the tree nodes freed and the share
+    /// tree's root.
     #[allow(clippy::type_complexity)]
-    fn apply_all(&mut self, ops: &[Op]) -> Result<(Vec<Patch>, Vec<Run<u64>>, Vec<u64>, u64)> {
+    fn apply_all(
+        &mut self,
+        ops: &[Op],
+    ) -> Result<(Vec<Op>, Vec<Patch>, Vec<Run<u64>>, Vec<u64>, u64)> {
         let mut txn = Txn::new(
             &self.pmem,
             &mut self.free,
@@ -663,13 +752,23 @@ impl Image {
         );
         let mut tree = ShareTree::new(self.meta.share_root);
         let mut freed = Vec::new();
+        let mut journaled: Vec<Op> = Vec::with_capacity(ops.len());
         for op in ops {
-            let refs = self.meta.apply(op)?;
+            let (refs, rec) = self.meta.execute(op, &mut txn)?;
             tree.add_all(&mut txn, &refs.added)?;
             freed.extend(tree.drop_all(&mut txn, &refs.dropped)?);
+            // A file's later map says all its earlier one did.
+            if let (Op::SetFileMap { ino, .. }, Some(Op::SetFileMap { ino: last, .. })) =
+                (&rec, journaled.last())
+            {
+                if ino == last {
+                    journaled.pop();
+                }
+            }
+            journaled.push(rec);
         }
         let patches = txn.over.patches(&self.pmem)?;
-        Ok((patches, freed, txn.freed, tree.root()))
+        Ok((journaled, patches, freed, txn.freed, tree.root()))
     }
 
     /// Gives freed pages back to the image file as they are freed (or not).
@@ -719,13 +818,24 @@ impl Image {
 
     /// A checkpoint that also carries `patches`, of a transaction the
     /// metadata already holds, with the tree nodes it freed: they are
-    /// stored in place once the superblock names the checkpoint.
+    /// stored in place once the superblock names the checkpoint. Replayed
+    /// patches not stored yet (an image fsck assembled) go first: the
+    /// journal that holds them restarts here.
     fn checkpoint_carrying(
         &mut self,
         state: State,
         patches: &[Patch],
         freed: Vec<u64>,
     ) -> Result<()> {
+        let unstored;
+        let patches = if self.unstored.is_empty() {
+            patches
+        } else {
+            let mut all = self.unstored.patches(&self.pmem)?;
+            all.extend_from_slice(patches);
+            unstored = all;
+            &unstored[..]
+        };
         // Measured first and then written a page at a time: the payload is
         // never in memory whole.
         let n = checkpoint::pages_for(checkpoint::encoded_len(&self.meta, patches)?);
@@ -774,6 +884,7 @@ impl Image {
         }
         self.sb = sb;
         self.journal = self.sb.journal;
+        self.unstored = Overlay::default();
         Ok(())
     }
 
@@ -955,16 +1066,15 @@ mod tests {
         let mut img = Image::open(&t.0, Access::ReadWrite).unwrap();
         let a = add_file(&mut img, "a", 64);
         let a_pfns: Vec<u64> = img
-            .meta()
-            .get(a)
+            .file_map(a)
             .unwrap()
-            .pages()
+            .all()
             .unwrap()
             .iter()
             .map(|r| r.value)
             .collect();
         // Every page of a written, so the image file holds them.
-        for r in img.meta().get(a).unwrap().pages().unwrap().iter() {
+        for r in img.file_map(a).unwrap().all().unwrap() {
             let bytes = vec![7u8; (r.len * PAGE_SIZE) as usize];
             img.pmem().write(r.value * PAGE_SIZE, &bytes).unwrap();
             img.pmem()
@@ -1045,7 +1155,7 @@ mod tests {
         drop(img);
         let img = Image::open(&t.0, Access::ReadOnly).unwrap();
         assert_eq!(img.meta().inodes.len(), 2);
-        assert_eq!(img.meta().counted_shares().pages(), 0);
+        assert_eq!(img.counted_shares().unwrap().pages(), 0);
     }
 
     /// Scattered clones grow the share tree over several journal-full
@@ -1059,7 +1169,7 @@ mod tests {
         let mut img = Image::open(&t.0, Access::ReadWrite).unwrap();
         let a = add_file(&mut img, "a", 2000);
         let b = add_file(&mut img, "b", 0);
-        let pfn0 = img.meta().get(a).unwrap().pages().unwrap().get(0).unwrap();
+        let pfn0 = img.file_map(a).unwrap().get(0).unwrap().unwrap();
         let ckpt = img.superblock().checkpoint.id;
         // The even pages of a, round after round, until the journal has
         // filled twice: 1000 runs, each of count rounds + 1.
@@ -1080,7 +1190,7 @@ mod tests {
         }
         let check = |img: &Image| {
             let (runs, shape) = img.shared_runs().unwrap();
-            assert!(same_shares(&runs, &img.meta().counted_shares()));
+            assert!(same_shares(&runs, &img.counted_shares().unwrap()));
             assert_eq!((runs.pages(), runs.run_count()), (1000, 1000));
             assert!(shape.depth >= 2, "{shape:?}");
             assert_eq!(img.share_count(pfn0).unwrap(), rounds as u32 + 1);
@@ -1147,7 +1257,7 @@ mod tests {
         clone(&mut img, 5000);
         let check = |img: &Image, shared: u64| {
             let (runs, _) = img.shared_runs().unwrap();
-            assert!(same_shares(&runs, &img.meta().counted_shares()));
+            assert!(same_shares(&runs, &img.counted_shares().unwrap()));
             assert_eq!(runs.pages(), shared);
         };
         check(&img, 1000);
@@ -1220,6 +1330,6 @@ mod tests {
         let img = Image::open(&t.0, Access::ReadWrite).unwrap();
         assert_eq!(img.recovery().unlinked_inodes, vec![a]);
         assert!(img.meta().get(a).is_none());
-        assert!(img.meta().counted_shares().is_empty());
+        assert!(img.counted_shares().unwrap().is_empty());
     }
 }

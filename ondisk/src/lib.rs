@@ -18,6 +18,7 @@ pub mod acl;
 pub mod btree;
 pub mod checkpoint;
 pub mod error;
+pub mod filemap;
 pub mod image;
 pub mod journal;
 pub mod layout;
@@ -34,6 +35,7 @@ pub mod superblock;
 pub mod testing;
 
 pub use error::{Corrupt, Error, Result};
+pub use filemap::{FileMap, MapView};
 pub use image::{format, format_pmem, now, Access, FormatOptions, Image, Recovery};
 pub use layout::{Geometry, MIN_IMAGE_BYTES, PAGE_SIZE};
 pub use meta::{Attr, Body, Ino, Inode, Kind, Meta, NewBody, Op, Time, ROOT_INO};

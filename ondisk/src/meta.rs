@@ -12,7 +12,9 @@
 
 use std::collections::BTreeMap;
 
-use crate::error::Corrupt;
+use crate::btree::Pages;
+use crate::error::{Corrupt, Result as MediaResult};
+use crate::filemap::FileMap;
 use crate::rangemap::{RangeMap, Run};
 
 /// Inode number.
@@ -107,7 +109,7 @@ pub struct Dir {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Body {
     /// Page index -> pfn. Pages not mapped are holes.
-    File(RangeMap<u64>),
+    File(FileMap),
     Dir(Dir),
     Symlink(Vec<u8>),
     /// Fifos, sockets and device nodes.
@@ -122,7 +124,7 @@ pub struct Inode {
 }
 
 impl Inode {
-    pub fn pages(&self) -> Option<&RangeMap<u64>> {
+    pub fn pages(&self) -> Option<&FileMap> {
         match &self.body {
             Body::File(m) => Some(m),
             _ => None,
@@ -217,6 +219,13 @@ pub enum Op {
     SetShareRoot {
         root: u64,
     },
+    /// Records a file's page map after a commit changed it: what the
+    /// journal holds in place of `Map`, `Unmap` and `Clone`, whose changes
+    /// to the map's tree are the entry's patches (`filemap`).
+    SetFileMap {
+        ino: Ino,
+        map: FileMap,
+    },
 }
 
 /// What an op did to page references: pfn runs `(pfn, len)` that gained a
@@ -299,7 +308,7 @@ impl Meta {
             .ok_or_else(|| bad(format!("inode {ino} does not exist")))
     }
 
-    fn file_mut(&mut self, ino: Ino) -> Result<&mut RangeMap<u64>, Corrupt> {
+    fn file_mut(&mut self, ino: Ino) -> Result<&mut FileMap, Corrupt> {
         match &mut self.inode_mut(ino)?.body {
             Body::File(m) => Ok(m),
             _ => Err(bad(format!("inode {ino} is not a regular file"))),
@@ -313,14 +322,125 @@ impl Meta {
         }
     }
 
-    /// Applies one op; returns the references it added and dropped.
+    /// Applies one op as a commit does, page-map changes made through
+    /// `pages` (a transaction); returns the references it added and
+    /// dropped, and the op the journal records for it: the op itself, or
+    /// for `Map`, `Unmap` and `Clone` the file's new map (`SetFileMap`).
+    ///
+    /// An op that does not fit the state (a missing inode, a name that
+    /// exists) is refused, and the checks that can fail come before any
+    /// change but those to `pages`, which a failed commit drops.
+    pub fn execute(&mut self, op: &Op, pages: &mut impl Pages) -> MediaResult<(Refs, Op)> {
+        let mut refs = Refs::default();
+        let pfns = |runs: Vec<Run<u64>>| runs.into_iter().map(|r| (r.value, r.len)).collect();
+        let ino = match op {
+            Op::Map {
+                ino,
+                index,
+                pfn,
+                len,
+            } => {
+                if index.checked_add(*len).is_none() || pfn.checked_add(*len).is_none() || *len == 0
+                {
+                    return Err(bad(format!("map: bad range {index}+{len} -> {pfn}")).into());
+                }
+                // Fresh pfns: their count goes from 0 to 1, which the share
+                // tree does not store.
+                let run = Run {
+                    start: *index,
+                    len: *len,
+                    value: *pfn,
+                };
+                let old = self
+                    .file_mut(*ino)?
+                    .replace(pages, *ino, *index, *len, &[run])?;
+                refs.dropped = pfns(old);
+                *ino
+            }
+            Op::Unmap { ino, index, len } => {
+                let old = self
+                    .file_mut(*ino)?
+                    .replace(pages, *ino, *index, *len, &[])?;
+                refs.dropped = pfns(old);
+                *ino
+            }
+            Op::Clone {
+                src,
+                src_index,
+                dst,
+                dst_index,
+                len,
+            } => {
+                if src_index.checked_add(*len).is_none() || dst_index.checked_add(*len).is_none() {
+                    return Err(bad(format!("clone: range of {len} pages wraps")).into());
+                }
+                if src == dst && src_index < &(dst_index + len) && dst_index < &(src_index + len) {
+                    return Err(bad(format!("clone: overlapping ranges in inode {src}")).into());
+                }
+                self.file_mut(*dst)?;
+                let runs = self.file_mut(*src)?.range(pages, *src_index, *len)?;
+                let moved: Vec<Run<u64>> = runs
+                    .iter()
+                    .map(|r| Run {
+                        start: dst_index + (r.start - src_index),
+                        ..*r
+                    })
+                    .collect();
+                let old = self
+                    .file_mut(*dst)?
+                    .replace(pages, *dst, *dst_index, *len, &moved)?;
+                refs.added = pfns(runs);
+                refs.dropped = pfns(old);
+                *dst
+            }
+            Op::Delete { ino } => {
+                // The checks first: the map is cleared only for a delete
+                // that will happen.
+                self.check_delete(*ino)?;
+                if let Some(Inode {
+                    body: Body::File(m),
+                    ..
+                }) = self.inodes.get_mut(ino)
+                {
+                    refs.dropped = pfns(m.clear(pages)?);
+                }
+                self.apply(op)?;
+                return Ok((refs, op.clone()));
+            }
+            Op::SetFileMap { .. } => {
+                return Err(bad("setfilemap: recorded by commits, not made".into()).into())
+            }
+            _ => {
+                self.apply(op)?;
+                return Ok((refs, op.clone()));
+            }
+        };
+        let map = *self.file_mut(ino)?;
+        Ok((refs, Op::SetFileMap { ino, map }))
+    }
+
+    fn check_delete(&self, ino: Ino) -> Result<(), Corrupt> {
+        let i = self
+            .inodes
+            .get(&ino)
+            .ok_or_else(|| bad(format!("delete: inode {ino} does not exist")))?;
+        if i.dir().is_some_and(|d| !d.entries.is_empty()) {
+            return Err(bad(format!("delete: directory {ino} is not empty")));
+        }
+        if ino == ROOT_INO {
+            return Err(bad("delete: the root directory".to_string()));
+        }
+        Ok(())
+    }
+
+    /// Applies one op as the journal holds it (replay, and commits for the
+    /// ops that change no page map). `Map`, `Unmap` and `Clone` are
+    /// [`Meta::execute`]'s: a journal records their outcome.
     ///
     /// An op that does not fit the state (a missing inode, a name that
     /// exists) is refused with `Corrupt`, and the checks that can fail come
     /// before any change.
-    pub fn apply(&mut self, op: &Op) -> Result<Refs, Corrupt> {
-        let mut refs = Refs::default();
-        let pfns = |runs: Vec<Run<u64>>| runs.into_iter().map(|r| (r.value, r.len)).collect();
+    pub fn apply(&mut self, op: &Op) -> Result<(), Corrupt> {
         match op {
             Op::Create { ino, attr, body } => {
                 if *ino == 0 || self.inodes.contains_key(ino) {
@@ -329,7 +449,7 @@ impl Meta {
                     )));
                 }
                 let body = match (attr.kind, body) {
-                    (Kind::File, NewBody::File) => Body::File(RangeMap::new()),
+                    (Kind::File, NewBody::File) => Body::File(FileMap::new()),
                     (Kind::Dir, NewBody::Dir { parent }) => Body::Dir(Dir {
                         parent: *parent,
                         entries: BTreeMap::new(),
@@ -390,66 +510,15 @@ impl Meta {
                 }
             }
             Op::Delete { ino } => {
-                let i = self
-                    .inodes
-                    .get(ino)
-                    .ok_or_else(|| bad(format!("delete: inode {ino} does not exist")))?;
-                if i.dir().is_some_and(|d| !d.entries.is_empty()) {
-                    return Err(bad(format!("delete: directory {ino} is not empty")));
-                }
-                if *ino == ROOT_INO {
-                    return Err(bad("delete: the root directory".to_string()));
-                }
-                if let Some(Inode {
-                    body: Body::File(m),
-                    ..
-                }) = self.inodes.remove(ino)
-                {
-                    refs.dropped = pfns(m.iter().collect());
-                }
+                self.check_delete(*ino)?;
+                self.inodes.remove(ino);
             }
-            Op::Map {
-                ino,
-                index,
-                pfn,
-                len,
-            } => {
-                if index.checked_add(*len).is_none() || pfn.checked_add(*len).is_none() || *len == 0
-                {
-                    return Err(bad(format!("map: bad range {index}+{len} -> {pfn}")));
-                }
-                // Fresh pfns: their count goes from 0 to 1, which the share
-                // tree does not store.
-                let old = self.file_mut(*ino)?.insert(*index, *len, *pfn);
-                refs.dropped = pfns(old);
+            Op::Map { .. } | Op::Unmap { .. } | Op::Clone { .. } => {
+                return Err(bad(format!(
+                    "{op:?}: a page-map op where the journal records its outcome"
+                )))
             }
-            Op::Unmap { ino, index, len } => {
-                let old = self.file_mut(*ino)?.remove(*index, *len);
-                refs.dropped = pfns(old);
-            }
-            Op::Clone {
-                src,
-                src_index,
-                dst,
-                dst_index,
-                len,
-            } => {
-                if src_index.checked_add(*len).is_none() || dst_index.checked_add(*len).is_none() {
-                    return Err(bad(format!("clone: range of {len} pages wraps")));
-                }
-                if src == dst && src_index < &(dst_index + len) && dst_index < &(src_index + len) {
-                    return Err(bad(format!("clone: overlapping ranges in inode {src}")));
-                }
-                self.file_mut(*dst)?;
-                let runs = self.file_mut(*src)?.range(*src_index, *len);
-                let dst_map = self.file_mut(*dst)?;
-                let old = dst_map.remove(*dst_index, *len);
-                for r in &runs {
-                    dst_map.insert(dst_index + (r.start - src_index), r.len, r.value);
-                }
-                refs.added = pfns(runs);
-                refs.dropped = pfns(old);
-            }
+            Op::SetFileMap { ino, map } => *self.file_mut(*ino)? = *map,
             Op::SetXattr { ino, name, value } => {
                 self.inode_mut(*ino)?
                     .xattrs
@@ -467,26 +536,28 @@ impl Meta {
             }
             Op::SetShareRoot { root } => self.share_root = *root,
         }
-        Ok(refs)
+        Ok(())
     }
 
     /// How many times the page maps map each pfn (1 and more): the pages in
     /// use, and, where 2 or more, what the share tree must hold.
-    pub fn counted_shares(&self) -> RangeMap<u32> {
+    /// The page maps are read through `pages`.
+    pub fn counted_shares(&self, pages: &impl Pages) -> MediaResult<RangeMap<u32>> {
         let mut c = RangeMap::new();
         for i in self.inodes.values() {
             if let Some(m) = i.pages() {
-                for r in m.iter() {
+                m.each(pages, |r| {
                     // A count past u32::MAX stays at the limit; `apply`
-                    // never lets the stored one get there, so the two differ
-                    // and mount and fsck notice.
+                    // never lets the stored one get there, so the two
+                    // differ and mount and fsck notice.
                     if c.add(r.value, r.len, 1).is_err() {
                         c.insert(r.value, r.len, u32::MAX);
                     }
-                }
+                    true
+                })?;
             }
         }
-        c
+        Ok(c)
     }
 
     /// Checks what decoding alone cannot: runs well formed, bodies matching
@@ -509,10 +580,6 @@ impl Meta {
                     i.attr.kind
                 )));
             }
-            if let Body::File(m) = &i.body {
-                m.check()
-                    .map_err(|e| bad(format!("inode {ino} page map: {e}")))?;
-            }
         }
         Ok(())
     }
@@ -525,6 +592,7 @@ fn bad(detail: String) -> Corrupt {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::btree::mem::Mem;
 
     fn file(m: &mut Meta, name: &str) -> Ino {
         let ino = m.next_ino;
@@ -543,6 +611,11 @@ mod tests {
         ino
     }
 
+    /// `op` as a commit applies it, its page-map changes in `mem`.
+    fn exec(m: &mut Meta, mem: &mut Mem, op: &Op) -> MediaResult<Refs> {
+        m.execute(op, mem).map(|(refs, _)| refs)
+    }
+
     #[test]
     fn new_fs_has_root_and_lost_found() {
         let m = Meta::new(0, 0, Time::default());
@@ -554,6 +627,7 @@ mod tests {
     #[test]
     fn ops_say_which_references_they_add_and_drop() {
         let mut m = Meta::new(0, 0, Time::default());
+        let mut mem = Mem::default();
         let a = file(&mut m, "a");
         let b = file(&mut m, "b");
         let map = |ino, index, pfn, len| Op::Map {
@@ -562,103 +636,140 @@ mod tests {
             pfn,
             len,
         };
-        assert_eq!(m.apply(&map(a, 0, 1000, 8)).unwrap(), Refs::default());
-        let r = m
-            .apply(&Op::Clone {
+        assert_eq!(
+            exec(&mut m, &mut mem, &map(a, 0, 1000, 8)).unwrap(),
+            Refs::default()
+        );
+        let r = exec(
+            &mut m,
+            &mut mem,
+            &Op::Clone {
                 src: a,
                 src_index: 0,
                 dst: b,
                 dst_index: 2,
                 len: 8,
-            })
-            .unwrap();
+            },
+        )
+        .unwrap();
         assert_eq!(r.added, vec![(1000, 8)]);
         assert!(r.dropped.is_empty());
-        assert_eq!(m.counted_shares().get(1000), Some(2));
+        assert_eq!(m.counted_shares(&mem).unwrap().get(1000), Some(2));
         // Overwrite one page of b with a fresh one: the old one loses b.
-        let r = m.apply(&map(b, 3, 2000, 1)).unwrap();
+        let r = exec(&mut m, &mut mem, &map(b, 3, 2000, 1)).unwrap();
         assert_eq!(r.dropped, vec![(1001, 1)]);
-        assert_eq!(m.counted_shares().get(1001), Some(1));
-        let r = m.apply(&Op::Delete { ino: a }).unwrap();
+        assert_eq!(m.counted_shares(&mem).unwrap().get(1001), Some(1));
+        let r = exec(&mut m, &mut mem, &Op::Delete { ino: a }).unwrap();
         assert_eq!(r.dropped, vec![(1000, 8)]);
-        m.apply(&Op::Unlink {
-            dir: ROOT_INO,
-            name: b"a".to_vec(),
-        })
+        exec(
+            &mut m,
+            &mut mem,
+            &Op::Unlink {
+                dir: ROOT_INO,
+                name: b"a".to_vec(),
+            },
+        )
         .unwrap();
-        let r = m
-            .apply(&Op::Unmap {
+        let r = exec(
+            &mut m,
+            &mut mem,
+            &Op::Unmap {
                 ino: b,
                 index: 0,
                 len: 100,
-            })
-            .unwrap();
+            },
+        )
+        .unwrap();
         assert_eq!(r.dropped, vec![(1000, 1), (2000, 1), (1002, 6)]);
-        assert!(m.counted_shares().is_empty());
-        m.apply(&Op::SetShareRoot { root: 77 }).unwrap();
+        assert!(m.counted_shares(&mem).unwrap().is_empty());
+        exec(&mut m, &mut mem, &Op::SetShareRoot { root: 77 }).unwrap();
         assert_eq!(m.share_root, 77);
     }
 
     #[test]
     fn clone_within_one_file_and_over_itself() {
         let mut m = Meta::new(0, 0, Time::default());
+        let mut mem = Mem::default();
         let a = file(&mut m, "a");
-        m.apply(&Op::Map {
-            ino: a,
-            index: 0,
-            pfn: 500,
-            len: 4,
-        })
+        exec(
+            &mut m,
+            &mut mem,
+            &Op::Map {
+                ino: a,
+                index: 0,
+                pfn: 500,
+                len: 4,
+            },
+        )
         .unwrap();
-        assert!(m
-            .apply(&Op::Clone {
+        assert!(exec(
+            &mut m,
+            &mut mem,
+            &Op::Clone {
                 src: a,
                 src_index: 0,
                 dst: a,
                 dst_index: 2,
                 len: 4
-            })
-            .is_err());
-        m.apply(&Op::Clone {
-            src: a,
-            src_index: 0,
-            dst: a,
-            dst_index: 4,
-            len: 4,
-        })
+            }
+        )
+        .is_err());
+        exec(
+            &mut m,
+            &mut mem,
+            &Op::Clone {
+                src: a,
+                src_index: 0,
+                dst: a,
+                dst_index: 4,
+                len: 4,
+            },
+        )
         .unwrap();
-        assert_eq!(m.counted_shares().get(500), Some(2));
+        assert_eq!(m.counted_shares(&mem).unwrap().get(500), Some(2));
         // Cloning a's own pages back over their twins: the gains come
         // first, so no count passes through 0.
-        let r = m
-            .apply(&Op::Clone {
+        let r = exec(
+            &mut m,
+            &mut mem,
+            &Op::Clone {
                 src: a,
                 src_index: 4,
                 dst: a,
                 dst_index: 0,
                 len: 4,
-            })
-            .unwrap();
+            },
+        )
+        .unwrap();
         assert_eq!((r.added, r.dropped), (vec![(500, 4)], vec![(500, 4)]));
-        assert_eq!(m.counted_shares().get(500), Some(2));
+        assert_eq!(m.counted_shares(&mem).unwrap().get(500), Some(2));
     }
 
     #[test]
     fn encoding_round_trips_and_shape_errors_are_caught() {
         let mut m = Meta::new(0, 0, Time::default());
+        let mut mem = Mem::default();
         let a = file(&mut m, "a");
-        m.apply(&Op::Map {
-            ino: a,
-            index: 3,
-            pfn: 77,
-            len: 2,
-        })
+        exec(
+            &mut m,
+            &mut mem,
+            &Op::Map {
+                ino: a,
+                index: 3,
+                pfn: 77,
+                len: 2,
+            },
+        )
         .unwrap();
-        m.apply(&Op::SetXattr {
-            ino: a,
-            name: b"user.x".to_vec(),
-            value: vec![1, 2],
-        })
+        exec(
+            &mut m,
+            &mut mem,
+            &Op::SetXattr {
+                ino: a,
+                name: b"user.x".to_vec(),
+                value: vec![1, 2],
+            },
+        )
         .unwrap();
         let bytes = crate::record::meta::encode(&m, &[]).unwrap();
         let (back, _) = crate::record::meta::decode(&bytes).unwrap();
@@ -676,48 +787,76 @@ mod tests {
     #[test]
     fn bad_ops_are_refused() {
         let mut m = Meta::new(0, 0, Time::default());
+        let mut mem = Mem::default();
         let a = file(&mut m, "a");
-        assert!(m
-            .apply(&Op::Link {
+        assert!(exec(
+            &mut m,
+            &mut mem,
+            &Op::Link {
                 dir: ROOT_INO,
                 name: b"a".to_vec(),
                 ino: a
-            })
-            .is_err());
-        assert!(m
-            .apply(&Op::Link {
+            }
+        )
+        .is_err());
+        assert!(exec(
+            &mut m,
+            &mut mem,
+            &Op::Link {
                 dir: a,
                 name: b"x".to_vec(),
                 ino: a
-            })
-            .is_err());
-        assert!(m
-            .apply(&Op::Link {
+            }
+        )
+        .is_err());
+        assert!(exec(
+            &mut m,
+            &mut mem,
+            &Op::Link {
                 dir: ROOT_INO,
                 name: vec![b'x'; 256],
                 ino: a
-            })
-            .is_err());
-        assert!(m
-            .apply(&Op::Unlink {
+            }
+        )
+        .is_err());
+        assert!(exec(
+            &mut m,
+            &mut mem,
+            &Op::Unlink {
                 dir: ROOT_INO,
                 name: b"zz".to_vec()
-            })
-            .is_err());
-        assert!(m.apply(&Op::Delete { ino: ROOT_INO }).is_err());
-        assert!(m
-            .apply(&Op::Map {
+            }
+        )
+        .is_err());
+        assert!(exec(&mut m, &mut mem, &Op::Delete { ino: ROOT_INO }).is_err());
+        assert!(exec(
+            &mut m,
+            &mut mem,
+            &Op::Map {
                 ino: a,
                 index: u64::MAX,
                 pfn: 1,
                 len: 2
-            })
-            .is_err());
-        assert!(m
-            .apply(&Op::Create {
+            }
+        )
+        .is_err());
+        let attr = m.get(a).unwrap().attr;
+        assert!(exec(
+            &mut m,
+            &mut mem,
+            &Op::Create {
                 ino: a,
-                attr: m.get(a).unwrap().attr,
+                attr,
                 body: NewBody::File
+            }
+        )
+        .is_err());
+        // A page-map op is a commit's; the journal holds its outcome.
+        assert!(m
+            .apply(&Op::Unmap {
+                ino: a,
+                index: 0,
+                len: 1
             })
             .is_err());
     }

@@ -10,7 +10,8 @@
 //! Runs are kept as few as they can be: after a change, adjacent runs of
 //! one count are one record.
 
-use crate::btree::{Pages, Shape, ShareRun, Shares, Tree};
+use crate::btree::runs::RunKind;
+use crate::btree::{Pages, Shape, Shares, Tree};
 use crate::error::{Corrupt, Error, Result};
 use crate::rangemap::{RangeMap, Run};
 
@@ -57,68 +58,25 @@ impl ShareTree {
     }
 
     /// Every run, in pfn order, until `visit` returns false.
-    pub fn each(&self, pages: &impl Pages, mut visit: impl FnMut(Run<u32>) -> bool) -> Result<()> {
-        self.tree.range(pages, None, |k, r| {
-            visit(Run {
-                start: *k,
-                len: r.len,
-                value: r.count,
-            })
-        })
+    pub fn each(&self, pages: &impl Pages, visit: impl FnMut(Run<u32>) -> bool) -> Result<()> {
+        self.tree.each_run(pages, visit)
     }
 
-    /// The records overlapping `[start, start + len)` or touching it, by
-    /// key, and as a map.
     fn around(
         &self,
         pages: &impl Pages,
         start: u64,
         len: u64,
     ) -> Result<(Vec<u64>, RangeMap<u32>)> {
-        let lo = start.saturating_sub(1);
-        let hi = start.saturating_add(len);
-        let mut keys = Vec::new();
-        let mut m = RangeMap::new();
-        self.tree.range_back(pages, &lo, |&k, r| {
-            if k > hi {
-                return false;
-            }
-            // The record before `lo` counts only if it reaches it.
-            if k >= lo || k + r.len >= lo {
-                keys.push(k);
-                m.insert(k, r.len, r.count);
-            }
-            true
-        })?;
-        Ok((keys, m))
-    }
-
-    /// A run as the tree's record.
-    fn record(r: Run<u32>) -> (u64, ShareRun) {
-        (
-            r.start,
-            ShareRun {
-                len: r.len,
-                count: r.value,
-            },
-        )
+        self.tree.around(pages, start, len)
     }
 
     /// Replaces the records `old` with the runs of `new` that count 2 or
-    /// more: new values first (a key kept is changed where it lies), then
-    /// the keys that are gone, so that the tree is not emptied and grown
-    /// again on the way.
+    /// more.
     fn rewrite(&mut self, pages: &mut impl Pages, old: &[u64], new: &RangeMap<u32>) -> Result<()> {
-        let mut kept = Vec::new();
-        for r in new.iter().filter(|r| r.value >= 2) {
-            let (k, v) = Self::record(r);
-            self.tree.insert(pages, k, v)?;
-            kept.push(k);
-        }
-        for k in old.iter().filter(|k| !kept.contains(k)) {
-            self.tree.remove(pages, k)?;
-        }
-        Ok(())
+        self.tree
+            .rewrite(pages, old, new.iter().filter(|r| r.value >= 2))
+            .map(|_| ())
     }
 
     /// `m` with the pages of `[start, start + len)` that have no run given
@@ -263,7 +221,11 @@ impl ShareTree {
     /// overlapping), built bottom up: fsck's rebuild, and big batches.
     pub fn build(pages: &mut impl Pages, runs: impl IntoIterator<Item = Run<u32>>) -> Result<Self> {
         Ok(ShareTree {
-            tree: Tree::build(pages, OWNER, runs.into_iter().map(Self::record))?,
+            tree: Tree::build(
+                pages,
+                OWNER,
+                runs.into_iter().map(|r| (r.start, Shares::value(&r))),
+            )?,
         })
     }
 
@@ -305,46 +267,10 @@ impl ShareTree {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::HashMap;
-
     use proptest::prelude::*;
 
     use super::*;
-    use crate::layout::PAGE_SIZE;
-
-    #[derive(Default)]
-    struct Mem {
-        pages: HashMap<u64, Vec<u8>>,
-        next: u64,
-        writes: usize,
-    }
-
-    impl Pages for Mem {
-        fn page(&self, pfn: u64) -> Result<&[u8]> {
-            self.pages
-                .get(&pfn)
-                .map(|p| p.as_slice())
-                .ok_or_else(|| Corrupt::new("test", format!("no page {pfn}")).into())
-        }
-        fn write(&mut self, pfn: u64, off: usize, bytes: &[u8]) -> Result<()> {
-            self.writes += 1;
-            let p = self
-                .pages
-                .get_mut(&pfn)
-                .ok_or_else(|| Corrupt::new("test", format!("no page {pfn}")))?;
-            p[off..off + bytes.len()].copy_from_slice(bytes);
-            Ok(())
-        }
-        fn alloc(&mut self) -> Result<u64> {
-            self.next += 1;
-            self.pages.insert(self.next, vec![0; PAGE_SIZE as usize]);
-            Ok(self.next)
-        }
-        fn free(&mut self, pfn: u64) -> Result<()> {
-            self.pages.remove(&pfn);
-            Ok(())
-        }
-    }
+    use crate::btree::mem::Mem;
 
     #[test]
     fn nothing_shared_stores_nothing() {

@@ -203,6 +203,38 @@ impl Builder {
         ino
     }
 
+    /// A file of `pages` pages that lie in no order: page i (filled with
+    /// byte `seed + i`) at a pfn below page i - 1's, so that every page is
+    /// a run of its own and the page map is a tree on the media.
+    pub fn fragmented(&mut self, parent: Ino, name: &str, pages: u64, seed: u8) -> Ino {
+        let ino = self.file(parent, name, 0, seed);
+        let mut attr = *self.image.attr(ino).expect("the file");
+        attr.size = pages * PAGE_SIZE;
+        let r = self.image.alloc(pages).expect("alloc");
+        assert_eq!(r.len, pages, "one run to scatter");
+        let mut ops = vec![Op::SetAttr { ino, attr }];
+        for i in 0..pages {
+            let pfn = r.start + pages - 1 - i;
+            let fill = seed.wrapping_add(i as u8);
+            self.image
+                .pmem()
+                .write(pfn * PAGE_SIZE, &[fill; PAGE_SIZE as usize])
+                .expect("write");
+            ops.push(Op::Map {
+                ino,
+                index: i,
+                pfn,
+                len: 1,
+            });
+        }
+        self.image
+            .pmem()
+            .persist(r.start * PAGE_SIZE, pages * PAGE_SIZE)
+            .expect("persist");
+        self.image.commit(&ops).expect("map");
+        ino
+    }
+
     /// A reflink copy of `src` named `name` in the root.
     pub fn clone_file(&mut self, src: Ino, name: &str) -> Ino {
         let attr = *self.image.attr(src).expect("src");
@@ -269,8 +301,8 @@ pub fn damage_meta(path: &Path, damage: impl FnOnce(&mut Meta)) {
     let journal = sb.journal;
     let mut over = pmemfs_ondisk::overlay::Overlay::default();
     over.apply(&pmem, &ck.patches).expect("patches");
-    let shares = pmemfs_ondisk::image::SharesFrom::Replayed(over);
-    Image::from_parts(Some(file), pmem, sb, meta, ck.pfns, journal, shares)
+    let rebuild = pmemfs_ondisk::image::Rebuild::default();
+    Image::from_parts(Some(file), pmem, sb, meta, ck.pfns, journal, over, rebuild)
         .expect("assemble")
         .close()
         .expect("write damaged checkpoint");
@@ -294,9 +326,15 @@ pub fn damage_shares(
     pmem.fence().expect("fence");
 }
 
+/// The root of file `ino`'s page-map tree (0: its map is inline).
+pub fn map_root(img: &Image, ino: Ino) -> u64 {
+    let map = img.meta().get(ino).and_then(|i| i.pages());
+    map.expect("a file").parts().root
+}
+
 /// The contents of page `index` of file `ino`, read straight from the image.
 pub fn page_of(img: &Image, ino: Ino, index: u64) -> Option<Vec<u8>> {
-    let pfn = img.meta().get(ino)?.pages()?.get(index)?;
+    let pfn = img.file_map(ino)?.get(index).expect("page map")?;
     Some(img.pmem().bytes(pfn * PAGE_SIZE, PAGE_SIZE).ok()?.to_vec())
 }
 

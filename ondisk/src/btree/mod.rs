@@ -24,7 +24,10 @@
 //! shrinks as it empties: a tree with no records has no pages.
 
 pub mod kinds;
+#[cfg(test)]
+pub(crate) mod mem;
 pub mod node;
+pub mod runs;
 
 use std::collections::HashSet;
 use std::fmt::Debug;

@@ -1,60 +1,11 @@
 //! The trees against a `BTreeMap` model, and against damage.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 
 use proptest::prelude::*;
 
 use super::*;
-use crate::layout::PAGE_SIZE;
-
-/// Pages in memory, counting what the tree writes.
-#[derive(Default)]
-struct Mem {
-    pages: HashMap<u64, Vec<u8>>,
-    free: Vec<u64>,
-    next: u64,
-    written: usize,
-}
-
-impl Mem {
-    fn in_use(&self) -> HashSet<u64> {
-        self.pages.keys().copied().collect()
-    }
-}
-
-impl Pages for Mem {
-    fn page(&self, pfn: u64) -> Result<&[u8]> {
-        self.pages
-            .get(&pfn)
-            .map(|p| p.as_slice())
-            .ok_or_else(|| Corrupt::new(format!("pfn {pfn}"), "not a page of the image").into())
-    }
-    fn write(&mut self, pfn: u64, off: usize, bytes: &[u8]) -> Result<()> {
-        let p = self
-            .pages
-            .get_mut(&pfn)
-            .ok_or_else(|| Corrupt::new(format!("pfn {pfn}"), "written but not allocated"))?;
-        p[off..off + bytes.len()].copy_from_slice(bytes);
-        self.written += bytes.len();
-        Ok(())
-    }
-    fn alloc(&mut self) -> Result<u64> {
-        let pfn = self.free.pop().unwrap_or_else(|| {
-            self.next += 1;
-            self.next + 100
-        });
-        // Undefined contents: whatever a reused page held, or noise.
-        self.pages.insert(pfn, vec![0xa5; PAGE_SIZE as usize]);
-        Ok(pfn)
-    }
-    fn free(&mut self, pfn: u64) -> Result<()> {
-        if self.pages.remove(&pfn).is_none() {
-            return Err(Corrupt::new(format!("pfn {pfn}"), "freed twice").into());
-        }
-        self.free.push(pfn);
-        Ok(())
-    }
-}
+use crate::btree::mem::Mem;
 
 /// Checks the tree and that its pages are exactly the allocated ones.
 fn assert_sound<K: Kind>(t: &Tree<K>, m: &Mem, records: usize) -> Shape {

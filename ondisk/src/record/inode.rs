@@ -7,13 +7,12 @@
 //!   8    80  attr      (attr.rs)
 //!  88     4  xattrs    number of xattr records that follow (xattr.rs)
 //!  92     4  reserved  zero
-//!  96     8  count     file: extent records of the page map (extent.rs);
-//!                      directory: entry records (dirent.rs); symlink:
-//!                      bytes of the target; other kinds: 0
+//!  96     8  count     directory: entry records (dirent.rs); symlink:
+//!                      bytes of the target; other kinds (a file too): 0
 //! 104     8  parent    directory: its parent (the root's is itself); else 0
-//! 112        the xattr records, in ascending name order; then the count
-//!            extent records in ascending index order, or entry records in
-//!            ascending name order, or the target's bytes
+//! 112        the xattr records, in ascending name order; then a file's
+//!            page map record (filemap.rs), or the count entry records
+//!            in ascending name order, or the target's bytes
 //! ```
 
 use std::collections::BTreeMap;
@@ -21,9 +20,8 @@ use std::collections::BTreeMap;
 use zerocopy::little_endian::{U32, U64};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
 
-use super::{attr, dirent, extent, len_u32, xattr, Decode, Reader};
+use super::{attr, dirent, filemap, len_u32, xattr, Decode, Reader};
 use crate::meta::{Body, Dir, Ino, Inode, Kind};
-use crate::rangemap::RangeMap;
 
 /// Bytes of the fixed part.
 pub const FIXED_BYTES: usize = 112;
@@ -41,7 +39,7 @@ pub fn encode(ino: Ino, i: &Inode, out: &mut Vec<u8>) -> Decode<()> {
     out.extend_from_slice(&ino.to_le_bytes());
     attr::encode(&i.attr, out);
     let (count, parent) = match &i.body {
-        Body::File(m) => (m.run_count() as u64, 0),
+        Body::File(_) => (0, 0),
         Body::Dir(d) => (d.entries.len() as u64, d.parent),
         Body::Symlink(t) => (u64::from(len_u32(t.len(), "a symlink target")?), 0),
         Body::Special => (0, 0),
@@ -57,7 +55,7 @@ pub fn encode(ino: Ino, i: &Inode, out: &mut Vec<u8>) -> Decode<()> {
         xattr::encode(name, value, out)?;
     }
     match &i.body {
-        Body::File(m) => m.iter().for_each(|r| extent::encode(&r, out)),
+        Body::File(m) => filemap::encode(m, out),
         Body::Dir(d) => {
             for (name, ino) in &d.entries {
                 dirent::encode(*ino, name, out)?;
@@ -93,12 +91,10 @@ pub fn decode(r: &mut Reader) -> Decode<(Ino, Inode)> {
     }
     let body = match attr.kind {
         Kind::File => {
-            let n = r.count(count, extent::BYTES, "extents")?;
-            let runs = (0..n)
-                .map(|_| extent::decode(r))
-                .collect::<Decode<Vec<_>>>()
-                .map_err(bad)?;
-            Body::File(RangeMap::from_runs(runs).map_err(|e| bad(format!("page map: {e}")))?)
+            if count != 0 {
+                return Err(bad(format!("a file with a count of {count}")));
+            }
+            Body::File(filemap::decode(r, ino).map_err(bad)?)
         }
         Kind::Dir => {
             let n = r.count(count, dirent::FIXED_BYTES, "directory entries")?;
@@ -143,6 +139,8 @@ pub(crate) fn sample_dir() -> Inode {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::btree::mem::Mem;
+    use crate::filemap::FileMap;
     use crate::meta::Time;
     use crate::rangemap::Run;
 
@@ -154,21 +152,15 @@ mod tests {
         let mut file = sample_dir();
         file.attr.kind = Kind::File;
         file.xattrs.clear();
-        file.body = Body::File(
-            RangeMap::from_runs([
-                Run {
-                    start: 0,
-                    len: 2,
-                    value: 100,
-                },
-                Run {
-                    start: 5,
-                    len: 1,
-                    value: 7,
-                },
-            ])
-            .unwrap(),
-        );
+        // One run: inline, so that it decodes the same under any inode.
+        let mut map = FileMap::new();
+        let run = Run {
+            start: 5,
+            len: 2,
+            value: 100,
+        };
+        map.replace(&mut Mem::default(), 1, 5, 2, &[run]).unwrap();
+        file.body = Body::File(map);
         let mut link = file.clone();
         link.attr.kind = Kind::Symlink;
         link.body = Body::Symlink(b"../target".to_vec());
@@ -212,16 +204,15 @@ mod tests {
             encode(n as u64 + 1, &i, &mut out).unwrap();
             super::super::assert_refuses_damage(&out, decode_all);
         }
-        // Extents out of order, and a huge count, are refused.
+        // A file with a count, and a directory with a huge one, are
+        // refused.
         let mut out = Vec::new();
         encode(5, &inodes()[1], &mut out).unwrap();
-        let first = FIXED_BYTES;
-        let second = first + extent::BYTES;
-        let mut swapped = out.clone();
-        swapped[first..second].copy_from_slice(&out[second..second + extent::BYTES]);
-        swapped[second..second + extent::BYTES].copy_from_slice(&out[first..second]);
-        assert!(decode_all(&swapped).unwrap_err().contains("order"));
-        let mut huge = out;
+        assert_eq!(out.len(), FIXED_BYTES + filemap::BYTES);
+        out[96] = 1;
+        assert!(decode_all(&out).unwrap_err().contains("count"));
+        let mut huge = Vec::new();
+        encode(5, &inodes()[0], &mut huge).unwrap();
         huge[96..104].copy_from_slice(&u64::MAX.to_le_bytes());
         assert!(decode_all(&huge).unwrap_err().contains("cannot fit"));
     }

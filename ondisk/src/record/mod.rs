@@ -20,6 +20,7 @@
 pub mod attr;
 pub mod dirent;
 pub mod extent;
+pub mod filemap;
 pub mod inode;
 pub mod meta;
 pub mod op;

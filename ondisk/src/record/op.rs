@@ -21,11 +21,17 @@
 //!   9  RemoveXattr  ino, name_len u16, name
 //!  10  SetParent    dir, parent
 //!  11  SetShareRoot root (pfn of the share tree's root, 0 for none)
+//!  12  SetFileMap   ino, then a page map (filemap.rs: root, runs, pages,
+//!                   inline run)
 //! ```
+//!
+//! Tags 5 to 7 (`Map`, `Unmap`, `Clone`) are what the file system asks a
+//! commit for; a journal records their outcome as tag 12 and the entry's
+//! patches, and replay refuses them.
 //!
 //! Tags are never renumbered or reused; a new op takes the next one.
 
-use super::{attr, dirent, extent, len_u32, put_u32, put_u64, xattr, Decode, Reader};
+use super::{attr, dirent, extent, filemap, len_u32, put_u32, put_u64, xattr, Decode, Reader};
 use crate::meta::{NewBody, Op};
 use crate::rangemap::Run;
 
@@ -131,6 +137,11 @@ fn encode_op(op: &Op, out: &mut Vec<u8>) -> Decode<()> {
             out.push(11);
             put_u64(out, *root);
         }
+        Op::SetFileMap { ino, map } => {
+            out.push(12);
+            put_u64(out, *ino);
+            filemap::encode(map, out);
+        }
     }
     Ok(())
 }
@@ -226,6 +237,13 @@ fn decode_op(r: &mut Reader) -> Decode<Op> {
         11 => Op::SetShareRoot {
             root: r.u64("share root")?,
         },
+        12 => {
+            let ino = r.u64("ino")?;
+            Op::SetFileMap {
+                ino,
+                map: filemap::decode(r, ino)?,
+            }
+        }
         t => return Err(format!("unknown op tag {t}")),
     })
 }
@@ -233,6 +251,7 @@ fn decode_op(r: &mut Reader) -> Decode<Op> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::filemap::FileMap;
     use crate::meta::{Attr, Kind, Time};
 
     /// One op of every kind.
@@ -302,6 +321,10 @@ mod tests {
             },
             Op::SetParent { dir: 4, parent: 1 },
             Op::SetShareRoot { root: 0x0102 },
+            Op::SetFileMap {
+                ino: 3,
+                map: FileMap::default(),
+            },
         ]
     }
 
@@ -351,6 +374,15 @@ mod tests {
         assert_eq!(bytes, want);
         let bytes = encode(&[Op::SetShareRoot { root: 0x0102 }]).unwrap();
         assert_eq!(bytes, [1, 0, 0, 0, 11, 2, 1, 0, 0, 0, 0, 0, 0]);
+        // A SetFileMap: tag, ino, the map record (filemap.rs).
+        let bytes = encode(&[Op::SetFileMap {
+            ino: 5,
+            map: FileMap::default(),
+        }])
+        .unwrap();
+        let mut want = vec![1, 0, 0, 0, 12, 5, 0, 0, 0, 0, 0, 0, 0];
+        want.extend_from_slice(&[0; filemap::BYTES]);
+        assert_eq!(bytes, want);
     }
 
     #[test]
@@ -358,8 +390,8 @@ mod tests {
         let bytes = encode(&every_op()).unwrap();
         super::super::assert_refuses_damage(&bytes, decode);
         let mut bad = encode(&[Op::Delete { ino: 1 }]).unwrap();
-        bad[4] = 12;
-        assert!(decode(&bad).unwrap_err().contains("unknown op tag 12"));
+        bad[4] = 13;
+        assert!(decode(&bad).unwrap_err().contains("unknown op tag 13"));
         let mut bad = encode(&[Op::Delete { ino: 1 }]).unwrap();
         bad[0] = 0xff;
         assert!(decode(&bad).unwrap_err().contains("cannot fit"));

@@ -1,10 +1,10 @@
 //! Pass 3: inodes, their page maps, flags and stored ACLs.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use pmemfs_ondisk::acl::{self, Acl};
 use pmemfs_ondisk::meta::flag;
-use pmemfs_ondisk::Body;
+use pmemfs_ondisk::{Body, FileMap, Ino, Pmem, RangeMap, Run};
 
 use super::problem::Code;
 use super::{Check, Loaded};
@@ -13,18 +13,33 @@ use crate::progress::Progress;
 /// Longest symbolic link target, as PATH_MAX.
 const MAX_SYMLINK: usize = 4096;
 
-pub fn check(c: &mut Check, l: &mut Loaded) {
+pub fn check(c: &mut Check, l: &mut Loaded, pmem: &Pmem) {
     let g = l.sb.geometry;
     let ckpt: BTreeSet<u64> = l.ckpt_pfns.iter().copied().collect();
     let mut progress = Progress::new("pass 3: inodes", l.meta.inodes.len() as u64);
     let (mut files, mut dirs, mut other, mut mapped) = (0u64, 0u64, 0u64, 0u64);
+    let view = l.over.view(pmem);
+    // Pages the maps kept map, and the trees' pages by file: where a tree
+    // may not lie is known once every map is read.
+    let mut in_use: RangeMap<u32> = RangeMap::new();
+    let mut trees: Vec<(Ino, Vec<u64>, Vec<Run<u64>>)> = Vec::new();
     for (&ino, inode) in l.meta.inodes.iter_mut() {
         progress.tick(1);
         match &mut inode.body {
             Body::File(map) => {
                 files += 1;
+                let mut tree = Vec::new();
+                let runs = match map.check(&view, |p| tree.push(p)) {
+                    Ok((runs, _)) => runs,
+                    Err(e) => {
+                        if c.found(Code::MapBad, format!("inode {ino}: {e}")) {
+                            *map = FileMap::new();
+                        }
+                        continue;
+                    }
+                };
                 let mut bad = Vec::new();
-                for r in map.iter() {
+                for &r in &runs {
                     mapped += r.len;
                     if !g.in_data(r.value, r.len) {
                         bad.push((r, Code::MapOutsideData));
@@ -32,6 +47,7 @@ pub fn check(c: &mut Check, l: &mut Loaded) {
                         bad.push((r, Code::MapOverCheckpoint));
                     }
                 }
+                let mut dropped = BTreeSet::new();
                 for (r, code) in bad {
                     let detail = format!(
                         "inode {ino}: pages {}..{} map pfns {}..{}",
@@ -41,8 +57,28 @@ pub fn check(c: &mut Check, l: &mut Loaded) {
                         r.value.wrapping_add(r.len)
                     );
                     if c.found(code, detail) {
-                        map.remove(r.start, r.len);
+                        dropped.insert(r.start);
                     }
+                }
+                if dropped.is_empty() {
+                    for r in &runs {
+                        let _ = in_use.add(r.value, r.len, 1);
+                    }
+                    if !tree.is_empty() {
+                        trees.push((ino, tree, runs));
+                    }
+                } else {
+                    // The rest of the map is written anew: what it was,
+                    // less the bad runs.
+                    let kept: Vec<Run<u64>> = runs
+                        .into_iter()
+                        .filter(|r| !dropped.contains(&r.start))
+                        .collect();
+                    for r in &kept {
+                        let _ = in_use.add(r.value, r.len, 1);
+                    }
+                    l.rebuild.maps.insert(ino, kept);
+                    *map = FileMap::new();
                 }
             }
             Body::Symlink(target) => {
@@ -91,7 +127,58 @@ pub fn check(c: &mut Check, l: &mut Loaded) {
         }
     }
     progress.finish();
+    place_trees(c, l, &in_use, trees);
     c.note(format!(
-        "{files} files, {dirs} directories, {other} others; {mapped} pages mapped"
+        "{files} files, {dirs} directories, {other} others; {mapped} pages mapped, {} page-map tree pages",
+        l.map_nodes.len()
     ));
+}
+
+/// A page-map tree's pages must lie in the data area, apart from the
+/// checkpoint, from the pages files map and from every other tree: a tree
+/// that does not is written anew elsewhere, its runs kept. The pages of
+/// the trees that stay go to `l.map_nodes`.
+fn place_trees(
+    c: &mut Check,
+    l: &mut Loaded,
+    in_use: &RangeMap<u32>,
+    trees: Vec<(Ino, Vec<u64>, Vec<Run<u64>>)>,
+) {
+    let g = l.sb.geometry;
+    let ckpt: BTreeSet<u64> = l.ckpt_pfns.iter().copied().collect();
+    let mut owner: BTreeMap<u64, Ino> = BTreeMap::new();
+    let mut moved = BTreeSet::new();
+    for (ino, pages, _) in &trees {
+        for &p in pages {
+            let clash = if !g.in_data(p, 1) {
+                Some("outside the data area".to_string())
+            } else if ckpt.contains(&p) {
+                Some("in the checkpoint".to_string())
+            } else if in_use.get(p).is_some() {
+                Some("on a page a file maps".to_string())
+            } else {
+                owner
+                    .insert(p, *ino)
+                    .map(|other| format!("in the tree of inode {other} too"))
+            };
+            if let Some(why) = clash {
+                if c.found(
+                    Code::MapTreeMisplaced,
+                    format!("inode {ino}: page-map node {p} lies {why}"),
+                ) {
+                    moved.insert(*ino);
+                }
+            }
+        }
+    }
+    for (ino, pages, runs) in trees {
+        if !moved.contains(&ino) {
+            l.map_nodes.extend(pages);
+            continue;
+        }
+        if let Some(Body::File(map)) = l.meta.inodes.get_mut(&ino).map(|i| &mut i.body) {
+            *map = FileMap::new();
+            l.rebuild.maps.insert(ino, runs);
+        }
+    }
 }

@@ -117,7 +117,8 @@ pub fn check(c: &mut Check, pmem: &Pmem, sb: Superblock) -> Option<Loaded> {
         meta,
         ckpt_pfns,
         over,
-        rebuild_shares: false,
+        rebuild: Default::default(),
+        map_nodes: Default::default(),
         journal_restart,
         torn_at,
     })

@@ -20,11 +20,12 @@ pub mod problem;
 mod shares;
 mod superblock;
 
+use std::collections::BTreeSet;
 use std::fs::File;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use pmemfs_ondisk::image::SharesFrom;
+use pmemfs_ondisk::image::Rebuild;
 use pmemfs_ondisk::overlay::Overlay;
 use pmemfs_ondisk::superblock::{JournalPos, State, Superblock};
 use pmemfs_ondisk::{lock, Error, Image, Meta, Pmem};
@@ -220,8 +221,11 @@ pub struct Loaded {
     /// The patches replay found (the checkpoint's and the entries'), over
     /// the media: the share tree as mount would see it.
     pub over: Overlay,
-    /// The share tree is to be built anew from the page maps.
-    pub rebuild_shares: bool,
+    /// Trees to be built anew: the share tree from the page maps, and the
+    /// page maps of files whose trees could not stay.
+    pub rebuild: Rebuild,
+    /// The pages of the page-map trees that stay (pass 3).
+    pub map_nodes: BTreeSet<u64>,
     /// Where the journal restarts after a repair, past every entry that
     /// was read; the checkpoint that writes the repairs draws a new nonce.
     pub journal_restart: JournalPos,
@@ -346,7 +350,7 @@ fn passes(check: &mut Check, pmem: &Pmem, skip_clean: bool) -> Passes {
     };
 
     check.pass(3, "inodes and page maps");
-    inodes::check(check, &mut loaded);
+    inodes::check(check, &mut loaded, pmem);
 
     check.pass(4, "directories and connectivity");
     if !dirs::check(check, &mut loaded.meta) {
@@ -397,11 +401,6 @@ fn write_repairs(file: File, pmem: Pmem, loaded: Loaded) -> Result<(), Error> {
     if let Some(off) = loaded.torn_at {
         pmemfs_ondisk::journal::cut(&pmem, &loaded.sb.geometry, off)?;
     }
-    let shares = if loaded.rebuild_shares {
-        SharesFrom::Rebuild
-    } else {
-        SharesFrom::Replayed(loaded.over)
-    };
     let image = Image::from_parts(
         Some(file),
         pmem,
@@ -409,7 +408,8 @@ fn write_repairs(file: File, pmem: Pmem, loaded: Loaded) -> Result<(), Error> {
         loaded.meta,
         loaded.ckpt_pfns,
         loaded.journal_restart,
-        shares,
+        loaded.over,
+        loaded.rebuild,
     )?;
     image.close()
 }

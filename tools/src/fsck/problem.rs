@@ -14,6 +14,8 @@ pub enum Code {
     JournalDamaged,
     MapOutsideData,
     MapOverCheckpoint,
+    MapBad,
+    MapTreeMisplaced,
     SymlinkBad,
     RootBad,
     DentryDangling,
@@ -100,6 +102,18 @@ impl Code {
                 "IN2",
                 "a file maps pages the checkpoint uses",
                 Some("unmapped; those pages now read as zeros"),
+                false,
+            ),
+            MapBad => p(
+                "IN6",
+                "a file's page map cannot be read",
+                Some("the map is dropped; the file reads as zeros"),
+                false,
+            ),
+            MapTreeMisplaced => p(
+                "IN7",
+                "a node of a file's page-map tree lies outside the data area, in the checkpoint, on a mapped page or in another tree",
+                Some("the map is written anew elsewhere; nothing it maps is lost"),
                 false,
             ),
             SymlinkBad => p(

@@ -54,7 +54,23 @@ fn stored_counts(counted: &RangeMap<u32>, tree: &RangeMap<u32>) -> RangeMap<u32>
 }
 
 pub fn check(c: &mut Check, l: &mut Loaded, pmem: &Pmem) {
-    let counted = l.meta.counted_shares();
+    // A map that cannot be read is pass 3's finding; without every map
+    // there is nothing to count against.
+    let Ok(mut counted) = l.meta.counted_shares(&l.over.view(pmem)) else {
+        c.note("share counts not checked: a page map cannot be read");
+        return;
+    };
+    // Maps to be written anew count as they will be, for files that are
+    // still there (pass 4 may have freed some).
+    let meta = &l.meta;
+    l.rebuild
+        .maps
+        .retain(|ino, _| meta.inodes.contains_key(ino));
+    for r in l.rebuild.maps.values().flatten() {
+        if counted.add(r.value, r.len, 1).is_err() {
+            counted.insert(r.value, r.len, u32::MAX);
+        }
+    }
     let g = l.sb.geometry;
     let mut nodes = Vec::new();
     let tree = ShareTree::new(l.meta.share_root).check(&l.over.view(pmem), |p| nodes.push(p));
@@ -63,13 +79,16 @@ pub fn check(c: &mut Check, l: &mut Loaded, pmem: &Pmem) {
     let stored = match tree {
         Ok((runs, _)) => {
             let ckpt: BTreeSet<u64> = l.ckpt_pfns.iter().copied().collect();
-            let misplaced = nodes
-                .iter()
-                .find(|&&p| !g.in_data(p, 1) || ckpt.contains(&p) || counted.get(p).is_some());
+            let misplaced = nodes.iter().find(|&&p| {
+                !g.in_data(p, 1)
+                    || ckpt.contains(&p)
+                    || counted.get(p).is_some()
+                    || l.map_nodes.contains(&p)
+            });
             if let Some(p) = misplaced {
                 fix |= c.found(
                     Code::ShareTreeBad,
-                    format!("node {p} lies outside the data area, in the checkpoint or on a mapped page"),
+                    format!("node {p} lies outside the data area, in the checkpoint, on a mapped page or in a page-map tree"),
                 );
             }
             Some(stored_counts(&counted, &runs))
@@ -128,15 +147,16 @@ pub fn check(c: &mut Check, l: &mut Loaded, pmem: &Pmem) {
         // The old tree's nodes are free from here on; the new one is
         // written where nothing in use lies (`Image::from_parts`).
         l.meta.share_root = 0;
-        l.rebuild_shares = true;
+        l.rebuild.shares = true;
     }
     let used = counted.pages();
     let shared: u64 = counted.iter().filter(|r| r.value > 1).map(|r| r.len).sum();
+    let map_pages = l.map_nodes.len() as u64;
     let free = g
         .data_pages()
-        .saturating_sub(used + tree_pages + l.ckpt_pfns.len() as u64);
+        .saturating_sub(used + tree_pages + map_pages + l.ckpt_pfns.len() as u64);
     c.note(format!(
-        "{used} data pages in use ({shared} shared), {tree_pages} share-tree pages, {} checkpoint pages, {free} of {} free",
+        "{used} data pages in use ({shared} shared), {tree_pages} share-tree pages, {map_pages} page-map tree pages, {} checkpoint pages, {free} of {} free",
         l.ckpt_pfns.len(),
         g.data_pages()
     ));
