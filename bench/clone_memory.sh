@@ -11,7 +11,7 @@ W=/dev/shm/clonemem
 for b in "$@"; do
   umount $W/m 2>/dev/null || true; rm -rf $W; mkdir -p $W/m
   "$b/pmemfs" mkfs -q -s 4G $W/img; "$b/pmemfs" mount $W/img $W/m
-  pid=$(pgrep -f "pmemfs mount $W/img" | head -1)
+  pid=$(pgrep -nf "pmemfs mount $W/img")
   rss() { awk '/RssAnon/ {print $2}' /proc/$pid/status; }
   dd if=/dev/urandom of=$W/m/big bs=1M count=1024 status=none
   python3 - $W/m/scattered <<'PY'
@@ -27,6 +27,6 @@ PY
   cp --reflink=auto $W/m/big $W/m/big2; r1=$(rss)
   cp --reflink=auto $W/m/scattered $W/m/scattered2; r2=$(rss)
   echo "$b: RssAnon $r0 kB; contiguous 1 GiB clone +$((r1 - r0)) kB; clone of 262,144 scattered pages +$((r2 - r1)) kB ($(( (r2 - r1) * 1024 / 262144 )) bytes a page)"
-  umount $W/m
+  umount $W/m; while pgrep -f "pmemfs mount $W/img" >/dev/null; do sleep 0.2; done
 done
 rm -rf $W

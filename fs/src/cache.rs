@@ -66,6 +66,7 @@ use pmemfs_pagecache::xarray::{XaError, NODE_BYTES};
 use pmemfs_pagecache::{DaxSpace, DramPage, InodeSpaces, PageCache, Topology};
 
 use crate::error::FsResult;
+use crate::memory;
 use crate::options::MountOptions;
 
 /// Order of the largest DAX entry made: 2 MiB, the largest compound a
@@ -399,7 +400,11 @@ impl Cache {
     /// Drops the spaces of `ino` (deleted, or closed for the last time).
     /// DRAM copies stay with their pfns.
     pub(crate) fn forget(&mut self, ino: Ino) {
-        self.spaces.get_mut().remove(&ino);
+        let gone = self.spaces.get_mut().remove(&ino);
+        // The last reference goes here unless a reply still holds one.
+        if gone.is_some_and(|s| s.dax().node_count() >= memory::BIG_SPACE_NODES) {
+            memory::give_back_freed();
+        }
     }
 
     /// Whether any DRAM copy exists.

@@ -5,6 +5,7 @@
 use pmemfs_ondisk::{Attr, Ino, Op};
 
 use crate::error::{fail, FsResult};
+use crate::memory;
 use crate::state::State;
 
 /// The page range `[first, last]` of a file whose mapping `op` changes;
@@ -56,6 +57,9 @@ impl State {
             }
         }
         let r = self.image.commit(ops);
+        if self.image.last_patch_bytes() >= memory::BIG_PATCHES {
+            memory::give_back_freed();
+        }
         for (ino, first, last) in ops.iter().filter_map(touched) {
             self.cache
                 .resync(ino, self.image.file_map(ino), first, last);

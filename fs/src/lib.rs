@@ -34,6 +34,7 @@ pub mod fuse;
 pub mod ioctl;
 pub mod ksm;
 pub mod lifetime;
+pub mod memory;
 pub mod namespace;
 pub mod opens;
 pub mod ops;

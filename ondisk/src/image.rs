@@ -127,6 +127,8 @@ pub struct Image {
     /// module's rules).
     meta_freed: Vec<u64>,
     carried_freed: Vec<u64>,
+    /// Bytes of tree pages the last commit changed (its patches).
+    last_patch_bytes: usize,
 }
 
 /// Seconds since the Unix epoch.
@@ -484,6 +486,7 @@ impl Image {
             unstored: over,
             meta_freed: Vec::new(),
             carried_freed: Vec::new(),
+            last_patch_bytes: 0,
         };
         if rebuild.shares || !rebuild.maps.is_empty() {
             image.rebuild(&counted, rebuild)?;
@@ -560,6 +563,13 @@ impl Image {
     /// when `ino` is not a file.
     pub fn file_map(&self, ino: Ino) -> Option<MapView<'_, View<'_>>> {
         Some(self.meta.get(ino)?.pages()?.view(self.view()))
+    }
+
+    /// Bytes of tree pages the last commit changed: a clone of a file of
+    /// many runs changes megabytes, and its caller may want the buffers
+    /// that took given back to the system.
+    pub fn last_patch_bytes(&self) -> usize {
+        self.last_patch_bytes
     }
 
     /// Pages of the page-map trees, by walking them all (tests, fsck-like
@@ -708,6 +718,7 @@ impl Image {
                 return Err(e);
             }
         };
+        self.last_patch_bytes = patches.iter().map(|p| p.bytes.len()).sum();
         let written = journal::entry_of(self.journal, payload, &patches).and_then(|entry| {
             let fits = journal::append(&self.pmem, &self.sb.geometry, self.journal, &entry)?;
             if fits {

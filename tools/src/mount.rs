@@ -225,6 +225,7 @@ fn remount(o: &Options) -> anyhow::Result<()> {
 /// Opens, mounts and serves until unmounted or told to stop. `ready` gets
 /// "ready" once the mount is up, or the error that prevented it.
 fn serve(o: &Options, ready: Option<OwnedFd>) -> anyhow::Result<()> {
+    pmemfs_fs::memory::tune_allocator();
     let signals = block_signals();
     let tell = |ready: Option<OwnedFd>, what: &str| {
         if let Some(fd) = ready {
