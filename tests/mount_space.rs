@@ -94,6 +94,74 @@ fn enospc_writes_short_then_trim_gives_the_pages_back() {
     m.finish();
 }
 
+/// Clones of a file of scattered pages on a full file system: each needs
+/// pages for its page map's tree on the media. Once only what the next
+/// checkpoint needs is left they fail with ENOSPC and change nothing; the
+/// file system goes on (creates, unlinks, writes once space is back) and
+/// fsck finds it clean.
+#[test]
+fn clones_on_a_full_file_system_fail_with_enospc_and_lose_nothing() {
+    let mut m = Mount::new_shm("fullclone", "64M", "");
+    let out = py(
+        m.path(),
+        r#"
+        import random
+        PAGES = 600
+        fd = os.open(P("scattered"), os.O_CREAT | os.O_WRONLY, 0o644)
+        idx = list(range(PAGES))
+        random.Random(1).shuffle(idx)
+        page = pattern(4096, seed=7)
+        for i in idx:
+            os.pwrite(fd, page, i * 4096)
+        os.close(fd)
+        fd = os.open(P("fill"), os.O_CREAT | os.O_WRONLY, 0o644)
+        chunk = pattern(1 << 20, seed=5)
+        try:
+            while True:
+                os.write(fd, chunk)
+        except OSError as e:
+            assert e.errno == errno.ENOSPC, e
+        os.close(fd)
+        made, refused = [], 0
+        for k in range(60):
+            src = os.open(P("scattered"), os.O_RDONLY)
+            dst = os.open(P(f"c{k}"), os.O_CREAT | os.O_WRONLY, 0o644)
+            try:
+                eq(os.copy_file_range(src, dst, PAGES * 4096), PAGES * 4096, "cloned")
+                made.append(k)
+            except OSError as e:
+                assert e.errno == errno.ENOSPC, e
+                refused += 1
+                eq(os.fstat(dst).st_blocks, 0, "a refused clone maps nothing")
+            os.close(src)
+            os.close(dst)
+        assert made and refused, f"{len(made)} clones made, {refused} refused"
+        whole = read(P("scattered"))
+        for k in made:
+            eq(read(P(f"c{k}")), whole, f"clone {k}")
+        os.unlink(P("fill"))
+        for k in range(60):
+            if k not in made:
+                os.unlink(P(f"c{k}"))
+        write(P("after"), chunk)
+        eq(read(P("after")), chunk, "a file written once space is back")
+        print(len(made), refused)
+        "#,
+    );
+    let counts: Vec<u64> = out
+        .split_whitespace()
+        .map(|n| n.parse().expect("count"))
+        .collect();
+    assert_eq!(counts.len(), 2, "{out}");
+    m.remount();
+    assert_eq!(
+        std::fs::read(m.p("after")).expect("after").len(),
+        1 << 20,
+        "the file written after the refusals survives a remount"
+    );
+    m.finish();
+}
+
 fn sha256(path: &Path) -> String {
     sh(&format!("sha256sum < '{}'", path.display()))
 }

@@ -238,6 +238,24 @@ fn reserve(ckpt_pages: usize) -> u64 {
     2 * ckpt_pages as u64 + 64
 }
 
+/// Free pages a transaction's new tree nodes may not take. One that only
+/// drops references (deletes, unmaps) may go down to what a checkpoint of
+/// about today's size needs, so that a full file system can still free
+/// space; one that adds references or maps (a clone, a write) keeps half
+/// the reserve, and fails with no space rather than leave a checkpoint
+/// nowhere to go.
+fn node_floor(ckpt_pages: usize, ops: &[Op]) -> u64 {
+    let grows = ops
+        .iter()
+        .any(|op| matches!(op, Op::Map { .. } | Op::Clone { .. }));
+    let checkpoint = ckpt_pages as u64 + ckpt_pages as u64 / 8 + 8;
+    if grows {
+        checkpoint.max(reserve(ckpt_pages) / 2)
+    } else {
+        checkpoint
+    }
+}
+
 impl Image {
     /// Opens the image at `path`; see [`Image::open_file`].
     pub fn open(path: &Path, access: Access) -> Result<Image> {
@@ -682,9 +700,11 @@ impl Image {
 
     /// Applies `ops` and makes them durable as one transaction.
     ///
-    /// If an op does not fit the state, or the journal cannot be written,
-    /// the in-memory state no longer matches the media and the image refuses
-    /// writes from then on.
+    /// If an op does not fit the state, or a tree needs a node and the
+    /// free pages are down to what the next checkpoint needs
+    /// ([`Error::NoSpace`]), nothing changes. If the journal cannot be
+    /// written, the in-memory state no longer matches the media and the
+    /// image refuses writes from then on.
     pub fn commit(&mut self, ops: &[Op]) -> Result<()> {
         if !self.pmem.is_writable() {
             return Err(Error::ReadOnly);
@@ -697,14 +717,9 @@ impl Image {
         if bare > self.sb.geometry.journal_bytes() {
             return Err(Error::TransactionTooLarge(bare as usize));
         }
-        let changed = self.apply_all(ops);
-        let (mut journaled, patches, freed, meta_freed, root) = match changed {
-            Ok(c) => c,
-            Err(e) => {
-                self.pmem.poison();
-                return Err(e);
-            }
-        };
+        // A transaction that cannot be applied (an op that does not fit,
+        // no page for a tree node) has changed nothing.
+        let (mut journaled, patches, freed, meta_freed, root) = self.apply_all(ops)?;
         // What the journal holds: the page-map ops' outcomes, and the share
         // tree's root if it moved.
         if root != self.meta.share_root {
@@ -749,7 +764,8 @@ impl Image {
     /// reference changes to the trees in an overlay; returns the ops the
     /// journal records ([`Meta::execute`]), the overlay's patches, the
     /// data pages nobody maps any more, the tree nodes freed and the share
-    /// tree's root.
+    /// tree's root. On an error nothing has changed: the ops applied are
+    /// undone, and the pages taken for nodes are free again.
     #[allow(clippy::type_complexity)]
     fn apply_all(
         &mut self,
@@ -761,25 +777,40 @@ impl Image {
             &mut self.free_pages,
             &self.sb.geometry,
         );
+        txn.floor = node_floor(self.ckpt_pfns.len(), ops);
+        let mut undo = Vec::with_capacity(ops.len());
         let mut tree = ShareTree::new(self.meta.share_root);
         let mut freed = Vec::new();
         let mut journaled: Vec<Op> = Vec::with_capacity(ops.len());
-        for op in ops {
-            let (refs, rec) = self.meta.execute(op, &mut txn)?;
-            tree.add_all(&mut txn, &refs.added)?;
-            freed.extend(tree.drop_all(&mut txn, &refs.dropped)?);
-            // A file's later map says all its earlier one did.
-            if let (Op::SetFileMap { ino, .. }, Some(Op::SetFileMap { ino: last, .. })) =
-                (&rec, journaled.last())
-            {
-                if ino == last {
-                    journaled.pop();
+        let mut run = || -> Result<()> {
+            for op in ops {
+                let (refs, rec, u) = self.meta.execute(op, &mut txn)?;
+                undo.push(u);
+                tree.add_all(&mut txn, &refs.added)?;
+                freed.extend(tree.drop_all(&mut txn, &refs.dropped)?);
+                // A file's later map says all its earlier one did.
+                if let (Op::SetFileMap { ino, .. }, Some(Op::SetFileMap { ino: last, .. })) =
+                    (&rec, journaled.last())
+                {
+                    if ino == last {
+                        journaled.pop();
+                    }
                 }
+                journaled.push(rec);
             }
-            journaled.push(rec);
+            Ok(())
+        };
+        let done = run().and_then(|()| txn.over.patches(&self.pmem));
+        match done {
+            Ok(patches) => Ok((journaled, patches, freed, txn.freed, tree.root())),
+            Err(e) => {
+                txn.abandon();
+                for u in undo.into_iter().rev() {
+                    self.meta.undo(u);
+                }
+                Err(e)
+            }
         }
-        let patches = txn.over.patches(&self.pmem)?;
-        Ok((journaled, patches, freed, txn.freed, tree.root()))
     }
 
     /// Gives freed pages back to the image file as they are freed (or not).
@@ -1342,5 +1373,70 @@ mod tests {
         assert_eq!(img.recovery().unlinked_inodes, vec![a]);
         assert!(img.meta().get(a).is_none());
         assert!(img.counted_shares().unwrap().is_empty());
+    }
+
+    /// A transaction with an op that does not fit, after ops that did:
+    /// refused, and nothing of it stays (in memory or on the media), so
+    /// the image goes on.
+    #[test]
+    fn a_transaction_that_cannot_apply_changes_nothing() {
+        let t = fresh("undo", 16 << 20);
+        let mut img = Image::open(&t.0, Access::ReadWrite).unwrap();
+        let a = add_file(&mut img, "a", 6);
+        let b = add_file(&mut img, "b", 1);
+        // Scattered: a's map becomes a tree.
+        let r = img.alloc(1).unwrap();
+        img.commit(&[Op::Map {
+            ino: a,
+            index: 10,
+            pfn: r.start,
+            len: 1,
+        }])
+        .unwrap();
+        assert_ne!(img.meta().get(a).unwrap().pages().unwrap().parts().root, 0);
+        let (before, free) = (img.meta().clone(), img.free_pages());
+        let ino = img.next_ino();
+        let attr = Attr::new(Kind::File, 0o600, 0, 0, Time::default());
+        let bad = [
+            Op::Create {
+                ino,
+                attr,
+                body: NewBody::File,
+            },
+            Op::Link {
+                dir: ROOT_INO,
+                name: b"new".to_vec(),
+                ino,
+            },
+            Op::SetXattr {
+                ino: a,
+                name: b"user.k".to_vec(),
+                value: b"v".to_vec(),
+            },
+            Op::Unmap {
+                ino: a,
+                index: 2,
+                len: 1,
+            },
+            Op::Clone {
+                src: a,
+                src_index: 0,
+                dst: b,
+                dst_index: 0,
+                len: 20,
+            },
+            Op::Delete { ino: b },
+            Op::SetAttr { ino: 999, attr },
+        ];
+        assert!(img.commit(&bad).is_err());
+        assert_eq!(img.meta(), &before, "the metadata as it was");
+        assert_eq!(img.free_pages(), free, "the pages taken for nodes are free");
+        add_file(&mut img, "c", 3);
+        drop(img);
+        let img = Image::open(&t.0, Access::ReadOnly).unwrap();
+        let root = img.meta().get(ROOT_INO).unwrap().dir().unwrap();
+        assert!(root.entries.contains_key(b"c".as_slice()));
+        assert!(!root.entries.contains_key(b"new".as_slice()));
+        assert_eq!(img.file_map(a).unwrap().pages(), 7);
     }
 }

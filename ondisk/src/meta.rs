@@ -237,6 +237,47 @@ pub struct Refs {
     pub dropped: Vec<(u64, u64)>,
 }
 
+/// What undoes one op [`Meta::execute`] applied: what it changed, as it
+/// was. A commit that cannot finish (no page for a tree node) undoes its
+/// ops in reverse and changes nothing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Undo {
+    /// A created inode goes, and `next_ino` is what it was.
+    Create {
+        ino: Ino,
+        next_ino: Ino,
+    },
+    /// An inode comes back (a delete, or a changed page map or attributes).
+    Inode {
+        ino: Ino,
+        inode: Box<Inode>,
+    },
+    Attr {
+        ino: Ino,
+        attr: Attr,
+    },
+    /// Directory entry `name` of `dir` is `ino` again (`None`: no entry).
+    Entry {
+        dir: Ino,
+        name: Vec<u8>,
+        ino: Option<Ino>,
+    },
+    Xattr {
+        ino: Ino,
+        name: Vec<u8>,
+        value: Option<Vec<u8>>,
+    },
+    Parent {
+        dir: Ino,
+        parent: Ino,
+    },
+    Map {
+        ino: Ino,
+        map: FileMap,
+    },
+    ShareRoot(u64),
+}
+
 /// The whole metadata of a file system.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Meta {
@@ -330,7 +371,106 @@ impl Meta {
     /// An op that does not fit the state (a missing inode, a name that
     /// exists) is refused, and the checks that can fail come before any
     /// change but those to `pages`, which a failed commit drops.
-    pub fn execute(&mut self, op: &Op, pages: &mut impl Pages) -> MediaResult<(Refs, Op)> {
+    pub fn execute(&mut self, op: &Op, pages: &mut impl Pages) -> MediaResult<(Refs, Op, Undo)> {
+        let undo = self.undo_for(op)?;
+        let (refs, rec) = self.execute_op(op, pages)?;
+        Ok((refs, rec, undo))
+    }
+
+    /// What undoes `op`, from the state before it.
+    fn undo_for(&self, op: &Op) -> Result<Undo, Corrupt> {
+        let inode = |ino: Ino| {
+            self.get(ino)
+                .ok_or_else(|| bad(format!("inode {ino} does not exist")))
+        };
+        let map = |ino: Ino| -> Result<Undo, Corrupt> {
+            let map = *inode(ino)?
+                .pages()
+                .ok_or_else(|| bad(format!("inode {ino} is not a regular file")))?;
+            Ok(Undo::Map { ino, map })
+        };
+        Ok(match op {
+            Op::Create { ino, .. } => Undo::Create {
+                ino: *ino,
+                next_ino: self.next_ino,
+            },
+            Op::SetAttr { ino, .. } => Undo::Attr {
+                ino: *ino,
+                attr: inode(*ino)?.attr,
+            },
+            Op::Link { dir, name, .. } | Op::Unlink { dir, name } => Undo::Entry {
+                dir: *dir,
+                name: name.clone(),
+                ino: inode(*dir)?
+                    .dir()
+                    .and_then(|d| d.entries.get(name).copied()),
+            },
+            Op::Delete { ino } => Undo::Inode {
+                ino: *ino,
+                inode: Box::new(inode(*ino)?.clone()),
+            },
+            Op::Map { ino, .. } | Op::Unmap { ino, .. } => map(*ino)?,
+            Op::Clone { dst, .. } => map(*dst)?,
+            Op::SetXattr { ino, name, .. } | Op::RemoveXattr { ino, name } => Undo::Xattr {
+                ino: *ino,
+                name: name.clone(),
+                value: inode(*ino)?.xattrs.get(name).cloned(),
+            },
+            Op::SetParent { dir, .. } => Undo::Parent {
+                dir: *dir,
+                parent: inode(*dir)?.dir().map_or(0, |d| d.parent),
+            },
+            Op::SetShareRoot { .. } => Undo::ShareRoot(self.share_root),
+            Op::SetFileMap { ino, .. } => map(*ino)?,
+        })
+    }
+
+    /// Undoes an op [`Meta::execute`] applied; undos go in reverse order.
+    pub fn undo(&mut self, u: Undo) {
+        match u {
+            Undo::Create { ino, next_ino } => {
+                self.inodes.remove(&ino);
+                self.next_ino = next_ino;
+            }
+            Undo::Inode { ino, inode } => {
+                self.inodes.insert(ino, *inode);
+            }
+            Undo::Attr { ino, attr } => {
+                if let Some(i) = self.inodes.get_mut(&ino) {
+                    i.attr = attr;
+                }
+            }
+            Undo::Entry { dir, name, ino } => {
+                if let Some(Body::Dir(d)) = self.inodes.get_mut(&dir).map(|i| &mut i.body) {
+                    match ino {
+                        Some(ino) => d.entries.insert(name, ino),
+                        None => d.entries.remove(&name),
+                    };
+                }
+            }
+            Undo::Xattr { ino, name, value } => {
+                if let Some(i) = self.inodes.get_mut(&ino) {
+                    match value {
+                        Some(v) => i.xattrs.insert(name, v),
+                        None => i.xattrs.remove(&name),
+                    };
+                }
+            }
+            Undo::Parent { dir, parent } => {
+                if let Some(Body::Dir(d)) = self.inodes.get_mut(&dir).map(|i| &mut i.body) {
+                    d.parent = parent;
+                }
+            }
+            Undo::Map { ino, map } => {
+                if let Some(Body::File(m)) = self.inodes.get_mut(&ino).map(|i| &mut i.body) {
+                    *m = map;
+                }
+            }
+            Undo::ShareRoot(root) => self.share_root = root,
+        }
+    }
+
+    fn execute_op(&mut self, op: &Op, pages: &mut impl Pages) -> MediaResult<(Refs, Op)> {
         let mut refs = Refs::default();
         let pfns = |runs: Vec<Run<u64>>| runs.into_iter().map(|r| (r.value, r.len)).collect();
         let ino = match op {
@@ -613,7 +753,7 @@ mod tests {
 
     /// `op` as a commit applies it, its page-map changes in `mem`.
     fn exec(m: &mut Meta, mem: &mut Mem, op: &Op) -> MediaResult<Refs> {
-        m.execute(op, mem).map(|(refs, _)| refs)
+        m.execute(op, mem).map(|(refs, _, _)| refs)
     }
 
     #[test]

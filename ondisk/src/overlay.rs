@@ -192,6 +192,9 @@ pub struct Txn<'a> {
     /// Pages only this image may touch (the data area).
     pub data: (u64, u64),
     pub freed: Vec<u64>,
+    /// Free pages a new node may not take: what the next checkpoint needs
+    /// (`Image` sets it; 0 in tests).
+    pub floor: u64,
 }
 
 impl Pages for Txn<'_> {
@@ -204,8 +207,10 @@ impl Pages for Txn<'_> {
         self.over.write(self.pmem, pfn, off, bytes)
     }
     fn alloc(&mut self) -> Result<u64> {
-        // Metadata may dip into the checkpoint reserve: a few pages, and
-        // freeing files must not fail for want of one.
+        // Metadata may dip into the checkpoint reserve, down to the floor.
+        if *self.free_pages <= self.floor {
+            return Err(Error::NoSpace);
+        }
         let run = self.free.first_at_or_after(0).ok_or(Error::NoSpace)?;
         self.free.remove(run.start, 1);
         *self.free_pages -= 1;
@@ -234,6 +239,16 @@ impl<'a> Txn<'a> {
             free_pages,
             data: (g.data_start, g.total_pages),
             freed: Vec::new(),
+            floor: 0,
+        }
+    }
+
+    /// Drops the transaction: the pages it took for new nodes are free
+    /// again, and nothing it changed reaches the media.
+    pub fn abandon(self) {
+        for &pfn in self.over.fresh.keys() {
+            self.free.insert(pfn, 1, 1);
+            *self.free_pages += 1;
         }
     }
 
@@ -270,6 +285,7 @@ mod tests {
             free_pages: &mut free_pages,
             data: (1000, 1100),
             freed: Vec::new(),
+            floor: 0,
         };
         let ext = |pfn| Extent { pfn, len: 1 };
         let mut t = Tree::<Extents>::new(0, 5);
