@@ -46,6 +46,14 @@ fn mkfs_then_fsck_is_clean() {
     assert_eq!(std::fs::metadata(&img).unwrap().len(), 1 << 30);
     let (c, out) = fsck("-n", &img);
     assert_eq!(c, 0, "{out}");
+    // A reader that stops early ends the tool as it would `ls`: quietly.
+    let o = sh_output(&format!(
+        "'{}' fsck -n -v '{}' | head -c 1 >/dev/null; sleep 0.1",
+        env!("CARGO_BIN_EXE_pmemfs"),
+        img.display()
+    ));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!err.contains("panicked"), "fsck into a closed pipe: {err}");
 }
 
 #[test]

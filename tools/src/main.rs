@@ -76,6 +76,15 @@ fn main() -> ExitCode {
         }
     };
     let rest = args.into_iter().skip(1);
+    if tool != "mount" {
+        // As other Unix tools: `pmemfs stat M | head` ends quietly when
+        // head does. The daemon keeps Rust's default (ignored): a reader
+        // that goes away must not kill it.
+        // SAFETY: sets a signal disposition before any thread starts.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     match tool.as_str() {
         "mkfs" => pmemfs_tools::mkfs::main(rest),
         "fsck" => pmemfs_tools::fsck::main(rest),
