@@ -22,6 +22,7 @@
 //!   an older entry would write it again; a node freed by the transaction
 //!   a checkpoint carries, only at the checkpoint after.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
 use std::path::Path;
@@ -724,13 +725,18 @@ impl Image {
         // tree's root if it moved.
         if root != self.meta.share_root {
             self.meta.share_root = root;
-            journaled.push(Op::SetShareRoot { root });
+            journaled.push(Cow::Owned(Op::SetShareRoot { root }));
         }
-        let payload = match journal::encode_ops(&journaled) {
-            Ok(p) => p,
-            Err(e) => {
-                self.pmem.poison();
-                return Err(e);
+        // Most transactions journal the ops as asked: encoded already.
+        let payload = if journaled.iter().all(|c| matches!(c, Cow::Borrowed(_))) {
+            asked
+        } else {
+            match journal::encode_ops(journaled.iter().map(|c| c.as_ref())) {
+                Ok(p) => p,
+                Err(e) => {
+                    self.pmem.poison();
+                    return Err(e);
+                }
             }
         };
         self.last_patch_bytes = patches.iter().map(|p| p.bytes.len()).sum();
@@ -767,10 +773,10 @@ impl Image {
     /// tree's root. On an error nothing has changed: the ops applied are
     /// undone, and the pages taken for nodes are free again.
     #[allow(clippy::type_complexity)]
-    fn apply_all(
+    fn apply_all<'o>(
         &mut self,
-        ops: &[Op],
-    ) -> Result<(Vec<Op>, Vec<Patch>, Vec<Run<u64>>, Vec<u64>, u64)> {
+        ops: &'o [Op],
+    ) -> Result<(Vec<Cow<'o, Op>>, Vec<Patch>, Vec<Run<u64>>, Vec<u64>, u64)> {
         let mut txn = Txn::new(
             &self.pmem,
             &mut self.free,
@@ -781,22 +787,26 @@ impl Image {
         let mut undo = Vec::with_capacity(ops.len());
         let mut tree = ShareTree::new(self.meta.share_root);
         let mut freed = Vec::new();
-        let mut journaled: Vec<Op> = Vec::with_capacity(ops.len());
+        let mut journaled: Vec<Cow<Op>> = Vec::with_capacity(ops.len());
         let mut run = || -> Result<()> {
             for op in ops {
                 let (refs, rec, u) = self.meta.execute(op, &mut txn)?;
-                undo.push(u);
+                undo.push((u, op));
                 tree.add_all(&mut txn, &refs.added)?;
                 freed.extend(tree.drop_all(&mut txn, &refs.dropped)?);
+                let Some(rec) = rec else {
+                    journaled.push(Cow::Borrowed(op));
+                    continue;
+                };
                 // A file's later map says all its earlier one did.
                 if let (Op::SetFileMap { ino, .. }, Some(Op::SetFileMap { ino: last, .. })) =
-                    (&rec, journaled.last())
+                    (&rec, journaled.last().map(|c| c.as_ref()))
                 {
                     if ino == last {
                         journaled.pop();
                     }
                 }
-                journaled.push(rec);
+                journaled.push(Cow::Owned(rec));
             }
             Ok(())
         };
@@ -805,8 +815,8 @@ impl Image {
             Ok(patches) => Ok((journaled, patches, freed, txn.freed, tree.root())),
             Err(e) => {
                 txn.abandon();
-                for u in undo.into_iter().rev() {
-                    self.meta.undo(u);
+                for (u, op) in undo.into_iter().rev() {
+                    self.meta.undo(u, op);
                 }
                 Err(e)
             }

@@ -80,7 +80,11 @@ pub fn encode_entry(pos: JournalPos, ops: &[Op], patches: &[Patch]) -> Result<Ve
 
 /// The ops part of an entry's payload, for [`entry_of`]: a commit encodes
 /// its ops once, before it knows its patches.
-pub fn encode_ops(ops: &[Op]) -> Result<Vec<u8>> {
+pub fn encode_ops<'a, I>(ops: I) -> Result<Vec<u8>>
+where
+    I: IntoIterator<Item = &'a Op>,
+    I::IntoIter: ExactSizeIterator,
+{
     crate::record::op::encode(ops).map_err(|e| Error::Io(std::io::Error::other(e)))
 }
 

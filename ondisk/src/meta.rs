@@ -256,15 +256,14 @@ pub enum Undo {
         ino: Ino,
         attr: Attr,
     },
-    /// Directory entry `name` of `dir` is `ino` again (`None`: no entry).
+    /// The op's entry of `dir` names `ino` again (`None`: no entry).
     Entry {
         dir: Ino,
-        name: Vec<u8>,
         ino: Option<Ino>,
     },
+    /// The op's xattr of `ino` is `value` again (`None`: none).
     Xattr {
         ino: Ino,
-        name: Vec<u8>,
         value: Option<Vec<u8>>,
     },
     Parent {
@@ -365,13 +364,18 @@ impl Meta {
 
     /// Applies one op as a commit does, page-map changes made through
     /// `pages` (a transaction); returns the references it added and
-    /// dropped, and the op the journal records for it: the op itself, or
-    /// for `Map`, `Unmap` and `Clone` the file's new map (`SetFileMap`).
+    /// dropped, the op the journal records for it if not the op itself
+    /// (for `Map`, `Unmap` and `Clone`: the file's new map, `SetFileMap`),
+    /// and what undoes it ([`Meta::undo`]).
     ///
     /// An op that does not fit the state (a missing inode, a name that
     /// exists) is refused, and the checks that can fail come before any
     /// change but those to `pages`, which a failed commit drops.
-    pub fn execute(&mut self, op: &Op, pages: &mut impl Pages) -> MediaResult<(Refs, Op, Undo)> {
+    pub fn execute(
+        &mut self,
+        op: &Op,
+        pages: &mut impl Pages,
+    ) -> MediaResult<(Refs, Option<Op>, Undo)> {
         let undo = self.undo_for(op)?;
         let (refs, rec) = self.execute_op(op, pages)?;
         Ok((refs, rec, undo))
@@ -398,9 +402,13 @@ impl Meta {
                 ino: *ino,
                 attr: inode(*ino)?.attr,
             },
-            Op::Link { dir, name, .. } | Op::Unlink { dir, name } => Undo::Entry {
+            // A link that applies made the entry.
+            Op::Link { dir, .. } => Undo::Entry {
                 dir: *dir,
-                name: name.clone(),
+                ino: None,
+            },
+            Op::Unlink { dir, name } => Undo::Entry {
+                dir: *dir,
                 ino: inode(*dir)?
                     .dir()
                     .and_then(|d| d.entries.get(name).copied()),
@@ -413,7 +421,6 @@ impl Meta {
             Op::Clone { dst, .. } => map(*dst)?,
             Op::SetXattr { ino, name, .. } | Op::RemoveXattr { ino, name } => Undo::Xattr {
                 ino: *ino,
-                name: name.clone(),
                 value: inode(*ino)?.xattrs.get(name).cloned(),
             },
             Op::SetParent { dir, .. } => Undo::Parent {
@@ -425,8 +432,16 @@ impl Meta {
         })
     }
 
-    /// Undoes an op [`Meta::execute`] applied; undos go in reverse order.
-    pub fn undo(&mut self, u: Undo) {
+    /// Undoes `op`, which [`Meta::execute`] applied and said `u` undoes;
+    /// undos go in reverse order.
+    pub fn undo(&mut self, u: Undo, op: &Op) {
+        let name = match op {
+            Op::Link { name, .. }
+            | Op::Unlink { name, .. }
+            | Op::SetXattr { name, .. }
+            | Op::RemoveXattr { name, .. } => name.clone(),
+            _ => Vec::new(),
+        };
         match u {
             Undo::Create { ino, next_ino } => {
                 self.inodes.remove(&ino);
@@ -440,7 +455,7 @@ impl Meta {
                     i.attr = attr;
                 }
             }
-            Undo::Entry { dir, name, ino } => {
+            Undo::Entry { dir, ino } => {
                 if let Some(Body::Dir(d)) = self.inodes.get_mut(&dir).map(|i| &mut i.body) {
                     match ino {
                         Some(ino) => d.entries.insert(name, ino),
@@ -448,7 +463,7 @@ impl Meta {
                     };
                 }
             }
-            Undo::Xattr { ino, name, value } => {
+            Undo::Xattr { ino, value } => {
                 if let Some(i) = self.inodes.get_mut(&ino) {
                     match value {
                         Some(v) => i.xattrs.insert(name, v),
@@ -470,7 +485,7 @@ impl Meta {
         }
     }
 
-    fn execute_op(&mut self, op: &Op, pages: &mut impl Pages) -> MediaResult<(Refs, Op)> {
+    fn execute_op(&mut self, op: &Op, pages: &mut impl Pages) -> MediaResult<(Refs, Option<Op>)> {
         let mut refs = Refs::default();
         let pfns = |runs: Vec<Run<u64>>| runs.into_iter().map(|r| (r.value, r.len)).collect();
         let ino = match op {
@@ -545,18 +560,18 @@ impl Meta {
                     refs.dropped = pfns(m.clear(pages)?);
                 }
                 self.apply(op)?;
-                return Ok((refs, op.clone()));
+                return Ok((refs, None));
             }
             Op::SetFileMap { .. } => {
                 return Err(bad("setfilemap: recorded by commits, not made".into()).into())
             }
             _ => {
                 self.apply(op)?;
-                return Ok((refs, op.clone()));
+                return Ok((refs, None));
             }
         };
         let map = *self.file_mut(ino)?;
-        Ok((refs, Op::SetFileMap { ino, map }))
+        Ok((refs, Some(Op::SetFileMap { ino, map })))
     }
 
     fn check_delete(&self, ino: Ino) -> Result<(), Corrupt> {

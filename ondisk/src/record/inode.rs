@@ -7,8 +7,10 @@
 //!   8    80  attr      (attr.rs)
 //!  88     4  xattrs    number of xattr records that follow (xattr.rs)
 //!  92     4  reserved  zero
-//!  96     8  count     directory: entry records (dirent.rs); symlink:
-//!                      bytes of the target; other kinds (a file too): 0
+//!  96     8  count     file: 1 when a page map record (filemap.rs)
+//!                      follows, 0 for an empty map; directory: entry
+//!                      records (dirent.rs); symlink: bytes of the
+//!                      target; other kinds: 0
 //! 104     8  parent    directory: its parent (the root's is itself); else 0
 //! 112        the xattr records, in ascending name order; then a file's
 //!            page map record (filemap.rs), or the count entry records
@@ -21,6 +23,7 @@ use zerocopy::little_endian::{U32, U64};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
 
 use super::{attr, dirent, filemap, len_u32, xattr, Decode, Reader};
+use crate::filemap::FileMap;
 use crate::meta::{Body, Dir, Ino, Inode, Kind};
 
 /// Bytes of the fixed part.
@@ -39,7 +42,7 @@ pub fn encode(ino: Ino, i: &Inode, out: &mut Vec<u8>) -> Decode<()> {
     out.extend_from_slice(&ino.to_le_bytes());
     attr::encode(&i.attr, out);
     let (count, parent) = match &i.body {
-        Body::File(_) => (0, 0),
+        Body::File(m) => (u64::from(!m.is_empty()), 0),
         Body::Dir(d) => (d.entries.len() as u64, d.parent),
         Body::Symlink(t) => (u64::from(len_u32(t.len(), "a symlink target")?), 0),
         Body::Special => (0, 0),
@@ -55,6 +58,7 @@ pub fn encode(ino: Ino, i: &Inode, out: &mut Vec<u8>) -> Decode<()> {
         xattr::encode(name, value, out)?;
     }
     match &i.body {
+        Body::File(m) if m.is_empty() => {}
         Body::File(m) => filemap::encode(m, out),
         Body::Dir(d) => {
             for (name, ino) in &d.entries {
@@ -90,12 +94,17 @@ pub fn decode(r: &mut Reader) -> Decode<(Ino, Inode)> {
         return Err(bad(format!("a {:?} with parent {parent}", attr.kind)));
     }
     let body = match attr.kind {
-        Kind::File => {
-            if count != 0 {
-                return Err(bad(format!("a file with a count of {count}")));
+        Kind::File => match count {
+            0 => Body::File(FileMap::new()),
+            1 => {
+                let m = filemap::decode(r, ino).map_err(bad)?;
+                if m.is_empty() {
+                    return Err(bad("an empty page map recorded".into()));
+                }
+                Body::File(m)
             }
-            Body::File(filemap::decode(r, ino).map_err(bad)?)
-        }
+            n => return Err(bad(format!("a file with a count of {n}"))),
+        },
         Kind::Dir => {
             let n = r.count(count, dirent::FIXED_BYTES, "directory entries")?;
             let mut entries = BTreeMap::new();
@@ -140,7 +149,6 @@ pub(crate) fn sample_dir() -> Inode {
 mod tests {
     use super::*;
     use crate::btree::mem::Mem;
-    use crate::filemap::FileMap;
     use crate::meta::Time;
     use crate::rangemap::Run;
 
@@ -209,8 +217,15 @@ mod tests {
         let mut out = Vec::new();
         encode(5, &inodes()[1], &mut out).unwrap();
         assert_eq!(out.len(), FIXED_BYTES + filemap::BYTES);
-        out[96] = 1;
+        out[96] = 2;
         assert!(decode_all(&out).unwrap_err().contains("count"));
+        // An empty map is no record at all.
+        let mut empty = inodes()[1].clone();
+        empty.body = Body::File(FileMap::new());
+        let mut out = Vec::new();
+        encode(5, &empty, &mut out).unwrap();
+        assert_eq!(out.len(), FIXED_BYTES);
+        assert_eq!(decode_all(&out).unwrap(), (5, empty));
         let mut huge = Vec::new();
         encode(5, &inodes()[0], &mut huge).unwrap();
         huge[96..104].copy_from_slice(&u64::MAX.to_le_bytes());

@@ -38,7 +38,12 @@ use crate::rangemap::Run;
 /// Bytes of the smallest op record (`Delete`).
 const MIN_OP_BYTES: usize = 9;
 
-pub fn encode(ops: &[Op]) -> Decode<Vec<u8>> {
+pub fn encode<'a, I>(ops: I) -> Decode<Vec<u8>>
+where
+    I: IntoIterator<Item = &'a Op>,
+    I::IntoIter: ExactSizeIterator,
+{
+    let ops = ops.into_iter();
     let mut out = Vec::new();
     put_u32(&mut out, len_u32(ops.len(), "a transaction")?);
     for op in ops {
