@@ -4,8 +4,10 @@
 //!
 //! # Who is the truth
 //!
-//! Meta's page maps and share counts are the truth, for persistence and for
-//! copy on write. A DAX space is a cache of one file's page map, made when
+//! The page maps (on the media: Meta's page map records and their trees,
+//! `pmemfs_ondisk::filemap`) and the share counts are the truth, for
+//! persistence and for copy on write. A DAX space is the in-memory index
+//! of one file's page map while it is in use, made when
 //! the file is first used while open (a read, a write, a clone) from its
 //! runs (a 2 MiB entry where a run covers an aligned block of 512 pages,
 //! single pages elsewhere) and kept equal to the map: after every commit,
