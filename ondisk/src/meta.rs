@@ -841,6 +841,127 @@ mod tests {
         assert_eq!(m.share_root, 77);
     }
 
+    /// Random transactions of every kind of op, each undone in reverse:
+    /// the metadata is what it was, whatever the ops did or refused.
+    #[test]
+    fn undo_restores_the_metadata_after_any_ops() {
+        let mut rng = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = |n: u64| {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng % n
+        };
+        let attr = |kind| Attr::new(kind, 0o644, 0, 0, Time::default());
+        for round in 0..300 {
+            let mut m = Meta::new(0, 0, Time::default());
+            let mut mem = Mem::default();
+            let a = file(&mut m, "a");
+            let b = file(&mut m, "b");
+            exec(
+                &mut m,
+                &mut mem,
+                &Op::Map {
+                    ino: a,
+                    index: 0,
+                    pfn: 100,
+                    len: 4,
+                },
+            )
+            .unwrap();
+            exec(
+                &mut m,
+                &mut mem,
+                &Op::Map {
+                    ino: a,
+                    index: 9,
+                    pfn: 300,
+                    len: 2,
+                },
+            )
+            .unwrap();
+            exec(
+                &mut m,
+                &mut mem,
+                &Op::SetXattr {
+                    ino: b,
+                    name: b"user.k".to_vec(),
+                    value: vec![1],
+                },
+            )
+            .unwrap();
+            let before = m.clone();
+            let mut undone = Vec::new();
+            for _ in 0..1 + next(12) {
+                let ino = [a, b, ROOT_INO, m.next_ino, 999][next(5) as usize];
+                let name = [&b"a"[..], b"b", b"n"][next(3) as usize].to_vec();
+                let op = match next(12) {
+                    0 => Op::Create {
+                        ino: m.next_ino,
+                        attr: attr(Kind::File),
+                        body: NewBody::File,
+                    },
+                    1 => Op::Link {
+                        dir: ROOT_INO,
+                        name,
+                        ino,
+                    },
+                    2 => Op::Unlink {
+                        dir: ROOT_INO,
+                        name,
+                    },
+                    3 => Op::SetAttr {
+                        ino,
+                        attr: Attr {
+                            size: 1 + next(1000),
+                            ..attr(Kind::File)
+                        },
+                    },
+                    4 => Op::SetXattr {
+                        ino,
+                        name: b"user.k".to_vec(),
+                        value: vec![round as u8],
+                    },
+                    5 => Op::RemoveXattr {
+                        ino,
+                        name: b"user.k".to_vec(),
+                    },
+                    6 => Op::Map {
+                        ino,
+                        index: next(12),
+                        pfn: 1000 + 10 * next(50),
+                        len: 1 + next(3),
+                    },
+                    7 => Op::Unmap {
+                        ino,
+                        index: next(12),
+                        len: 1 + next(5),
+                    },
+                    8 => Op::Clone {
+                        src: a,
+                        src_index: 0,
+                        dst: ino,
+                        dst_index: 20 + next(4),
+                        len: 12,
+                    },
+                    9 => Op::Delete { ino },
+                    10 => Op::SetParent {
+                        dir: ROOT_INO,
+                        parent: ROOT_INO,
+                    },
+                    _ => Op::SetShareRoot { root: next(100) },
+                };
+                if let Ok((_, _, u)) = m.execute(&op, &mut mem) {
+                    undone.push((u, op));
+                }
+            }
+            for (u, op) in undone.into_iter().rev() {
+                m.undo(u, &op);
+            }
+            assert_eq!(m, before, "round {round}");
+        }
+    }
+
     #[test]
     fn clone_within_one_file_and_over_itself() {
         let mut m = Meta::new(0, 0, Time::default());
