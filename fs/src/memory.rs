@@ -8,7 +8,7 @@
 //! large buffer is freed, so that the next large ones come from the heap
 //! among live data, and it keeps small freed pieces for reuse. So the
 //! threshold is fixed ([`tune_allocator`]) and, after a burst, freed
-//! memory is given back ([`give_back_freed`]); the daemon's memory is then
+//! memory is given back (`give_back_freed`); the daemon's memory is then
 //! what it holds (README, memory for sharing: a clone of 262,144
 //! scattered pages costs about 130 kB, where it cost 15 to 35 MB).
 

@@ -3,7 +3,7 @@
 //! A map of one run is kept in the inode (`Inline`): most files are
 //! written in one go and lie in one run, and cost no page more. A map of
 //! two or more runs is a B+tree of extent records on the media
-//! ([`btree::Extents`], owned by the file's inode), changed in a commit's
+//! ([`crate::btree::Extents`], owned by the file's inode), changed in a commit's
 //! transaction like the share tree and read in place; the inode holds its
 //! root. Either way the inode also holds the number of runs and of pages
 //! (a file's blocks), so that `stat` reads no tree.
