@@ -1,4 +1,4 @@
-//! Share counts on the media: a B+tree ([`btree::Shares`]) of runs of pfns
+//! Share counts on the media: a B+tree ([`crate::btree::Shares`]) of runs of pfns
 //! mapped by two or more (file, page index) pairs. A mapped pfn without a
 //! run is mapped once, so a file system that shares nothing stores nothing
 //! here, and a page's count costs no memory (docs/format.md §7).
