@@ -45,6 +45,12 @@ fn repair_cycle(path: &std::path::Path, expect_id: &str) -> (String, String) {
     (out_n, out_y)
 }
 
+/// Mount must refuse a damaged image, naming fsck.
+fn assert_mount_refused(path: &std::path::Path) {
+    let e = Image::open(path, Access::ReadWrite).err().expect("refused");
+    assert!(e.to_string().contains("fsck.pmemfs"), "{e}");
+}
+
 /// Writes `entry` (bytes of a journal entry) where the image's next entry
 /// goes, durably, as a commit would have before a crash.
 fn put_entry(b: &Builder, entry: &[u8]) {
@@ -121,10 +127,7 @@ fn wrong_share_count() {
     drop(img);
     damage_shares(&path, |t, pages| t.add(pages, shared, 3).unwrap());
     // Mount must refuse an image whose counts are wrong, naming fsck.
-    let e = Image::open(&path, Access::ReadWrite)
-        .err()
-        .expect("refused");
-    assert!(e.to_string().contains("fsck.pmemfs"), "{e}");
+    assert_mount_refused(&path);
     repair_cycle(&path, "SH1");
     let img = Image::open(&path, Access::ReadWrite).unwrap();
     assert_eq!(img.share_count(shared).unwrap(), 2);
@@ -144,10 +147,7 @@ fn damaged_share_tree_node() {
     let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
     std::os::unix::fs::FileExt::write_all_at(&f, &[0x5a; 8], root * PAGE_SIZE + 40).unwrap();
     drop(f);
-    let e = Image::open(&path, Access::ReadWrite)
-        .err()
-        .expect("refused");
-    assert!(e.to_string().contains("fsck.pmemfs"), "{e}");
+    assert_mount_refused(&path);
     repair_cycle(&path, "SH4");
     let img = Image::open(&path, Access::ReadWrite).unwrap();
     assert_eq!(img.shared_runs().unwrap().0, runs, "the counts are back");
@@ -172,10 +172,7 @@ fn damaged_page_map_node() {
     let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
     std::os::unix::fs::FileExt::write_all_at(&f, &[0x5a; 8], root * PAGE_SIZE + 40).unwrap();
     drop(f);
-    let e = Image::open(&path, Access::ReadWrite)
-        .err()
-        .expect("refused");
-    assert!(e.to_string().contains("fsck.pmemfs"), "{e}");
+    assert_mount_refused(&path);
     repair_cycle(&path, "IN6");
     let img = Image::open(&path, Access::ReadWrite).unwrap();
     let i = img.meta().get(frag).unwrap();

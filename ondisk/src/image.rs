@@ -34,7 +34,7 @@ use crate::filemap::{FileMap, MapView};
 use crate::journal::{self, End};
 use crate::layout::{Geometry, PAGE_SIZE};
 use crate::lock;
-use crate::meta::{Attr, Body, Ino, Meta, Op, Time};
+use crate::meta::{count_run, Attr, Body, Ino, Meta, Op, Time};
 use crate::overlay::{Overlay, Txn, View};
 use crate::pmem::Pmem;
 use crate::rangemap::{RangeMap, Run};
@@ -413,11 +413,7 @@ impl Image {
         let view = over.view(&pmem);
         let mut counted = RangeMap::new();
         let mut nodes = Vec::new();
-        let mut count = |r: Run<u64>| {
-            if counted.add(r.value, r.len, 1).is_err() {
-                counted.insert(r.value, r.len, u32::MAX);
-            }
-        };
+        let mut count = |r: Run<u64>| count_run(&mut counted, r);
         for (&ino, i) in &meta.inodes {
             if let Some(m) = i.pages() {
                 let (runs, _) = m

@@ -702,12 +702,7 @@ impl Meta {
         for i in self.inodes.values() {
             if let Some(m) = i.pages() {
                 m.each(pages, |r| {
-                    // A count past u32::MAX stays at the limit; `apply`
-                    // never lets the stored one get there, so the two
-                    // differ and mount and fsck notice.
-                    if c.add(r.value, r.len, 1).is_err() {
-                        c.insert(r.value, r.len, u32::MAX);
-                    }
+                    count_run(&mut c, r);
                     true
                 })?;
             }
@@ -737,6 +732,16 @@ impl Meta {
             }
         }
         Ok(())
+    }
+}
+
+/// One reference more to each pfn of the page-map run `r` in `counted`
+/// (pfn -> references). A count past u32::MAX stays at the limit; the
+/// share tree never gets there, so the two differ and mount and fsck
+/// notice.
+pub fn count_run(counted: &mut RangeMap<u32>, r: Run<u64>) {
+    if counted.add(r.value, r.len, 1).is_err() {
+        counted.insert(r.value, r.len, u32::MAX);
     }
 }
 

@@ -3,7 +3,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use pmemfs_ondisk::acl::{self, Acl};
-use pmemfs_ondisk::meta::flag;
+use pmemfs_ondisk::meta::{count_run, flag};
 use pmemfs_ondisk::{Body, FileMap, Ino, Pmem, RangeMap, Run};
 
 use super::problem::Code;
@@ -62,7 +62,7 @@ pub fn check(c: &mut Check, l: &mut Loaded, pmem: &Pmem) {
                 }
                 if dropped.is_empty() {
                     for r in &runs {
-                        let _ = in_use.add(r.value, r.len, 1);
+                        count_run(&mut in_use, *r);
                     }
                     if !tree.is_empty() {
                         trees.push((ino, tree, runs));
@@ -75,7 +75,7 @@ pub fn check(c: &mut Check, l: &mut Loaded, pmem: &Pmem) {
                         .filter(|r| !dropped.contains(&r.start))
                         .collect();
                     for r in &kept {
-                        let _ = in_use.add(r.value, r.len, 1);
+                        count_run(&mut in_use, *r);
                     }
                     l.rebuild.maps.insert(ino, kept);
                     *map = FileMap::new();

@@ -7,6 +7,7 @@
 
 use std::collections::BTreeSet;
 
+use pmemfs_ondisk::meta::count_run;
 use pmemfs_ondisk::shares::ShareTree;
 use pmemfs_ondisk::{Pmem, RangeMap};
 
@@ -66,10 +67,8 @@ pub fn check(c: &mut Check, l: &mut Loaded, pmem: &Pmem) {
     l.rebuild
         .maps
         .retain(|ino, _| meta.inodes.contains_key(ino));
-    for r in l.rebuild.maps.values().flatten() {
-        if counted.add(r.value, r.len, 1).is_err() {
-            counted.insert(r.value, r.len, u32::MAX);
-        }
+    for &r in l.rebuild.maps.values().flatten() {
+        count_run(&mut counted, r);
     }
     let g = l.sb.geometry;
     let mut nodes = Vec::new();
