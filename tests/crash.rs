@@ -485,6 +485,12 @@ fn templates() -> Vec<Act> {
         Interleaved(s("/e"), 2 * PAGE, 100, 24, s("/h"), 10, 5000, 25),
         Open(s("/a/g")), // then an unlink leaves an orphan
         Close,
+        // The big directory: entries added, removed and renamed in a tree
+        // of several nodes.
+        Create(s("/m/new")),
+        Unlink(big_name(7)),
+        Rename(big_name(11), s("/m/renamed")),
+        Rename(s("/a/f"), big_name(12)), // over an entry, from another directory
     ]
 }
 
@@ -497,7 +503,9 @@ fn random_act(st: &State, rng: &mut Rng) -> Act {
     while let Some((path, ino)) = stack.pop() {
         for (child, kind, name) in st.list(ino).unwrap_or_default().into_iter().skip(2) {
             let p = format!("{path}/{}", String::from_utf8_lossy(&name));
-            if p == "/lost+found" {
+            // The big directory is the templates': random ops stay with
+            // the small tree, whose files have data.
+            if p == "/lost+found" || p == "/m" {
                 continue;
             }
             match kind {
@@ -614,6 +622,21 @@ fn random_act(st: &State, rng: &mut Rng) -> Act {
 /// /s      symlink to a/f                /d/      empty directory
 /// /q      /h's bytes, on pages of its own
 /// ```
+/// Entries of the base image's big directory, `/m`: three leaves, of
+/// few inodes (so that checkpoints, which hold every inode, stay small).
+const BIG_DIR: u64 = 40;
+
+/// About how many of `/m`'s entries one tree node holds (206 bytes each).
+const ONE_NODE: usize = 19;
+
+/// The path of `/m`'s entry `i`: a name of 192 bytes.
+fn big_name(i: u64) -> String {
+    format!(
+        "/m/{}-{i:03}",
+        "an-entry-with-a-name-long-enough-to-fill-nodes-".repeat(4)
+    )
+}
+
 fn base_image() -> &'static (Arc<Vec<u8>>, Contents) {
     static BASE: OnceLock<(Arc<Vec<u8>>, Contents)> = OnceLock::new();
     BASE.get_or_init(|| {
@@ -642,8 +665,13 @@ fn base_image() -> &'static (Arc<Vec<u8>>, Contents) {
             Symlink(s("/s"), s("a/f")),
             Create(s("/q")),
             Write(s("/q"), 0, 2 * PAGE, 3),
+            Mkdir(s("/m")),
         ] {
             exec(&mut st, &act, &mut model, &mut vec![]).expect("setup");
+        }
+        // A directory of several tree nodes, which the templates change.
+        for i in 0..BIG_DIR {
+            exec(&mut st, &Create(big_name(i)), &mut model, &mut vec![]).expect("setup");
         }
         st.image.mark_clean().expect("close");
         let bytes = st.image.pmem().bytes(0, MIN_IMAGE_BYTES).expect("bytes");
@@ -711,14 +739,35 @@ fn prep(st: &mut State, p: Prep) {
 /// The state after some ops: what a legal crash image may recover to.
 struct Snap {
     meta: Meta,
+    /// Every directory's entries, read from its tree.
+    entries: Entries,
     contents: Contents,
+}
+
+/// Directories' entries by directory.
+type Entries = BTreeMap<Ino, BTreeMap<Vec<u8>, Ino>>;
+
+/// Every directory's entries in `image`.
+fn entries_of(image: &Image) -> Result<Entries, String> {
+    let mut out = Entries::new();
+    for (&ino, i) in &image.meta().inodes {
+        if i.dir().is_some() {
+            let e = image
+                .entries(ino)
+                .map_err(|e| format!("directory {ino}: {e}"))?;
+            out.insert(ino, e.into_iter().collect());
+        }
+    }
+    Ok(out)
 }
 
 /// The state after some ops, as recovery leaves it: files unlinked while
 /// open (orphans) are freed.
 fn snap(st: &State) -> Snap {
     let mut meta = st.image.meta().clone();
-    for ino in pmemfs_ondisk::image::unlinked_inodes(&meta) {
+    let unlinked = pmemfs_ondisk::image::unlinked_inodes(&meta, &st.image.view())
+        .expect("the directories read");
+    for ino in unlinked {
         meta.apply(&Op::Delete { ino })
             .expect("an orphan can be deleted");
     }
@@ -726,7 +775,12 @@ fn snap(st: &State) -> Snap {
     // it holds must match the page maps, which every open checks.
     meta.share_root = 0;
     let contents = file_contents(st).unwrap_or_default();
-    Snap { meta, contents }
+    let entries = entries_of(&st.image).expect("the directories read");
+    Snap {
+        meta,
+        entries,
+        contents,
+    }
 }
 
 /// Every file's bytes, read as FUSE reads them.
@@ -943,18 +997,33 @@ fn check_image(pmem: Pmem, legal: &Legal, thorough: bool, turn: u64) -> Result<(
     let mut rootless = image.meta().clone();
     rootless.share_root = 0;
     let meta = &rootless;
-    let (which, want, inplace) = if *meta == legal.before.meta {
+    // A legal state's metadata, and its directories' entries: the
+    // metadata holds only the roots of the directories' trees.
+    let entries = entries_of(&image)?;
+    let is = |snap: &Snap| *meta == snap.meta && entries == snap.entries;
+    let (which, want, inplace) = if is(legal.before) {
         ("before", legal.before, legal.after.map(|(_, p)| p))
     } else {
         match legal.after {
-            Some((after, _)) if *meta == after.meta => ("after", after, None),
+            Some((after, _)) if is(after) => ("after", after, None),
             _ => {
+                let against = |snap: &Snap| {
+                    let dirs: Vec<&Ino> = entries
+                        .iter()
+                        .filter(|(d, e)| snap.entries.get(d) != Some(e))
+                        .map(|(d, _)| d)
+                        .collect();
+                    format!(
+                        "{}; entries of directories {dirs:?}",
+                        meta_diff(meta, &snap.meta)
+                    )
+                };
                 let mut why = format!(
                     "the recovered metadata is no legal state; against before: {}",
-                    meta_diff(meta, &legal.before.meta)
+                    against(legal.before)
                 );
                 if let Some((after, _)) = legal.after {
-                    why += &format!("; against after: {}", meta_diff(meta, &after.meta));
+                    why += &format!("; against after: {}", against(after));
                 }
                 return Err(why);
             }
@@ -967,18 +1036,18 @@ fn check_image(pmem: Pmem, legal: &Legal, thorough: bool, turn: u64) -> Result<(
     let counted = image
         .counted_shares()
         .map_err(|e| format!("the page maps: {e}"))?;
-    let map_pages = image
-        .map_tree_pages()
+    let inode_tree_pages = image
+        .inode_tree_pages()
         .map_err(|e| format!("the page maps: {e}"))?;
     let accounted = image.free_pages()
         + image.checkpoint_pfns().len() as u64
         + counted.pages()
         + tree.pages
-        + map_pages
+        + inode_tree_pages
         + image.deferred_pages();
     if accounted != g.data_pages() {
         return Err(format!(
-            "free space does not add up: {} free + {} checkpoint + {} in use + {} share-tree pages + {map_pages} page-map tree pages != {} data pages",
+            "free space does not add up: {} free + {} checkpoint + {} in use + {} share-tree pages + {inode_tree_pages} pages of inodes' trees != {} data pages",
             image.free_pages(),
             image.checkpoint_pfns().len(),
             counted.pages(),
@@ -1244,6 +1313,9 @@ struct Tally {
     /// Sequences in which an op made, moved or freed the root of a file's
     /// page-map tree on the media.
     with_trees: AtomicU64,
+    /// Sequences in which an op changed the entries of a directory whose
+    /// tree has several nodes.
+    with_big_dirs: AtomicU64,
     /// Per preparation: sequences, crash states, seconds.
     per_prep: Mutex<BTreeMap<String, (u64, u64, f64)>>,
 }
@@ -1345,6 +1417,15 @@ fn run_job(job: &Job, seed: u64, tally: &Tally, bufs: &mut Option<ReplayBuffers>
     };
     if rec.snaps.windows(2).any(|w| roots(&w[0]) != roots(&w[1])) {
         tally.with_trees.fetch_add(1, Ordering::Relaxed);
+    }
+    // A directory of more entries than one node holds, changed.
+    let big_changed = |a: &Snap, b: &Snap| {
+        a.entries
+            .iter()
+            .any(|(d, e)| e.len() > ONE_NODE && b.entries.get(d) != Some(e))
+    };
+    if rec.snaps.windows(2).any(|w| big_changed(&w[0], &w[1])) {
+        tally.with_big_dirs.fetch_add(1, Ordering::Relaxed);
     }
     if rec.checkpointed {
         tally.checkpointed.fetch_add(1, Ordering::Relaxed);
@@ -1452,11 +1533,12 @@ fn report(what: &str, t: &Tally, took: Duration) -> (u64, u64) {
     // Written to stderr directly, so that CI shows it without --nocapture.
     let _ = writeln!(
         err,
-        "{what}: {} sequences ({} through a journal-full checkpoint, {} changing a page-map tree's root) in {:.1}s; \
+        "{what}: {} sequences ({} through a journal-full checkpoint, {} changing a page-map tree's root, {} changing a directory of several tree nodes) in {:.1}s; \
          crash states checked: {n}, violations: {v}",
         t.sequences.load(Ordering::Relaxed),
         t.checkpointed.load(Ordering::Relaxed),
         t.with_trees.load(Ordering::Relaxed),
+        t.with_big_dirs.load(Ordering::Relaxed),
         took.as_secs_f64()
     );
     (n, v)
@@ -1576,6 +1658,10 @@ fn bounded_crash_states() {
     assert!(
         partial || t.with_trees.load(Ordering::Relaxed) >= 100,
         "too few sequences changed a page-map tree"
+    );
+    assert!(
+        partial || t.with_big_dirs.load(Ordering::Relaxed) >= 100,
+        "too few sequences changed a directory of several tree nodes"
     );
 }
 

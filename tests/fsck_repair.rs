@@ -7,7 +7,7 @@ mod util;
 use pmemfs_ondisk::filemap::MapParts;
 use pmemfs_ondisk::journal;
 use pmemfs_ondisk::meta::LOST_FOUND;
-use pmemfs_ondisk::{Access, Body, FileMap, Image, Op, PAGE_SIZE, ROOT_INO};
+use pmemfs_ondisk::{Access, FileMap, Image, Op, PAGE_SIZE, ROOT_INO};
 use util::*;
 
 const SIZE: u64 = 32 << 20;
@@ -100,13 +100,12 @@ fn torn_journal_tail() {
     let (_, out_y) = repair_cycle(&path, "JN1");
     assert!(out_y.contains("fixed: dropped"), "{out_y}");
     let img = Image::open(&path, Access::ReadOnly).unwrap();
-    let root = img.meta().get(ROOT_INO).unwrap().dir().unwrap();
     assert!(
-        root.entries.contains_key(b"committed".as_slice()),
+        img.lookup(ROOT_INO, b"committed").unwrap().is_some(),
         "the committed transaction survives"
     );
     assert!(
-        root.entries.contains_key(b"big".as_slice()),
+        img.lookup(ROOT_INO, b"big").unwrap().is_some(),
         "the torn one never happened"
     );
 }
@@ -221,6 +220,85 @@ fn page_map_tree_on_a_mapped_page() {
     assert_eq!(img.file_map(one).unwrap().get(0).unwrap(), Some(root));
 }
 
+/// The root of directory `ino`'s entries' tree.
+fn dir_root(img: &Image, ino: pmemfs_ondisk::Ino) -> u64 {
+    img.meta()
+        .get(ino)
+        .and_then(|i| i.dir())
+        .expect("a directory")
+        .root()
+}
+
+/// A node of a directory's tree damaged on the media: mount refuses,
+/// naming fsck; fsck empties that directory and moves what it named to
+/// lost+found, data intact, and nothing else changes.
+#[test]
+fn damaged_directory_node() {
+    let dir = TempDir::new("dirnode");
+    let path = populated(&dir);
+    let img = Image::open(&path, Access::ReadOnly).unwrap();
+    let docs = img.lookup(ROOT_INO, b"docs").unwrap().unwrap();
+    let a = img.lookup(docs, b"a").unwrap().unwrap();
+    let before = page_of(&img, a, 3).unwrap();
+    let root = dir_root(&img, docs);
+    assert_ne!(root, 0, "a directory with an entry has a tree");
+    drop(img);
+    let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&f, &[0x5a; 8], root * PAGE_SIZE + 40).unwrap();
+    drop(f);
+    assert_mount_refused(&path);
+    let (out_n, _) = repair_cycle(&path, "IN8");
+    assert!(
+        out_n.contains(&format!("inode {a}")),
+        "the orphan is named:\n{out_n}"
+    );
+    let img = Image::open(&path, Access::ReadWrite).unwrap();
+    assert!(
+        img.entries(docs).unwrap().is_empty(),
+        "the directory is empty"
+    );
+    let lf = img.lookup(ROOT_INO, LOST_FOUND).unwrap().unwrap();
+    assert_eq!(img.lookup(lf, format!("#{a}").as_bytes()).unwrap(), Some(a));
+    assert_eq!(page_of(&img, a, 3).unwrap(), before, "its data is intact");
+    assert!(img.lookup(ROOT_INO, b"big.clone").unwrap().is_some());
+    assert_eq!(img.meta().inodes.len(), 6, "no inode lost");
+}
+
+/// A committed entry that maps a page of a file onto a node of a
+/// directory's tree: fsck writes the directory's tree anew elsewhere, and
+/// both keep what they hold.
+#[test]
+fn directory_tree_on_a_mapped_page() {
+    let dir = TempDir::new("dirclash");
+    let path = populated(&dir);
+    let mut b = Builder::open(&path);
+    let one = b.file(ROOT_INO, "one", 1, 50);
+    let docs = b.image.lookup(ROOT_INO, b"docs").unwrap().unwrap();
+    let root = dir_root(&b.image, docs);
+    let run = pmemfs_ondisk::Run {
+        start: 0,
+        len: 1,
+        value: root,
+    };
+    let parts = MapParts {
+        root: 0,
+        runs: 1,
+        pages: 1,
+        inline: Some(run),
+    };
+    let map = FileMap::from_parts(one, parts).unwrap();
+    let pos = b.image.journal_pos();
+    let entry = journal::encode_entry(pos, &[Op::SetFileMap { ino: one, map }], &[]).unwrap();
+    put_entry(&b, &entry);
+    drop(b); // the crash, with the entry committed
+    let (out_n, _) = repair_cycle(&path, "IN9");
+    assert!(out_n.contains(&format!("node {root}")), "{out_n}");
+    let img = Image::open(&path, Access::ReadWrite).unwrap();
+    assert_ne!(dir_root(&img, docs), root, "the tree lies elsewhere now");
+    assert!(img.lookup(docs, b"a").unwrap().is_some(), "the entry kept");
+    assert_eq!(img.file_map(one).unwrap().get(0).unwrap(), Some(root));
+}
+
 #[test]
 fn leaked_page() {
     let dir = TempDir::new("leak");
@@ -248,59 +326,23 @@ fn orphaned_inode() {
     let dir = TempDir::new("orphan");
     let path = populated(&dir);
     let img = Image::open(&path, Access::ReadOnly).unwrap();
-    let docs = *img
-        .meta()
-        .get(ROOT_INO)
-        .unwrap()
-        .dir()
-        .unwrap()
-        .entries
-        .get(b"docs".as_slice())
-        .unwrap();
-    let a = *img
-        .meta()
-        .get(docs)
-        .unwrap()
-        .dir()
-        .unwrap()
-        .entries
-        .get(b"a".as_slice())
-        .unwrap();
+    let docs = img.lookup(ROOT_INO, b"docs").unwrap().unwrap();
+    let a = img.lookup(docs, b"a").unwrap().unwrap();
     let before = page_of(&img, a, 3).unwrap();
     drop(img);
     // The name goes, the inode (with its link count of 1) stays.
-    damage_meta(&path, |m| {
-        if let Body::Dir(d) = &mut m.inodes.get_mut(&docs).unwrap().body {
-            d.entries.remove(b"a".as_slice());
-        }
+    damage_dirs(&path, |_, e| {
+        e.get_mut(&docs).unwrap().remove(b"a".as_slice());
     });
     let (out_n, out_y) = repair_cycle(&path, "DR7");
     assert!(out_n.contains(&format!("inode {a}")), "{out_n}");
     assert!(out_y.contains("moved to lost+found"), "{out_y}");
     let img = Image::open(&path, Access::ReadOnly).unwrap();
-    let lf = img.meta().lost_found().unwrap();
+    let lf = img.meta().lost_found(&img.view()).unwrap().unwrap();
     let name = format!("#{a}");
-    assert_eq!(
-        img.meta()
-            .get(lf)
-            .unwrap()
-            .dir()
-            .unwrap()
-            .entries
-            .get(name.as_bytes()),
-        Some(&a)
-    );
+    assert_eq!(img.lookup(lf, name.as_bytes()).unwrap(), Some(a));
     assert_eq!(page_of(&img, a, 3).unwrap(), before, "its data is intact");
-    assert_eq!(
-        img.meta()
-            .get(ROOT_INO)
-            .unwrap()
-            .dir()
-            .unwrap()
-            .entries
-            .get(LOST_FOUND),
-        Some(&lf)
-    );
+    assert_eq!(img.lookup(ROOT_INO, LOST_FOUND).unwrap(), Some(lf));
 }
 
 #[test]
@@ -308,62 +350,35 @@ fn orphaned_directory_tree_and_missing_lost_found() {
     let dir = TempDir::new("orphandir");
     let path = populated(&dir);
     let img = Image::open(&path, Access::ReadOnly).unwrap();
-    let docs = *img
-        .meta()
-        .get(ROOT_INO)
-        .unwrap()
-        .dir()
-        .unwrap()
-        .entries
-        .get(b"docs".as_slice())
-        .unwrap();
-    let lf = img.meta().lost_found().unwrap();
+    let docs = img.lookup(ROOT_INO, b"docs").unwrap().unwrap();
+    let lf = img.lookup(ROOT_INO, LOST_FOUND).unwrap().unwrap();
     drop(img);
-    damage_meta(&path, |m| {
-        if let Body::Dir(d) = &mut m.inodes.get_mut(&ROOT_INO).unwrap().body {
-            d.entries.remove(b"docs".as_slice());
-            d.entries.remove(LOST_FOUND);
-        }
+    damage_dirs(&path, |m, e| {
+        let root = e.get_mut(&ROOT_INO).unwrap();
+        root.remove(b"docs".as_slice());
+        root.remove(LOST_FOUND);
         m.inodes.remove(&lf);
     });
     let (out_n, _) = repair_cycle(&path, "DR6");
     assert!(out_n.contains("DR7"), "{out_n}");
     let img = Image::open(&path, Access::ReadOnly).unwrap();
-    let lf = img.meta().lost_found().unwrap();
-    let moved = img
-        .meta()
-        .get(lf)
-        .unwrap()
-        .dir()
-        .unwrap()
-        .entries
-        .get(format!("#{docs}").as_bytes())
-        .copied();
+    let lf = img.lookup(ROOT_INO, LOST_FOUND).unwrap().unwrap();
+    let moved = img.lookup(lf, format!("#{docs}").as_bytes()).unwrap();
     assert_eq!(
         moved,
         Some(docs),
         "the directory moved whole, with its file"
     );
     assert_eq!(img.meta().get(docs).unwrap().dir().unwrap().parent, lf);
-    assert_eq!(
-        img.meta().get(docs).unwrap().dir().unwrap().entries.len(),
-        1
-    );
+    assert_eq!(img.entries(docs).unwrap().len(), 1);
 }
 
 #[test]
 fn preen_fixes_safe_problems_only() {
     let dir = TempDir::new("preen");
     let path = populated(&dir);
-    damage_meta(&path, |m| {
-        let big = *m
-            .get(ROOT_INO)
-            .unwrap()
-            .dir()
-            .unwrap()
-            .entries
-            .get(b"big".as_slice())
-            .unwrap();
+    damage_dirs(&path, |m, e| {
+        let big = e[&ROOT_INO][b"big".as_slice()];
         m.inodes.get_mut(&big).unwrap().attr.nlink = 5;
     });
     // The image was closed cleanly: -p alone would skip it, -f checks.
@@ -378,7 +393,7 @@ fn bad_acl_and_unknown_flags() {
     let dir = TempDir::new("acl");
     let path = populated(&dir);
     let img = Image::open(&path, Access::ReadOnly).unwrap();
-    let file = img.meta().get(ROOT_INO).unwrap().dir().unwrap().entries[&b"big"[..]];
+    let file = img.lookup(ROOT_INO, b"big").unwrap().unwrap();
     drop(img);
     let good = pmemfs_ondisk::acl::Acl::from_mode(0o640).encode();
     damage_meta(&path, |m| {

@@ -69,7 +69,7 @@ pub fn to_fuse(ino: Ino, inode: &Inode) -> FileAttr {
     };
     let size = match &inode.body {
         pmemfs_ondisk::Body::Symlink(t) => t.len() as u64,
-        pmemfs_ondisk::Body::Dir(d) => (d.entries.len() as u64 + 2) * 32,
+        pmemfs_ondisk::Body::Dir(d) => (d.len() + 2) * 32,
         _ => a.size,
     };
     FileAttr {

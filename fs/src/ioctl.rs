@@ -548,12 +548,13 @@ impl State {
     }
 
     /// The usage of the regular files of directory `dir`, from its
-    /// `from`th entry on (in name order), at most [`DirUsage::RECORDS`].
+    /// `from`th entry on (in the directory's order), at most
+    /// [`DirUsage::RECORDS`].
     pub fn dir_usage(&self, dir: Ino, from: u64) -> FsResult<DirUsage> {
-        let entries = &self.dir(dir)?.entries;
+        let entries = self.dir(dir)?.list(&self.image.view())?;
         let mut out = DirUsage::default();
         let skip = usize::try_from(from).unwrap_or(usize::MAX);
-        for (pos, (_, &ino)) in (from..).zip(entries.iter().skip(skip)) {
+        for (pos, (_, ino)) in (from..).zip(entries.into_iter().skip(skip)) {
             if out.files.len() == DirUsage::RECORDS {
                 out.next = pos;
                 break;

@@ -95,7 +95,7 @@ impl State {
     /// Deletes every unlinked inode (at unmount, when the kernel sends no
     /// more forgets), so the final checkpoint holds none.
     pub fn delete_unlinked(&mut self) -> FsResult<()> {
-        let gone = pmemfs_ondisk::image::unlinked_inodes(self.image.meta());
+        let gone = pmemfs_ondisk::image::unlinked_inodes(self.image.meta(), &self.image.view())?;
         if gone.is_empty() || self.read_only {
             return Ok(());
         }

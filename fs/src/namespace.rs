@@ -47,10 +47,15 @@ impl State {
         if name.len() > MAX_NAME {
             return fail(libc::ENAMETOOLONG);
         }
-        match self.dir(parent)?.entries.get(name) {
-            Some(&i) => Ok(i),
+        match self.entry(parent, name)? {
+            Some(i) => Ok(i),
             None => fail(libc::ENOENT),
         }
+    }
+
+    /// The inode `name` names in directory `parent`, read from its tree.
+    fn entry(&self, parent: Ino, name: &[u8]) -> FsResult<Option<Ino>> {
+        Ok(self.dir(parent)?.get(&self.image.view(), name)?)
     }
 
     /// Makes a new inode named `name` in `parent`, with the mode as given.
@@ -74,7 +79,7 @@ impl State {
         };
         check_name(name)?;
         let pattr = self.attr(parent)?;
-        if self.dir(parent)?.entries.contains_key(name) {
+        if self.entry(parent, name)?.is_some() {
             return fail(libc::EEXIST);
         }
         if pattr.nlink == 0 {
@@ -145,7 +150,7 @@ impl State {
         if attr.nlink >= LINK_MAX {
             return fail(libc::EMLINK);
         }
-        if self.dir(parent)?.entries.contains_key(name) {
+        if self.entry(parent, name)?.is_some() {
             return fail(libc::EEXIST);
         }
         if self.attr(parent)?.nlink == 0 {
@@ -215,7 +220,7 @@ impl State {
             (true, false) => return fail(libc::ENOTDIR),
             _ => {}
         }
-        if is_dir && !self.dir(ino)?.entries.is_empty() {
+        if is_dir && !self.dir(ino)?.is_empty() {
             return fail(libc::ENOTEMPTY);
         }
         self.may_change_dir(parent, true)?;
@@ -337,9 +342,7 @@ impl State {
                 match (src_dir, other_dir) {
                     (true, false) => return fail(libc::ENOTDIR),
                     (false, true) => return fail(libc::EISDIR),
-                    (true, true) if !self.dir(other)?.entries.is_empty() => {
-                        return fail(libc::ENOTEMPTY)
-                    }
+                    (true, true) if !self.dir(other)?.is_empty() => return fail(libc::ENOTEMPTY),
                     _ => {}
                 }
                 self.drop_name(to, newname, other, t, &mut ops)?;
@@ -394,16 +397,17 @@ impl State {
     /// Entries of a directory for readdir: `.`, `..`, then the names.
     pub fn list(&self, ino: Ino) -> FsResult<Vec<(Ino, Kind, Vec<u8>)>> {
         let d = self.dir(ino)?;
-        let mut out = Vec::with_capacity(d.entries.len() + 2);
+        let entries = d.list(&self.image.view())?;
+        let mut out = Vec::with_capacity(entries.len() + 2);
         out.push((ino, Kind::Dir, b".".to_vec()));
         out.push((d.parent, Kind::Dir, b"..".to_vec()));
-        for (name, &child) in &d.entries {
+        for (name, child) in entries {
             let kind = self
                 .image
                 .meta()
                 .get(child)
                 .map_or(Kind::File, |i| i.attr.kind);
-            out.push((child, kind, name.clone()));
+            out.push((child, kind, name));
         }
         Ok(out)
     }

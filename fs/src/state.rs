@@ -14,7 +14,7 @@
 
 use std::collections::HashMap;
 
-use pmemfs_ondisk::meta::Dir;
+use pmemfs_ondisk::Dir;
 use pmemfs_ondisk::{Attr, Image, Ino, Inode, Op, Time};
 
 use crate::atime::{AtimePolicy, Atimes, FLUSH_BATCH};

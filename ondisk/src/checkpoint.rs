@@ -276,7 +276,7 @@ mod tests {
         // The page maps' changes go to pages of their own, which the
         // encoding does not read: one inline run each, or a tree's root.
         let mut mem = crate::btree::mem::Mem::default();
-        let mut m = Meta::new(1000, 1000, Time { secs: 5, nsecs: 6 });
+        let mut m = Meta::new(1000, 1000, Time { secs: 5, nsecs: 6 }, &mut mem).unwrap();
         for i in 0..200u64 {
             let ino = m.next_ino;
             m.apply(&Op::Create {
@@ -285,11 +285,14 @@ mod tests {
                 body: NewBody::File,
             })
             .unwrap();
-            m.apply(&Op::Link {
-                dir: ROOT_INO,
-                name: format!("file-{i:04}-with-a-longish-name").into_bytes(),
-                ino,
-            })
+            m.execute(
+                &Op::Link {
+                    dir: ROOT_INO,
+                    name: format!("file-{i:04}-with-a-longish-name").into_bytes(),
+                    ino,
+                },
+                &mut mem,
+            )
             .unwrap();
             m.execute(
                 &Op::Map {
@@ -330,7 +333,13 @@ mod tests {
     fn fixed_bytes() {
         let g = Geometry::for_size(MIN_IMAGE_BYTES).unwrap();
         let p = Pmem::memory(MIN_IMAGE_BYTES);
-        let m = Meta::new(0, 0, Time::default());
+        let m = Meta::new(
+            0,
+            0,
+            Time::default(),
+            &mut crate::btree::mem::Mem::default(),
+        )
+        .unwrap();
         let len = encoded_len(&m, &[]).unwrap();
         let pfn = g.data_start;
         write_meta(&p, 5, &m, &[], &[pfn]).unwrap();

@@ -27,8 +27,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
 use std::path::Path;
 
-use crate::btree::Shape;
+use crate::btree::{Pages, Shape};
 use crate::checkpoint;
+use crate::dir::{Dir, Entry};
 use crate::error::{Corrupt, Error, Result};
 use crate::filemap::{FileMap, MapView};
 use crate::journal::{self, End};
@@ -51,6 +52,8 @@ pub struct Rebuild {
     /// These files' page maps, from the runs given (their maps in `Meta`
     /// are empty meanwhile, and their old trees' nodes free).
     pub maps: BTreeMap<Ino, Vec<Run<u64>>>,
+    /// These directories' entries, likewise.
+    pub dirs: BTreeMap<Ino, Vec<Entry>>,
 }
 
 /// How an image is opened.
@@ -174,9 +177,17 @@ fn format_on(pmem: &Pmem, opts: &FormatOptions, zero_head: bool) -> Result<Super
         pmem.zero(0, geometry.data_start * PAGE_SIZE)?;
         pmem.persist(0, geometry.data_start * PAGE_SIZE)?;
     }
-    let meta = Meta::new(opts.uid, opts.gid, opts.now);
+    // The root's entries are a tree: its node is stored and flushed here,
+    // and fenced with the checkpoint, which follows it.
+    let mut free = RangeMap::new();
+    free.insert(geometry.data_start, geometry.data_pages(), 1u32);
+    let mut free_pages = geometry.data_pages();
+    let mut txn = Txn::new(pmem, &mut free, &mut free_pages, &geometry);
+    let meta = Meta::new(opts.uid, opts.gid, opts.now, &mut txn)?;
+    Overlay::store(pmem, &txn.over.patches(pmem)?)?;
+    let first = free.first_at_or_after(0).ok_or(Error::NoSpace)?.start;
     let pfns: Vec<u64> = (0..checkpoint::pages_for(checkpoint::encoded_len(&meta, &[])?))
-        .map(|i| geometry.data_start + i)
+        .map(|i| first + i)
         .collect();
     checkpoint::write_meta(pmem, 1, &meta, &[], &pfns)?;
     pmem.fence()?;
@@ -240,15 +251,15 @@ fn reserve(ckpt_pages: usize) -> u64 {
 }
 
 /// Free pages a transaction's new tree nodes may not take. One that only
-/// drops references (deletes, unmaps) may go down to what a checkpoint of
-/// about today's size needs, so that a full file system can still free
-/// space; one that adds references or maps (a clone, a write) keeps half
-/// the reserve, and fails with no space rather than leave a checkpoint
-/// nowhere to go.
+/// drops references or names (deletes, unmaps, unlinks) may go down to
+/// what a checkpoint of about today's size needs, so that a full file
+/// system can still free space; one that adds references, maps or names
+/// (a clone, a write, a create) keeps half the reserve, and fails with no
+/// space rather than leave a checkpoint nowhere to go.
 fn node_floor(ckpt_pages: usize, ops: &[Op]) -> u64 {
     let grows = ops
         .iter()
-        .any(|op| matches!(op, Op::Map { .. } | Op::Clone { .. }));
+        .any(|op| matches!(op, Op::Map { .. } | Op::Clone { .. } | Op::Link { .. }));
     let checkpoint = ckpt_pages as u64 + ckpt_pages as u64 / 8 + 8;
     if grows {
         checkpoint.max(reserve(ckpt_pages) / 2)
@@ -360,7 +371,6 @@ impl Image {
                 )))
             }
         }
-        recovery.unlinked_inodes = unlinked_inodes(&meta);
         let mut image = Image::from_parts(
             file,
             pmem,
@@ -371,6 +381,7 @@ impl Image {
             over,
             Rebuild::default(),
         )?;
+        recovery.unlinked_inodes = unlinked_inodes(&image.meta, &image.view())?;
         image.recovery = recovery;
         if writable {
             image.recover()?;
@@ -381,9 +392,10 @@ impl Image {
     /// Assembles an image from parts a caller has read and checked (fsck,
     /// after repairing them): the metadata pages read through `over` (the
     /// patches replay found that are not stored in place yet). Derives the
-    /// free set; fails when page maps cannot be read or reach outside the
-    /// data area, into a tree or into the checkpoint, or when the share
-    /// tree disagrees with the page maps. Writes what `rebuild` asks for.
+    /// free set; fails when page maps or directories cannot be read, when
+    /// maps reach outside the data area, into a tree or into the
+    /// checkpoint, or when the share tree disagrees with the page maps.
+    /// Writes what `rebuild` asks for.
     #[allow(clippy::too_many_arguments)]
     pub fn from_parts(
         file: Option<File>,
@@ -408,25 +420,33 @@ impl Image {
         let g = sb.geometry;
         let mut free = RangeMap::new();
         free.insert(g.data_start, g.data_pages(), 1u32);
-        // Every page map walked and checked once: its runs counted, its
-        // tree's nodes in use.
+        // Every page map and directory walked and checked once: a map's
+        // runs counted, every tree's nodes in use.
         let view = over.view(&pmem);
         let mut counted = RangeMap::new();
         let mut nodes = Vec::new();
         let mut count = |r: Run<u64>| count_run(&mut counted, r);
         for (&ino, i) in &meta.inodes {
-            if let Some(m) = i.pages() {
-                let (runs, _) = m
-                    .check(&view, |p| nodes.push((p, ino)))
-                    .map_err(|e| match e {
-                        Error::Corrupt(c) => Error::Corrupt(Corrupt::new(
-                            format!("inode {ino}: {}", c.what),
-                            c.detail,
-                        )),
-                        e => e,
-                    })
-                    .map_err(fsck)?;
-                runs.into_iter().for_each(&mut count);
+            let whose = |e: Error| match e {
+                Error::Corrupt(c) => {
+                    Error::Corrupt(Corrupt::new(format!("inode {ino}: {}", c.what), c.detail))
+                }
+                e => e,
+            };
+            match &i.body {
+                Body::File(m) => {
+                    let (runs, _) = m
+                        .check(&view, |p| nodes.push((p, ino)))
+                        .map_err(whose)
+                        .map_err(fsck)?;
+                    runs.into_iter().for_each(&mut count);
+                }
+                Body::Dir(d) if !rebuild.dirs.contains_key(&ino) => {
+                    d.check(&view, |p| nodes.push((p, ino)))
+                        .map_err(whose)
+                        .map_err(fsck)?;
+                }
+                _ => {}
             }
         }
         rebuild
@@ -450,7 +470,7 @@ impl Image {
         for (p, ino) in nodes {
             if free.remove(p, 1).is_empty() {
                 return Err(Error::Corrupt(Corrupt::new(
-                    format!("inode {ino}: page map"),
+                    format!("inode {ino}: tree"),
                     format!(
                         "node {p} is outside the data area, mapped by a file or in another tree; run fsck.pmemfs -y"
                     ),
@@ -503,7 +523,7 @@ impl Image {
             carried_freed: Vec::new(),
             last_patch_bytes: 0,
         };
-        if rebuild.shares || !rebuild.maps.is_empty() {
+        if rebuild.shares || !rebuild.maps.is_empty() || !rebuild.dirs.is_empty() {
             image.rebuild(&counted, rebuild)?;
         }
         Ok(image)
@@ -523,6 +543,11 @@ impl Image {
             if let Some(Body::File(m)) = self.meta.inodes.get_mut(ino).map(|i| &mut i.body) {
                 *m = FileMap::new();
                 m.replace(&mut txn, *ino, 0, u64::MAX, runs)?;
+            }
+        }
+        for (ino, entries) in rebuild.dirs {
+            if let Some(Body::Dir(d)) = self.meta.inodes.get_mut(&ino).map(|i| &mut i.body) {
+                *d = Dir::build(&mut txn, ino, d.parent, entries)?;
             }
         }
         if rebuild.shares {
@@ -587,17 +612,37 @@ impl Image {
         self.last_patch_bytes
     }
 
-    /// Pages of the page-map trees, by walking them all (tests, fsck-like
-    /// accounting).
-    pub fn map_tree_pages(&self) -> Result<u64> {
+    /// Pages of the trees inodes own (page maps and directories), by
+    /// walking them all (tests, fsck-like accounting).
+    pub fn inode_tree_pages(&self) -> Result<u64> {
         let view = self.view();
         let mut n = 0;
         for i in self.meta.inodes.values() {
-            if let Some(m) = i.pages() {
-                n += m.check(&view, |_| {})?.1.pages;
-            }
+            n += match &i.body {
+                Body::File(m) => m.check(&view, |_| {})?.1.pages,
+                Body::Dir(d) => d.check(&view, |_| {})?.1.pages,
+                _ => 0,
+            };
         }
         Ok(n)
+    }
+
+    /// The inode `name` names in directory `dir` (`None`: no such entry);
+    /// fails when `dir` is not a directory.
+    pub fn lookup(&self, dir: Ino, name: &[u8]) -> Result<Option<Ino>> {
+        self.dir(dir)?.get(&self.view(), name)
+    }
+
+    /// Every entry of directory `dir`, in the order of its tree.
+    pub fn entries(&self, dir: Ino) -> Result<Vec<Entry>> {
+        self.dir(dir)?.list(&self.view())
+    }
+
+    fn dir(&self, dir: Ino) -> Result<&Dir> {
+        self.meta
+            .get(dir)
+            .and_then(|i| i.dir())
+            .ok_or_else(|| Error::Corrupt(Corrupt::new(format!("inode {dir}"), "not a directory")))
     }
 
     /// How many times the page maps map each pfn ([`Meta::counted_shares`]).
@@ -794,13 +839,17 @@ impl Image {
                     journaled.push(Cow::Borrowed(op));
                     continue;
                 };
-                // A file's later map says all its earlier one did.
-                if let (Op::SetFileMap { ino, .. }, Some(Op::SetFileMap { ino: last, .. })) =
-                    (&rec, journaled.last().map(|c| c.as_ref()))
-                {
-                    if ino == last {
-                        journaled.pop();
+                // A file's later map says all its earlier one did, and a
+                // directory's later entries likewise.
+                let same = match (&rec, journaled.last().map(|c| c.as_ref())) {
+                    (Op::SetFileMap { ino, .. }, Some(Op::SetFileMap { ino: last, .. })) => {
+                        ino == last
                     }
+                    (Op::SetDir { dir, .. }, Some(Op::SetDir { dir: last, .. })) => dir == last,
+                    _ => false,
+                };
+                if same {
+                    journaled.pop();
                 }
                 journaled.push(Cow::Owned(rec));
             }
@@ -1008,23 +1057,25 @@ pub fn same_shares(stored: &RangeMap<u32>, counted: &RangeMap<u32>) -> bool {
 }
 
 /// Inodes with no links that no directory names: files deleted while open.
-pub fn unlinked_inodes(meta: &Meta) -> Vec<Ino> {
-    let named: BTreeSet<Ino> = meta
+/// Directories (read through `pages`) are walked only when some inode has
+/// no links, which is rare.
+pub fn unlinked_inodes(meta: &Meta, pages: &impl Pages) -> Result<Vec<Ino>> {
+    let mut unlinked: BTreeSet<Ino> = meta
         .inodes
-        .values()
-        .filter_map(|i| match &i.body {
-            Body::Dir(d) => Some(d.entries.values().copied()),
-            _ => None,
-        })
-        .flatten()
-        .collect();
-    meta.inodes
         .iter()
-        .filter(|(ino, i)| {
-            i.attr.nlink == 0 && **ino != crate::meta::ROOT_INO && !named.contains(ino)
-        })
+        .filter(|(ino, i)| i.attr.nlink == 0 && **ino != crate::meta::ROOT_INO)
         .map(|(&ino, _)| ino)
-        .collect()
+        .collect();
+    for d in meta.inodes.values().filter_map(|i| i.dir()) {
+        if unlinked.is_empty() {
+            break;
+        }
+        d.each(pages, |_, ino| {
+            unlinked.remove(&ino);
+            !unlinked.is_empty()
+        })?;
+    }
+    Ok(unlinked.into_iter().collect())
 }
 
 #[cfg(test)]
@@ -1103,8 +1154,10 @@ mod tests {
         let t = fresh("fmt", 16 << 20);
         let img = Image::open(&t.0, Access::ReadOnly).unwrap();
         assert!(!img.recovery().was_in_use);
-        assert_eq!(img.meta().lost_found(), Some(2));
-        assert_eq!(img.free_pages(), img.geometry().data_pages() - 1);
+        assert_eq!(img.meta().lost_found(&img.view()).unwrap(), Some(2));
+        // The root's entries' tree and the checkpoint.
+        assert_eq!(img.free_pages(), img.geometry().data_pages() - 2);
+        assert_eq!(img.inode_tree_pages().unwrap(), 1);
     }
 
     #[test]
@@ -1195,9 +1248,12 @@ mod tests {
                 .unwrap();
             }
         }
-        // Every data page is free again but for the checkpoint's own.
+        // Every data page is free again but for the checkpoint's own, the
+        // root's tree (lost+found) and the tree nodes freed since the
+        // journal last restarted (reused once it does).
+        assert_eq!(img.inode_tree_pages().unwrap(), 1);
         assert_eq!(
-            img.free_pages() + img.checkpoint_pfns().len() as u64,
+            img.free_pages() + img.checkpoint_pfns().len() as u64 + 1 + img.deferred_pages(),
             img.geometry().data_pages()
         );
         drop(img);
@@ -1263,8 +1319,9 @@ mod tests {
         }
         assert_eq!(img.meta().share_root, 0);
         img.checkpoint().unwrap();
+        // The root's tree (lost+found) stays.
         assert_eq!(
-            img.free_pages() + img.checkpoint_pfns().len() as u64,
+            img.free_pages() + img.checkpoint_pfns().len() as u64 + 1,
             img.geometry().data_pages(),
             "every node was freed and given back"
         );
@@ -1440,9 +1497,8 @@ mod tests {
         add_file(&mut img, "c", 3);
         drop(img);
         let img = Image::open(&t.0, Access::ReadOnly).unwrap();
-        let root = img.meta().get(ROOT_INO).unwrap().dir().unwrap();
-        assert!(root.entries.contains_key(b"c".as_slice()));
-        assert!(!root.entries.contains_key(b"new".as_slice()));
+        assert!(img.lookup(ROOT_INO, b"c").unwrap().is_some());
+        assert!(img.lookup(ROOT_INO, b"new").unwrap().is_none());
         assert_eq!(img.file_map(a).unwrap().pages(), 7);
     }
 }

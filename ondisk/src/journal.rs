@@ -90,6 +90,8 @@ where
 
 /// The entry at `pos` of ops already encoded (`encode_ops`) and patches.
 pub fn entry_of(pos: JournalPos, mut payload: Vec<u8>, patches: &[Patch]) -> Result<Vec<u8>> {
+    // The patch list: a count, then each patch's 12 bytes and its bytes.
+    payload.reserve(4 + patches.iter().map(|p| 12 + p.bytes.len()).sum::<usize>());
     patch::encode(patches, &mut payload).map_err(|e| Error::Io(std::io::Error::other(e)))?;
     let len =
         u32::try_from(payload.len()).map_err(|_| Error::TransactionTooLarge(payload.len()))?;

@@ -17,6 +17,7 @@
 pub mod acl;
 pub mod btree;
 pub mod checkpoint;
+pub mod dir;
 pub mod error;
 pub mod filemap;
 pub mod image;
@@ -34,6 +35,7 @@ pub mod superblock;
 #[doc(hidden)]
 pub mod testing;
 
+pub use dir::Dir;
 pub use error::{Corrupt, Error, Result};
 pub use filemap::{FileMap, MapView};
 pub use image::{format, format_pmem, now, Access, FormatOptions, Image, Recovery};

@@ -5,14 +5,17 @@
 //! state the same way, checkpoint then [`Meta::apply`] for each op, so what
 //! an op means is written once, here.
 //!
-//! Share counts are not here: they live on the media (`shares`), changed
-//! in the same transactions as the page maps. `apply` says which pfns an
+//! What lives in trees on the media is not here but for the trees' roots:
+//! page maps of two or more runs (`filemap`), directory entries (`dir`)
+//! and share counts (`shares`), changed in a commit's transaction. Share
+//! counts change with the page maps. `apply` says which pfns an
 //! op gave a reference and took one from ([`Refs`]); the image changes the
 //! counts to match, and `share_root` records where the tree is.
 
 use std::collections::BTreeMap;
 
 use crate::btree::Pages;
+use crate::dir::Dir;
 use crate::error::{Corrupt, Result as MediaResult};
 use crate::filemap::FileMap;
 use crate::rangemap::{RangeMap, Run};
@@ -99,12 +102,6 @@ impl Attr {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Dir {
-    pub parent: Ino,
-    pub entries: BTreeMap<Vec<u8>, Ino>,
-}
-
 /// What an inode holds besides its attributes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Body {
@@ -164,6 +161,7 @@ pub enum Op {
         ino: Ino,
         attr: Attr,
     },
+    /// Names `ino` `name` in `dir`.
     Link {
         dir: Ino,
         name: Vec<u8>,
@@ -226,6 +224,14 @@ pub enum Op {
         ino: Ino,
         map: FileMap,
     },
+    /// Records a directory's entries (their tree's root and count) after a
+    /// commit changed them: what the journal holds in place of `Link` and
+    /// `Unlink`, whose changes to the tree are the entry's patches (`dir`).
+    SetDir {
+        dir: Ino,
+        root: u64,
+        entries: u64,
+    },
 }
 
 /// What an op did to page references: pfn runs `(pfn, len)` that gained a
@@ -256,10 +262,11 @@ pub enum Undo {
         ino: Ino,
         attr: Attr,
     },
-    /// The op's entry of `dir` names `ino` again (`None`: no entry).
-    Entry {
+    /// A directory's entries are what they were (its tree's pages are the
+    /// failed transaction's, dropped with it).
+    Entries {
         dir: Ino,
-        ino: Option<Ino>,
+        was: Dir,
     },
     /// The op's xattr of `ino` is `value` again (`None`: none).
     Xattr {
@@ -300,8 +307,8 @@ pub fn valid_name(name: &[u8]) -> bool {
 
 impl Meta {
     /// A new file system: root directory and lost+found, owned by
-    /// `uid`:`gid`.
-    pub fn new(uid: u32, gid: u32, now: Time) -> Meta {
+    /// `uid`:`gid`; the root's entries are written through `pages`.
+    pub fn new(uid: u32, gid: u32, now: Time, pages: &mut impl Pages) -> MediaResult<Meta> {
         let mut m = Meta {
             next_ino: ROOT_INO,
             ..Meta::default()
@@ -326,11 +333,10 @@ impl Meta {
             },
         ];
         for op in &ops {
-            m.apply(op)
-                .expect("a fresh file system accepts its first ops");
+            m.execute(op, pages)?;
         }
-        m.inodes.get_mut(&root).expect("just made").attr.nlink = 3;
-        m
+        m.inode_mut(root)?.attr.nlink = 3;
+        Ok(m)
     }
 
     pub fn get(&self, ino: Ino) -> Option<&Inode> {
@@ -338,8 +344,11 @@ impl Meta {
     }
 
     /// The inode number of lost+found, if the root has one.
-    pub fn lost_found(&self) -> Option<Ino> {
-        self.get(ROOT_INO)?.dir()?.entries.get(LOST_FOUND).copied()
+    pub fn lost_found(&self, pages: &impl Pages) -> MediaResult<Option<Ino>> {
+        match self.get(ROOT_INO).and_then(|i| i.dir()) {
+            Some(d) => d.get(pages, LOST_FOUND),
+            None => Ok(None),
+        }
     }
 
     fn inode_mut(&mut self, ino: Ino) -> Result<&mut Inode, Corrupt> {
@@ -362,11 +371,12 @@ impl Meta {
         }
     }
 
-    /// Applies one op as a commit does, page-map changes made through
-    /// `pages` (a transaction); returns the references it added and
-    /// dropped, the op the journal records for it if not the op itself
-    /// (for `Map`, `Unmap` and `Clone`: the file's new map, `SetFileMap`),
-    /// and what undoes it ([`Meta::undo`]).
+    /// Applies one op as a commit does, tree changes made through `pages`
+    /// (a transaction); returns the references it added and dropped, the
+    /// op the journal records for it if not the op itself (for `Map`,
+    /// `Unmap` and `Clone`: the file's new map, `SetFileMap`; for `Link`
+    /// and `Unlink`: the directory's entries, `SetDir`), and what undoes
+    /// it ([`Meta::undo`]).
     ///
     /// An op that does not fit the state (a missing inode, a name that
     /// exists) is refused, and the checks that can fail come before any
@@ -387,6 +397,12 @@ impl Meta {
             self.get(ino)
                 .ok_or_else(|| bad(format!("inode {ino} does not exist")))
         };
+        let entries = |dir: Ino| -> Result<Undo, Corrupt> {
+            let was = *inode(dir)?
+                .dir()
+                .ok_or_else(|| bad(format!("inode {dir} is not a directory")))?;
+            Ok(Undo::Entries { dir, was })
+        };
         let map = |ino: Ino| -> Result<Undo, Corrupt> {
             let map = *inode(ino)?
                 .pages()
@@ -402,17 +418,9 @@ impl Meta {
                 ino: *ino,
                 attr: inode(*ino)?.attr,
             },
-            // A link that applies made the entry.
-            Op::Link { dir, .. } => Undo::Entry {
-                dir: *dir,
-                ino: None,
-            },
-            Op::Unlink { dir, name } => Undo::Entry {
-                dir: *dir,
-                ino: inode(*dir)?
-                    .dir()
-                    .and_then(|d| d.entries.get(name).copied()),
-            },
+            Op::Link { dir, .. } | Op::Unlink { dir, .. } | Op::SetDir { dir, .. } => {
+                entries(*dir)?
+            }
             Op::Delete { ino } => Undo::Inode {
                 ino: *ino,
                 inode: Box::new(inode(*ino)?.clone()),
@@ -436,10 +444,7 @@ impl Meta {
     /// undos go in reverse order.
     pub fn undo(&mut self, u: Undo, op: &Op) {
         let name = match op {
-            Op::Link { name, .. }
-            | Op::Unlink { name, .. }
-            | Op::SetXattr { name, .. }
-            | Op::RemoveXattr { name, .. } => name.clone(),
+            Op::SetXattr { name, .. } | Op::RemoveXattr { name, .. } => name.clone(),
             _ => Vec::new(),
         };
         match u {
@@ -455,12 +460,9 @@ impl Meta {
                     i.attr = attr;
                 }
             }
-            Undo::Entry { dir, ino } => {
+            Undo::Entries { dir, was } => {
                 if let Some(Body::Dir(d)) = self.inodes.get_mut(&dir).map(|i| &mut i.body) {
-                    match ino {
-                        Some(ino) => d.entries.insert(name, ino),
-                        None => d.entries.remove(&name),
-                    };
+                    *d = was;
                 }
             }
             Undo::Xattr { ino, value } => {
@@ -562,8 +564,38 @@ impl Meta {
                 self.apply(op)?;
                 return Ok((refs, None));
             }
-            Op::SetFileMap { .. } => {
-                return Err(bad("setfilemap: recorded by commits, not made".into()).into())
+            Op::Link { dir, name, ino } => {
+                if !valid_name(name) {
+                    return Err(bad(format!(
+                        "link: invalid name {:?}",
+                        String::from_utf8_lossy(name)
+                    ))
+                    .into());
+                }
+                if !self.inodes.contains_key(ino) {
+                    return Err(bad(format!("link: inode {ino} does not exist")).into());
+                }
+                if !self.dir_mut(*dir)?.insert(pages, name, *ino)? {
+                    return Err(bad(format!(
+                        "link: {:?} exists in directory {dir}",
+                        String::from_utf8_lossy(name)
+                    ))
+                    .into());
+                }
+                return Ok((refs, Some(self.set_dir(*dir)?)));
+            }
+            Op::Unlink { dir, name } => {
+                if self.dir_mut(*dir)?.remove(pages, name)?.is_none() {
+                    return Err(bad(format!(
+                        "unlink: no {:?} in directory {dir}",
+                        String::from_utf8_lossy(name)
+                    ))
+                    .into());
+                }
+                return Ok((refs, Some(self.set_dir(*dir)?)));
+            }
+            Op::SetFileMap { .. } | Op::SetDir { .. } => {
+                return Err(bad(format!("{op:?}: recorded by commits, not made")).into())
             }
             _ => {
                 self.apply(op)?;
@@ -574,12 +606,22 @@ impl Meta {
         Ok((refs, Some(Op::SetFileMap { ino, map })))
     }
 
+    /// What the journal records of directory `dir`'s entries.
+    fn set_dir(&mut self, dir: Ino) -> Result<Op, Corrupt> {
+        let d = *self.dir_mut(dir)?;
+        Ok(Op::SetDir {
+            dir,
+            root: d.root(),
+            entries: d.len(),
+        })
+    }
+
     fn check_delete(&self, ino: Ino) -> Result<(), Corrupt> {
         let i = self
             .inodes
             .get(&ino)
             .ok_or_else(|| bad(format!("delete: inode {ino} does not exist")))?;
-        if i.dir().is_some_and(|d| !d.entries.is_empty()) {
+        if i.dir().is_some_and(|d| !d.is_empty()) {
             return Err(bad(format!("delete: directory {ino} is not empty")));
         }
         if ino == ROOT_INO {
@@ -589,8 +631,8 @@ impl Meta {
     }
 
     /// Applies one op as the journal holds it (replay, and commits for the
-    /// ops that change no page map). `Map`, `Unmap` and `Clone` are
-    /// [`Meta::execute`]'s: a journal records their outcome.
+    /// ops that change no tree). `Map`, `Unmap`, `Clone`, `Link` and
+    /// `Unlink` are [`Meta::execute`]'s: a journal records their outcome.
     ///
     /// An op that does not fit the state (a missing inode, a name that
     /// exists) is refused with `Corrupt`, and the checks that can fail come
@@ -605,10 +647,7 @@ impl Meta {
                 }
                 let body = match (attr.kind, body) {
                     (Kind::File, NewBody::File) => Body::File(FileMap::new()),
-                    (Kind::Dir, NewBody::Dir { parent }) => Body::Dir(Dir {
-                        parent: *parent,
-                        entries: BTreeMap::new(),
-                    }),
+                    (Kind::Dir, NewBody::Dir { parent }) => Body::Dir(Dir::new(*ino, *parent)),
                     (Kind::Symlink, NewBody::Symlink(t)) => Body::Symlink(t.clone()),
                     (
                         Kind::Fifo | Kind::Socket | Kind::CharDev | Kind::BlockDev,
@@ -637,43 +676,25 @@ impl Meta {
                 }
                 i.attr = *attr;
             }
-            Op::Link { dir, name, ino } => {
-                if !valid_name(name) {
-                    return Err(bad(format!(
-                        "link: invalid name {:?}",
-                        String::from_utf8_lossy(name)
-                    )));
-                }
-                if !self.inodes.contains_key(ino) {
-                    return Err(bad(format!("link: inode {ino} does not exist")));
-                }
-                let d = self.dir_mut(*dir)?;
-                if d.entries.contains_key(name) {
-                    return Err(bad(format!(
-                        "link: {:?} exists in directory {dir}",
-                        String::from_utf8_lossy(name)
-                    )));
-                }
-                d.entries.insert(name.clone(), *ino);
-            }
-            Op::Unlink { dir, name } => {
-                if self.dir_mut(*dir)?.entries.remove(name).is_none() {
-                    return Err(bad(format!(
-                        "unlink: no {:?} in directory {dir}",
-                        String::from_utf8_lossy(name)
-                    )));
-                }
-            }
             Op::Delete { ino } => {
                 self.check_delete(*ino)?;
                 self.inodes.remove(ino);
             }
-            Op::Map { .. } | Op::Unmap { .. } | Op::Clone { .. } => {
+            Op::Map { .. }
+            | Op::Unmap { .. }
+            | Op::Clone { .. }
+            | Op::Link { .. }
+            | Op::Unlink { .. } => {
                 return Err(bad(format!(
-                    "{op:?}: a page-map op where the journal records its outcome"
+                    "{op:?}: an op that changes a tree, where the journal records its outcome"
                 )))
             }
             Op::SetFileMap { ino, map } => *self.file_mut(*ino)? = *map,
+            Op::SetDir { dir, root, entries } => {
+                let d = self.dir_mut(*dir)?;
+                *d = Dir::from_parts(*dir, d.parent, *root, *entries)
+                    .map_err(|e| bad(format!("setdir: directory {dir}: {e}")))?;
+            }
             Op::SetXattr { ino, name, value } => {
                 self.inode_mut(*ino)?
                     .xattrs
@@ -754,7 +775,7 @@ mod tests {
     use super::*;
     use crate::btree::mem::Mem;
 
-    fn file(m: &mut Meta, name: &str) -> Ino {
+    fn file(m: &mut Meta, mem: &mut Mem, name: &str) -> Ino {
         let ino = m.next_ino;
         m.apply(&Op::Create {
             ino,
@@ -762,13 +783,24 @@ mod tests {
             body: NewBody::File,
         })
         .unwrap();
-        m.apply(&Op::Link {
-            dir: ROOT_INO,
-            name: name.into(),
-            ino,
-        })
+        exec(
+            m,
+            mem,
+            &Op::Link {
+                dir: ROOT_INO,
+                name: name.into(),
+                ino,
+            },
+        )
         .unwrap();
         ino
+    }
+
+    /// A new file system, its trees in memory.
+    fn fresh() -> (Meta, Mem) {
+        let mut mem = Mem::default();
+        let m = Meta::new(0, 0, Time::default(), &mut mem).unwrap();
+        (m, mem)
     }
 
     /// `op` as a commit applies it, its page-map changes in `mem`.
@@ -778,18 +810,17 @@ mod tests {
 
     #[test]
     fn new_fs_has_root_and_lost_found() {
-        let m = Meta::new(0, 0, Time::default());
-        assert_eq!(m.lost_found(), Some(2));
+        let (m, mem) = fresh();
+        assert_eq!(m.lost_found(&mem).unwrap(), Some(2));
         assert_eq!(m.get(ROOT_INO).unwrap().attr.nlink, 3);
         m.check_shape().unwrap();
     }
 
     #[test]
     fn ops_say_which_references_they_add_and_drop() {
-        let mut m = Meta::new(0, 0, Time::default());
-        let mut mem = Mem::default();
-        let a = file(&mut m, "a");
-        let b = file(&mut m, "b");
+        let (mut m, mut mem) = fresh();
+        let a = file(&mut m, &mut mem, "a");
+        let b = file(&mut m, &mut mem, "b");
         let map = |ino, index, pfn, len| Op::Map {
             ino,
             index,
@@ -859,10 +890,9 @@ mod tests {
         };
         let attr = |kind| Attr::new(kind, 0o644, 0, 0, Time::default());
         for round in 0..300 {
-            let mut m = Meta::new(0, 0, Time::default());
-            let mut mem = Mem::default();
-            let a = file(&mut m, "a");
-            let b = file(&mut m, "b");
+            let (mut m, mut mem) = fresh();
+            let a = file(&mut m, &mut mem, "a");
+            let b = file(&mut m, &mut mem, "b");
             exec(
                 &mut m,
                 &mut mem,
@@ -969,9 +999,8 @@ mod tests {
 
     #[test]
     fn clone_within_one_file_and_over_itself() {
-        let mut m = Meta::new(0, 0, Time::default());
-        let mut mem = Mem::default();
-        let a = file(&mut m, "a");
+        let (mut m, mut mem) = fresh();
+        let a = file(&mut m, &mut mem, "a");
         exec(
             &mut m,
             &mut mem,
@@ -1028,9 +1057,8 @@ mod tests {
 
     #[test]
     fn encoding_round_trips_and_shape_errors_are_caught() {
-        let mut m = Meta::new(0, 0, Time::default());
-        let mut mem = Mem::default();
-        let a = file(&mut m, "a");
+        let (mut m, mut mem) = fresh();
+        let a = file(&mut m, &mut mem, "a");
         exec(
             &mut m,
             &mut mem,
@@ -1067,9 +1095,8 @@ mod tests {
 
     #[test]
     fn bad_ops_are_refused() {
-        let mut m = Meta::new(0, 0, Time::default());
-        let mut mem = Mem::default();
-        let a = file(&mut m, "a");
+        let (mut m, mut mem) = fresh();
+        let a = file(&mut m, &mut mem, "a");
         assert!(exec(
             &mut m,
             &mut mem,
@@ -1132,12 +1159,18 @@ mod tests {
             }
         )
         .is_err());
-        // A page-map op is a commit's; the journal holds its outcome.
+        // A tree-changing op is a commit's; the journal holds its outcome.
         assert!(m
             .apply(&Op::Unmap {
                 ino: a,
                 index: 0,
                 len: 1
+            })
+            .is_err());
+        assert!(m
+            .apply(&Op::Unlink {
+                dir: ROOT_INO,
+                name: b"a".to_vec()
             })
             .is_err());
     }

@@ -40,7 +40,7 @@ use crate::pmem::Pmem;
 
 pub const MAGIC: [u8; 8] = *b"PMEMFS\0\x01";
 /// Version of the on-media format this code reads and writes.
-pub const FORMAT_VERSION: u32 = 4;
+pub const FORMAT_VERSION: u32 = 5;
 /// Bytes of a superblock copy.
 pub const SUPERBLOCK_BYTES: usize = 256;
 /// Longest label, in bytes.
@@ -416,7 +416,7 @@ mod tests {
     fn fixed_bytes() {
         let mut want = Vec::new();
         want.extend_from_slice(b"PMEMFS\0\x01");
-        want.extend_from_slice(&[4, 0, 0, 0, 0, 0, 0, 0]); // version 4, incompat
+        want.extend_from_slice(&[5, 0, 0, 0, 0, 0, 0, 0]); // version 5, incompat
         want.extend_from_slice(&[7; 16]);
         let mut label = b"scratch".to_vec();
         label.resize(64, 0);
@@ -439,7 +439,7 @@ mod tests {
             want.extend_from_slice(&v.to_le_bytes());
         }
         want.resize(252, 0);
-        want.extend_from_slice(&0x2402_136eu32.to_le_bytes());
+        want.extend_from_slice(&0x03d2_5752u32.to_le_bytes());
         assert_eq!(sample().encode().to_vec(), want);
     }
 

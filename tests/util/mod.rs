@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use pmemfs_ondisk::superblock;
 use pmemfs_ondisk::{
-    Access, Attr, FormatOptions, Image, Ino, Kind, Meta, NewBody, Op, Pmem, Time, PAGE_SIZE,
+    Access, Attr, Body, FormatOptions, Image, Ino, Kind, Meta, NewBody, Op, Pmem, Time, PAGE_SIZE,
     ROOT_INO,
 };
 
@@ -295,13 +295,42 @@ fn open_closed(
 /// Rewrites the image's metadata after `damage` changed it, as a valid
 /// checkpoint: logical damage that checksums cannot catch.
 pub fn damage_meta(path: &Path, damage: impl FnOnce(&mut Meta)) {
+    damage_dirs(path, |m, _| damage(m));
+}
+
+/// Every directory's entries, by directory, as a test damages them.
+pub type Entries = std::collections::BTreeMap<Ino, std::collections::BTreeMap<Vec<u8>, Ino>>;
+
+/// [`damage_meta`], with the directories' entries (read from their trees)
+/// to damage too: a directory whose entries changed gets a tree of them.
+pub fn damage_dirs(path: &Path, damage: impl FnOnce(&mut Meta, &mut Entries)) {
     let (file, pmem, sb, ck) = open_closed(path);
     let mut meta = ck.meta;
-    damage(&mut meta);
-    let journal = sb.journal;
     let mut over = pmemfs_ondisk::overlay::Overlay::default();
     over.apply(&pmem, &ck.patches).expect("patches");
-    let rebuild = pmemfs_ondisk::image::Rebuild::default();
+    let mut entries: Entries = {
+        let view = over.view(&pmem);
+        meta.inodes
+            .iter()
+            .filter_map(|(&ino, i)| {
+                let e = i.dir()?.list(&view).expect("entries");
+                Some((ino, e.into_iter().collect()))
+            })
+            .collect()
+    };
+    let before = entries.clone();
+    damage(&mut meta, &mut entries);
+    let mut rebuild = pmemfs_ondisk::image::Rebuild::default();
+    for (ino, e) in entries {
+        if before.get(&ino) == Some(&e) {
+            continue;
+        }
+        if let Some(Body::Dir(d)) = meta.inodes.get_mut(&ino).map(|i| &mut i.body) {
+            *d = pmemfs_ondisk::Dir::new(ino, d.parent);
+            rebuild.dirs.insert(ino, e.into_iter().collect());
+        }
+    }
+    let journal = sb.journal;
     Image::from_parts(Some(file), pmem, sb, meta, ck.pfns, journal, over, rebuild)
         .expect("assemble")
         .close()

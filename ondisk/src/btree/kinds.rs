@@ -106,6 +106,20 @@ impl Kind for Dirents {
     fn key_bytes(k: &NameKey) -> usize {
         6 + k.name.len()
     }
+    fn cmp_in_place(b: &[u8], key: &NameKey) -> Option<Decode<(std::cmp::Ordering, usize)>> {
+        Some((|| {
+            if b.len() < 6 {
+                return Err("a name key past the node's bytes".into());
+            }
+            let hash = u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+            let len = usize::from(u16::from_le_bytes([b[4], b[5]]));
+            if len == 0 || len > 255 || b.len() < 6 + len {
+                return Err(format!("a name of {len} bytes"));
+            }
+            let name = &b[6..6 + len];
+            Ok(((hash, name).cmp(&(key.hash, key.name.as_slice())), 6 + len))
+        })())
+    }
     fn encode_key(k: &NameKey, out: &mut Vec<u8>) {
         put_u32(out, k.hash);
         // Names are at most 255 bytes (meta::valid_name), checked before

@@ -66,6 +66,12 @@ pub trait Kind {
     fn fixed_key(_b: &[u8]) -> Option<Decode<Self::Key>> {
         None
     }
+    /// How the key at the start of `b` compares with `key`, and its bytes,
+    /// read where it lies (`None`: the kind does not do this): what lookups
+    /// in trees of keys of many sizes search with, decoding no record.
+    fn cmp_in_place(_b: &[u8], _key: &Self::Key) -> Option<Decode<(std::cmp::Ordering, usize)>> {
+        None
+    }
     fn encode_key(k: &Self::Key, out: &mut Vec<u8>);
     fn decode_key(r: &mut Reader) -> Decode<Self::Key>;
     fn encode_value(v: &Self::Value, out: &mut Vec<u8>);
@@ -109,6 +115,42 @@ struct Split<K: Kind> {
     left_first: K::Key,
     sep: K::Key,
     right: u64,
+}
+
+/// Where a key is or would go in a leaf, found in place
+/// (`Tree::leaf_spot`).
+struct Spot {
+    pfn: u64,
+    /// Records and their bytes.
+    count: usize,
+    bytes: usize,
+    /// Byte offset in the records of the key's record, or of the first
+    /// with a greater key (the end if none).
+    at: usize,
+    /// The key's bytes, when the key is there.
+    found: Option<usize>,
+    /// The leaf a removal would merge this one with; `None` for a root or
+    /// an only child, which no removal merges.
+    sibling: Option<u64>,
+}
+
+impl Spot {
+    fn leaf(
+        pfn: u64,
+        raw: &node::Raw,
+        at: usize,
+        found: Option<usize>,
+        sibling: Option<u64>,
+    ) -> Spot {
+        Spot {
+            pfn,
+            count: raw.count,
+            bytes: raw.body.len(),
+            at,
+            found,
+            sibling,
+        }
+    }
 }
 
 /// A record, if the in-place search could say (`Tree::floor_in_place`).
@@ -199,6 +241,9 @@ impl<K: Kind> Tree<K> {
         if self.root == 0 {
             return Ok(None);
         }
+        if let Some(found) = self.get_in_place(pages, key)? {
+            return Ok(found);
+        }
         let mut n = self.load(pages, self.root, None)?;
         loop {
             match n.entries {
@@ -283,6 +328,205 @@ impl<K: Kind> Tree<K> {
             pfn = u64::from_le_bytes(child);
             level = Some(raw.level - 1);
         }
+    }
+
+    /// Where `key` is, or would go, in the leaf its search leads to, found
+    /// reading each node's records where they lie, for kinds that compare
+    /// keys in place (`Kind::cmp_in_place`); `None` when it cannot say
+    /// (another kind, or a node that fails a check the decoding search
+    /// reports in full).
+    fn leaf_spot(&self, pages: &impl Pages, key: &K::Key) -> Result<Option<Spot>> {
+        let (mut pfn, mut level, mut sibling) = (self.root, None, None);
+        loop {
+            let what = || format!("{} node at pfn {pfn} of inode {}", K::NAME, self.owner);
+            let bad = |e: String| -> Error { Corrupt::new(what(), e).into() };
+            let raw = Node::<K>::raw(pages.page(pfn)?).map_err(bad)?;
+            if raw.owner != self.owner || level.is_some_and(|l| l != raw.level) || raw.count == 0 {
+                return Ok(None);
+            }
+            let value_bytes = if raw.level == 0 { K::VALUE_BYTES } else { 8 };
+            // A leaf: the first record whose key is at or above `key`. An
+            // interior node: every child, and how many keys are at most
+            // `key`.
+            let capacity = if raw.level == 0 { 0 } else { raw.count };
+            let (mut at, mut children, mut at_most) = (0, Vec::with_capacity(capacity), 0);
+            for _ in 0..raw.count {
+                let Some(c) = K::cmp_in_place(&raw.body[at..], key) else {
+                    return Ok(None);
+                };
+                let (ord, key_bytes) = c.map_err(bad)?;
+                let end = at + key_bytes + value_bytes;
+                if end > raw.body.len() {
+                    return Err(bad("a record past the node's bytes".into()));
+                }
+                if raw.level == 0 && ord != std::cmp::Ordering::Less {
+                    let found = (ord == std::cmp::Ordering::Equal).then_some(key_bytes);
+                    return Ok(Some(Spot::leaf(pfn, &raw, at, found, sibling)));
+                }
+                at_most += usize::from(ord != std::cmp::Ordering::Greater);
+                children.push(end - 8);
+                at = end;
+            }
+            if raw.level == 0 {
+                return Ok(Some(Spot::leaf(pfn, &raw, at, None, sibling)));
+            }
+            let child = |i: usize| {
+                let mut c = [0u8; 8];
+                c.copy_from_slice(&raw.body[children[i]..children[i] + 8]);
+                u64::from_le_bytes(c)
+            };
+            // Keys below the first record's go to the first child; the
+            // sibling is the one a removal would merge with (`remove_in`).
+            let i = at_most.saturating_sub(1);
+            sibling = match children.len() {
+                1 => None,
+                n => Some(child(if i + 1 < n { i + 1 } else { i - 1 })),
+            };
+            pfn = child(i);
+            level = Some(raw.level - 1);
+        }
+    }
+
+    /// [`Tree::get`] in place ([`Tree::leaf_spot`]).
+    fn get_in_place(&self, pages: &impl Pages, key: &K::Key) -> Result<Option<Option<K::Value>>> {
+        let Some(spot) = self.leaf_spot(pages, key)? else {
+            return Ok(None);
+        };
+        let Some(key_bytes) = spot.found else {
+            return Ok(Some(None));
+        };
+        let page = pages.page(spot.pfn)?;
+        let v = node::HEADER_BYTES + spot.at + key_bytes;
+        let mut r = Reader::new(&page[v..v + K::VALUE_BYTES]);
+        let value = K::decode_value(&mut r)
+            .map_err(|e| Corrupt::new(format!("{} node at pfn {}", K::NAME, spot.pfn), e))?;
+        Ok(Some(Some(value)))
+    }
+
+    /// Stores `value` under `key` if no record has that key; returns
+    /// whether it did. One descent where `get` and `insert` take two, for
+    /// kinds that compare keys in place.
+    pub fn insert_new(
+        &mut self,
+        pages: &mut impl Pages,
+        key: K::Key,
+        value: K::Value,
+    ) -> Result<bool> {
+        if self.root != 0 {
+            if let Some(spot) = self.leaf_spot(pages, &key)? {
+                if spot.found.is_some() {
+                    return Ok(false);
+                }
+                if self.insert_at(pages, &spot, &key, &value)? {
+                    return Ok(true);
+                }
+            } else if self.get(pages, &key)?.is_some() {
+                return Ok(false);
+            }
+        }
+        self.insert(pages, key, value)?;
+        Ok(true)
+    }
+
+    /// [`Tree::insert`] of a new key into a leaf with room for it, its
+    /// records moved where they lie; `None` (nothing changed) when the
+    /// key is there or the leaf is full: the decoding path's to do.
+    fn insert_in_place(
+        &self,
+        pages: &mut impl Pages,
+        key: &K::Key,
+        value: &K::Value,
+    ) -> Result<Option<Option<K::Value>>> {
+        let Some(spot) = self.leaf_spot(pages, key)? else {
+            return Ok(None);
+        };
+        if spot.found.is_some() || !self.insert_at(pages, &spot, key, value)? {
+            return Ok(None);
+        }
+        Ok(Some(None))
+    }
+
+    /// Puts a record of a key not in the leaf at its spot, if the leaf has
+    /// room; returns whether it did.
+    fn insert_at(
+        &self,
+        pages: &mut impl Pages,
+        spot: &Spot,
+        key: &K::Key,
+        value: &K::Value,
+    ) -> Result<bool> {
+        let mut rec = Vec::with_capacity(K::key_bytes(key) + K::VALUE_BYTES);
+        K::encode_key(key, &mut rec);
+        K::encode_value(value, &mut rec);
+        if spot.bytes + rec.len() > CAPACITY {
+            return Ok(false);
+        }
+        self.splice(pages, spot, 0, &rec, spot.count + 1)?;
+        Ok(true)
+    }
+
+    /// [`Tree::remove`] from a leaf that keeps a record and that the
+    /// decoding path would not merge (it stays a quarter full, or it and
+    /// its sibling do not fit one page), its records moved where they
+    /// lie; `None` (nothing changed) when that path must merge or free
+    /// nodes.
+    fn remove_in_place(
+        &self,
+        pages: &mut impl Pages,
+        key: &K::Key,
+    ) -> Result<Option<Option<K::Value>>> {
+        let Some(spot) = self.leaf_spot(pages, key)? else {
+            return Ok(None);
+        };
+        let Some(key_bytes) = spot.found else {
+            return Ok(Some(None));
+        };
+        let len = key_bytes + K::VALUE_BYTES;
+        let left = spot.bytes - len;
+        if spot.count == 1 {
+            return Ok(None);
+        }
+        if let (true, Some(sib)) = (left < CAPACITY / 4, spot.sibling) {
+            let what = || format!("{} node at pfn {sib} of inode {}", K::NAME, self.owner);
+            let raw = Node::<K>::raw(pages.page(sib)?).map_err(|e| Corrupt::new(what(), e))?;
+            if left + raw.body.len() <= CAPACITY {
+                return Ok(None);
+            }
+        }
+        let old = {
+            let page = pages.page(spot.pfn)?;
+            let v = node::HEADER_BYTES + spot.at + key_bytes;
+            K::decode_value(&mut Reader::new(&page[v..v + K::VALUE_BYTES]))
+                .map_err(|e| Corrupt::new(format!("{} node at pfn {}", K::NAME, spot.pfn), e))?
+        };
+        self.splice(pages, &spot, len, &[], spot.count - 1)?;
+        Ok(Some(Some(old)))
+    }
+
+    /// Replaces `remove` bytes of the leaf's records at the spot with
+    /// `insert`, moving the records after them, and writes the header for
+    /// `count` records. Bytes past the new end are left as they are (no
+    /// reader looks at them).
+    fn splice(
+        &self,
+        pages: &mut impl Pages,
+        spot: &Spot,
+        remove: usize,
+        insert: &[u8],
+        count: usize,
+    ) -> Result<()> {
+        let body = node::HEADER_BYTES..node::HEADER_BYTES + spot.bytes;
+        let mut tail = Vec::with_capacity(insert.len() + spot.bytes - spot.at - remove);
+        tail.extend_from_slice(insert);
+        tail.extend_from_slice(&pages.page(spot.pfn)?[body.start + spot.at + remove..body.end]);
+        pages.write(spot.pfn, body.start + spot.at, &tail)?;
+        let bytes = spot.bytes + insert.len() - remove;
+        let header = {
+            let page = pages.page(spot.pfn)?;
+            let records = &page[node::HEADER_BYTES..node::HEADER_BYTES + bytes];
+            node::Node::<K>::header(0, self.owner, count, records)
+        };
+        pages.write(spot.pfn, 0, &header)
     }
 
     /// `strict`: the greatest key below `key`, not at most.
@@ -415,6 +659,9 @@ impl<K: Kind> Tree<K> {
             self.root = Self::store_new(pages, &Node::leaf(self.owner, vec![(key, value)]))?;
             return Ok(None);
         }
+        if let Some(old) = self.insert_in_place(pages, &key, &value)? {
+            return Ok(old);
+        }
         let (old, split, level) = self.insert_in(pages, self.root, None, key, value)?;
         if let Some(s) = split {
             if level >= MAX_LEVEL {
@@ -528,6 +775,9 @@ impl<K: Kind> Tree<K> {
     pub fn remove(&mut self, pages: &mut impl Pages, key: &K::Key) -> Result<Option<K::Value>> {
         if self.root == 0 {
             return Ok(None);
+        }
+        if let Some(old) = self.remove_in_place(pages, key)? {
+            return Ok(old);
         }
         let (old, left) = self.remove_in(pages, self.root, None, key)?;
         if left.len == 0 {

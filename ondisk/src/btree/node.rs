@@ -157,6 +157,30 @@ impl<K: Kind> Node<K> {
         Ok(out)
     }
 
+    /// The header of a node of `count` records, `records` its records'
+    /// bytes (whose crc it holds): for changes made to records where they
+    /// lie (`Tree`'s in-place inserts and removes).
+    pub fn header(level: u8, owner: u64, count: usize, records: &[u8]) -> [u8; HEADER_BYTES] {
+        let mut h = RawHeader {
+            magic: MAGIC,
+            kind: K::TYPE,
+            level,
+            count: U16::new(count as u16),
+            bytes: U16::new(records.len() as u16),
+            reserved: U16::new(0),
+            crc: U32::new(0),
+            owner: U64::new(owner),
+            reserved2: U64::new(0),
+        };
+        let mut c = crc32fast::Hasher::new();
+        c.update(h.as_bytes());
+        c.update(records);
+        h.crc = U32::new(c.finalize());
+        let mut out = [0u8; HEADER_BYTES];
+        out.copy_from_slice(h.as_bytes());
+        out
+    }
+
     /// Records of one size (`Kind::fixed_record`), straight from their
     /// bytes; `None` for kinds whose keys vary.
     fn decode_fixed(level: u8, count: usize, body: &[u8]) -> Option<Decode<Entries<K>>> {

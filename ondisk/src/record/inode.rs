@@ -8,13 +8,15 @@
 //!  88     4  xattrs    number of xattr records that follow (xattr.rs)
 //!  92     4  reserved  zero
 //!  96     8  count     file: 1 when a page map record (filemap.rs)
-//!                      follows, 0 for an empty map; directory: entry
-//!                      records (dirent.rs); symlink: bytes of the
-//!                      target; other kinds: 0
+//!                      follows, 0 for an empty map; directory: 1 when a
+//!                      directory record (dir.rs) follows, 0 for no
+//!                      entries; symlink: bytes of the target; other
+//!                      kinds: 0
 //! 104     8  parent    directory: its parent (the root's is itself); else 0
 //! 112        the xattr records, in ascending name order; then a file's
-//!            page map record (filemap.rs), or the count entry records
-//!            in ascending name order, or the target's bytes
+//!            page map record (filemap.rs), a directory's record
+//!            (dir.rs: the root of its entries' tree), or the target's
+//!            bytes
 //! ```
 
 use std::collections::BTreeMap;
@@ -22,9 +24,10 @@ use std::collections::BTreeMap;
 use zerocopy::little_endian::{U32, U64};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
 
-use super::{attr, dirent, filemap, len_u32, xattr, Decode, Reader};
+use super::{attr, dir, filemap, len_u32, xattr, Decode, Reader};
+use crate::dir::Dir;
 use crate::filemap::FileMap;
-use crate::meta::{Body, Dir, Ino, Inode, Kind};
+use crate::meta::{Body, Ino, Inode, Kind};
 
 /// Bytes of the fixed part.
 pub const FIXED_BYTES: usize = 112;
@@ -43,7 +46,7 @@ pub fn encode(ino: Ino, i: &Inode, out: &mut Vec<u8>) -> Decode<()> {
     attr::encode(&i.attr, out);
     let (count, parent) = match &i.body {
         Body::File(m) => (u64::from(!m.is_empty()), 0),
-        Body::Dir(d) => (d.entries.len() as u64, d.parent),
+        Body::Dir(d) => (u64::from(!d.is_empty()), d.parent),
         Body::Symlink(t) => (u64::from(len_u32(t.len(), "a symlink target")?), 0),
         Body::Special => (0, 0),
     };
@@ -60,11 +63,8 @@ pub fn encode(ino: Ino, i: &Inode, out: &mut Vec<u8>) -> Decode<()> {
     match &i.body {
         Body::File(m) if m.is_empty() => {}
         Body::File(m) => filemap::encode(m, out),
-        Body::Dir(d) => {
-            for (name, ino) in &d.entries {
-                dirent::encode(*ino, name, out)?;
-            }
-        }
+        Body::Dir(d) if d.is_empty() => {}
+        Body::Dir(d) => dir::encode(d, out),
         Body::Symlink(t) => out.extend_from_slice(t),
         Body::Special => {}
     }
@@ -105,18 +105,17 @@ pub fn decode(r: &mut Reader) -> Decode<(Ino, Inode)> {
             }
             n => return Err(bad(format!("a file with a count of {n}"))),
         },
-        Kind::Dir => {
-            let n = r.count(count, dirent::FIXED_BYTES, "directory entries")?;
-            let mut entries = BTreeMap::new();
-            for _ in 0..n {
-                let (child, name) = dirent::decode(r).map_err(bad)?;
-                if entries.last_key_value().is_some_and(|(k, _)| *k >= name) {
-                    return Err(bad("entries are not in ascending name order".into()));
+        Kind::Dir => match count {
+            0 => Body::Dir(Dir::new(ino, parent)),
+            1 => {
+                let d = dir::decode(r, ino, parent).map_err(bad)?;
+                if d.is_empty() {
+                    return Err(bad("an empty directory recorded".into()));
                 }
-                entries.insert(name, child);
+                Body::Dir(d)
             }
-            Body::Dir(Dir { parent, entries })
-        }
+            n => return Err(bad(format!("a directory with a count of {n}"))),
+        },
         Kind::Symlink => {
             let n = r.count(count, 1, "symlink target")?;
             Body::Symlink(r.take(n, "symlink target").map_err(bad)?.to_vec())
@@ -131,17 +130,16 @@ pub fn decode(r: &mut Reader) -> Decode<(Ino, Inode)> {
     Ok((ino, Inode { attr, xattrs, body }))
 }
 
+/// A directory of inode `ino` with one entry, its tree at pfn 0x0102 (a
+/// record names the root; its pages are not read here).
 #[cfg(test)]
-pub(crate) fn sample_dir() -> Inode {
+pub(crate) fn sample_dir(ino: Ino) -> Inode {
     let mut a = attr::sample();
     a.kind = Kind::Dir;
     Inode {
         attr: a,
         xattrs: BTreeMap::from([(b"user.a".to_vec(), b"1".to_vec())]),
-        body: Body::Dir(Dir {
-            parent: 1,
-            entries: BTreeMap::from([(b"f".to_vec(), 3)]),
-        }),
+        body: Body::Dir(Dir::from_parts(ino, 1, 0x0102, 1).expect("a valid directory")),
     }
 }
 
@@ -156,8 +154,9 @@ mod tests {
         super::super::whole(b, decode)
     }
 
-    fn inodes() -> Vec<Inode> {
-        let mut file = sample_dir();
+    /// Inodes of each kind, for inode `ino`.
+    fn inodes(ino: Ino) -> Vec<Inode> {
+        let mut file = sample_dir(ino);
         file.attr.kind = Kind::File;
         file.xattrs.clear();
         // One run: inline, so that it decodes the same under any inode.
@@ -167,7 +166,7 @@ mod tests {
             len: 2,
             value: 100,
         };
-        map.replace(&mut Mem::default(), 1, 5, 2, &[run]).unwrap();
+        map.replace(&mut Mem::default(), ino, 5, 2, &[run]).unwrap();
         file.body = Body::File(map);
         let mut link = file.clone();
         link.attr.kind = Kind::Symlink;
@@ -175,60 +174,71 @@ mod tests {
         let mut fifo = file.clone();
         fifo.attr.kind = Kind::Fifo;
         fifo.body = Body::Special;
-        vec![sample_dir(), file, link, fifo]
+        vec![sample_dir(ino), file, link, fifo]
     }
 
     #[test]
     fn round_trip() {
-        for (n, i) in inodes().into_iter().enumerate() {
+        for i in inodes(10) {
             let mut out = Vec::new();
-            encode(n as u64 + 10, &i, &mut out).unwrap();
-            assert_eq!(decode_all(&out).unwrap(), (n as u64 + 10, i));
+            encode(10, &i, &mut out).unwrap();
+            assert_eq!(decode_all(&out).unwrap(), (10, i));
         }
+        // An empty directory is no record at all.
+        let mut empty = inodes(10)[0].clone();
+        empty.body = Body::Dir(Dir::new(10, 1));
+        let mut out = Vec::new();
+        encode(10, &empty, &mut out).unwrap();
+        assert_eq!(out.len(), FIXED_BYTES + 13);
+        assert_eq!(decode_all(&out).unwrap(), (10, empty));
     }
 
     #[test]
     fn fixed_bytes() {
-        let mut i = sample_dir();
+        let mut i = sample_dir(2);
         i.attr = crate::meta::Attr::new(Kind::Dir, 0o755, 0, 0, Time::default());
         let mut out = Vec::new();
         encode(2, &i, &mut out).unwrap();
         let mut want = vec![2, 0, 0, 0, 0, 0, 0, 0];
         attr::encode(&i.attr, &mut want);
         want.extend_from_slice(&[1, 0, 0, 0, 0, 0, 0, 0]); // one xattr, reserved
-        want.extend_from_slice(&[1, 0, 0, 0, 0, 0, 0, 0]); // one entry
+        want.extend_from_slice(&[1, 0, 0, 0, 0, 0, 0, 0]); // a directory record
         want.extend_from_slice(&[1, 0, 0, 0, 0, 0, 0, 0]); // parent 1
         want.extend_from_slice(&[6, 0, 1, 0, 0, 0]);
         want.extend_from_slice(b"user.a1");
-        want.extend_from_slice(&[3, 0, 0, 0, 0, 0, 0, 0, 1, 0, b'f']);
+        want.extend_from_slice(&[2, 1, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0]);
         assert_eq!(out, want);
         assert_eq!(out[..FIXED_BYTES].len(), 112);
     }
 
     #[test]
     fn damage_is_refused() {
-        for (n, i) in inodes().into_iter().enumerate() {
+        for i in inodes(1) {
             let mut out = Vec::new();
-            encode(n as u64 + 1, &i, &mut out).unwrap();
+            encode(1, &i, &mut out).unwrap();
             super::super::assert_refuses_damage(&out, decode_all);
         }
         // A file with a count, and a directory with a huge one, are
         // refused.
         let mut out = Vec::new();
-        encode(5, &inodes()[1], &mut out).unwrap();
+        encode(5, &inodes(5)[1], &mut out).unwrap();
         assert_eq!(out.len(), FIXED_BYTES + filemap::BYTES);
         out[96] = 2;
         assert!(decode_all(&out).unwrap_err().contains("count"));
         // An empty map is no record at all.
-        let mut empty = inodes()[1].clone();
+        let mut empty = inodes(5)[1].clone();
         empty.body = Body::File(FileMap::new());
         let mut out = Vec::new();
         encode(5, &empty, &mut out).unwrap();
         assert_eq!(out.len(), FIXED_BYTES);
         assert_eq!(decode_all(&out).unwrap(), (5, empty));
-        let mut huge = Vec::new();
-        encode(5, &inodes()[0], &mut huge).unwrap();
-        huge[96..104].copy_from_slice(&u64::MAX.to_le_bytes());
-        assert!(decode_all(&huge).unwrap_err().contains("cannot fit"));
+        let mut two = Vec::new();
+        encode(5, &inodes(5)[0], &mut two).unwrap();
+        two[96] = 2;
+        assert!(decode_all(&two).unwrap_err().contains("count"));
+        let mut symlink = Vec::new();
+        encode(5, &inodes(5)[2], &mut symlink).unwrap();
+        symlink[96..104].copy_from_slice(&u64::MAX.to_le_bytes());
+        assert!(decode_all(&symlink).unwrap_err().contains("cannot fit"));
     }
 }

@@ -104,7 +104,7 @@ mod tests {
         // The page maps' changes go to pages of their own, which the
         // encoding does not read: one inline run each, or a tree's root.
         let mut mem = crate::btree::mem::Mem::default();
-        let mut m = Meta::new(1000, 1000, Time { secs: 5, nsecs: 6 });
+        let mut m = Meta::new(1000, 1000, Time { secs: 5, nsecs: 6 }, &mut mem).unwrap();
         for (i, kind) in [Kind::File, Kind::File, Kind::Symlink, Kind::Fifo]
             .into_iter()
             .enumerate()
@@ -121,11 +121,14 @@ mod tests {
                 body,
             })
             .unwrap();
-            m.apply(&Op::Link {
-                dir: ROOT_INO,
-                name: format!("n{i}").into_bytes(),
-                ino,
-            })
+            m.execute(
+                &Op::Link {
+                    dir: ROOT_INO,
+                    name: format!("n{i}").into_bytes(),
+                    ino,
+                },
+                &mut mem,
+            )
             .unwrap();
         }
         m.execute(
@@ -175,7 +178,13 @@ mod tests {
 
     #[test]
     fn fixed_bytes_of_a_new_file_system() {
-        let mut m = Meta::new(0, 0, Time::default());
+        let mut m = Meta::new(
+            0,
+            0,
+            Time::default(),
+            &mut crate::btree::mem::Mem::default(),
+        )
+        .unwrap();
         m.share_root = 0x0102;
         let bytes = encode(&m, &[]).unwrap();
         assert_eq!(
@@ -187,8 +196,9 @@ mod tests {
                 2, 1, 0, 0, 0, 0, 0, 0, // share_root
             ]
         );
-        // The root (entry lost+found) and lost+found, then no patches.
-        let root = inode::FIXED_BYTES + 10 + b"lost+found".len();
+        // The root (its entries' tree holds lost+found) and lost+found,
+        // then no patches.
+        let root = inode::FIXED_BYTES + super::super::dir::BYTES;
         assert_eq!(bytes.len(), HEADER_BYTES + root + inode::FIXED_BYTES + 4);
         assert_eq!(bytes[bytes.len() - 4..], [0, 0, 0, 0]);
         assert_eq!(

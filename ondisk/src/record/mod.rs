@@ -1,7 +1,8 @@
 //! The records the journal and the checkpoints are made of, each a fixed,
 //! little-endian layout in the module named after it: [`attr`] (an inode's
 //! attributes and its times), [`inode`] (an inode in a checkpoint),
-//! [`xattr`], [`dirent`] (a directory entry), [`extent`] (a run of a
+//! [`xattr`], [`dirent`] (a directory entry), [`dir`] (a directory's
+//! entries: the root of their tree), [`extent`] (a run of a
 //! file's page map), [`op`] (one change in a journal entry), [`patch`]
 //! (new bytes for part of a metadata page) and [`meta`] (a checkpoint's
 //! payload: a header, inode records, then the patches it carries); and,
@@ -18,6 +19,7 @@
 //! input could hold. Encoding refuses a length its field cannot hold.
 
 pub mod attr;
+pub mod dir;
 pub mod dirent;
 pub mod extent;
 pub mod filemap;

@@ -23,15 +23,17 @@
 //!  11  SetShareRoot root (pfn of the share tree's root, 0 for none)
 //!  12  SetFileMap   ino, then a page map (filemap.rs: root, runs, pages,
 //!                   inline run)
+//!  13  SetDir       dir, then a directory record (dir.rs: root, entries)
 //! ```
 //!
-//! Tags 5 to 7 (`Map`, `Unmap`, `Clone`) are what the file system asks a
-//! commit for; a journal records their outcome as tag 12 and the entry's
-//! patches, and replay refuses them.
+//! Tags 2, 3 and 5 to 7 (`Link`, `Unlink`, `Map`, `Unmap`, `Clone`) are
+//! what the file system asks a commit for; a journal records their
+//! outcome as tags 13 and 12 and the entry's patches, and replay refuses
+//! them.
 //!
 //! Tags are never renumbered or reused; a new op takes the next one.
 
-use super::{attr, dirent, extent, filemap, len_u32, put_u32, put_u64, xattr, Decode, Reader};
+use super::{attr, dir, dirent, extent, filemap, len_u32, put_u32, put_u64, xattr, Decode, Reader};
 use crate::meta::{NewBody, Op};
 use crate::rangemap::Run;
 
@@ -147,6 +149,15 @@ fn encode_op(op: &Op, out: &mut Vec<u8>) -> Decode<()> {
             put_u64(out, *ino);
             filemap::encode(map, out);
         }
+        Op::SetDir {
+            dir: d,
+            root,
+            entries,
+        } => {
+            out.push(13);
+            put_u64(out, *d);
+            dir::encode_parts(*root, *entries, out);
+        }
     }
     Ok(())
 }
@@ -249,6 +260,15 @@ fn decode_op(r: &mut Reader) -> Decode<Op> {
                 map: filemap::decode(r, ino)?,
             }
         }
+        13 => {
+            let d = r.u64("dir")?;
+            let (root, entries) = dir::decode_parts(r)?;
+            Op::SetDir {
+                dir: d,
+                root,
+                entries,
+            }
+        }
         t => return Err(format!("unknown op tag {t}")),
     })
 }
@@ -330,6 +350,11 @@ mod tests {
                 ino: 3,
                 map: FileMap::default(),
             },
+            Op::SetDir {
+                dir: 4,
+                root: 0x0102,
+                entries: 7,
+            },
         ]
     }
 
@@ -388,6 +413,20 @@ mod tests {
         let mut want = vec![1, 0, 0, 0, 12, 5, 0, 0, 0, 0, 0, 0, 0];
         want.extend_from_slice(&[0; filemap::BYTES]);
         assert_eq!(bytes, want);
+        // A SetDir: tag, dir, the directory record (dir.rs).
+        let bytes = encode(&[Op::SetDir {
+            dir: 5,
+            root: 0x0102,
+            entries: 3,
+        }])
+        .unwrap();
+        let mut want = vec![1, 0, 0, 0, 13, 5, 0, 0, 0, 0, 0, 0, 0];
+        want.extend_from_slice(&[2, 1, 0, 0, 0, 0, 0, 0, 3, 0, 0, 0, 0, 0, 0, 0]);
+        assert_eq!(bytes, want);
+        let mut bad = bytes.clone();
+        bad[21] = 0;
+        bad[22] = 0;
+        assert!(decode(&bad).unwrap_err().contains("entries"));
     }
 
     #[test]
@@ -395,8 +434,8 @@ mod tests {
         let bytes = encode(&every_op()).unwrap();
         super::super::assert_refuses_damage(&bytes, decode);
         let mut bad = encode(&[Op::Delete { ino: 1 }]).unwrap();
-        bad[4] = 13;
-        assert!(decode(&bad).unwrap_err().contains("unknown op tag 13"));
+        bad[4] = 14;
+        assert!(decode(&bad).unwrap_err().contains("unknown op tag 14"));
         let mut bad = encode(&[Op::Delete { ino: 1 }]).unwrap();
         bad[0] = 0xff;
         assert!(decode(&bad).unwrap_err().contains("cannot fit"));

@@ -5,11 +5,16 @@
 //! pointing at it, every inode must be reachable (files deleted while open,
 //! with no links and no names, are left to recovery), and link counts must
 //! match the names.
+//!
+//! The entries are pass 3's copies ([`Dirs`]), read from the directories'
+//! trees; a directory whose entries a repair changes has its tree written
+//! anew when the repairs are ([`Dirs::settle`]).
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
+use pmemfs_ondisk::image::Rebuild;
 use pmemfs_ondisk::meta::{valid_name, LOST_FOUND};
-use pmemfs_ondisk::{Attr, Body, Ino, Kind, Meta, NewBody, Op, ROOT_INO};
+use pmemfs_ondisk::{Attr, Body, Dir, Ino, Kind, Meta, NewBody, Op, ROOT_INO};
 
 use super::problem::Code;
 use super::Check;
@@ -22,16 +27,55 @@ fn is_dir(meta: &Meta, ino: Ino) -> bool {
     meta.get(ino).is_some_and(|i| i.dir().is_some())
 }
 
-fn entries(meta: &Meta, dir: Ino) -> Vec<(Vec<u8>, Ino)> {
-    meta.get(dir)
-        .and_then(|i| i.dir())
-        .map(|d| d.entries.iter().map(|(n, &i)| (n.clone(), i)).collect())
-        .unwrap_or_default()
+/// Every directory's entries as fsck checks and repairs them, and which
+/// of them a repair changed.
+#[derive(Debug, Default)]
+pub struct Dirs {
+    pub entries: BTreeMap<Ino, BTreeMap<Vec<u8>, Ino>>,
+    pub changed: BTreeSet<Ino>,
 }
 
-fn remove_entry(meta: &mut Meta, dir: Ino, name: &[u8]) {
-    if let Some(Body::Dir(d)) = meta.inodes.get_mut(&dir).map(|i| &mut i.body) {
-        d.entries.remove(name);
+impl Dirs {
+    fn list(&self, dir: Ino) -> Vec<(Vec<u8>, Ino)> {
+        self.entries
+            .get(&dir)
+            .map(|e| e.iter().map(|(n, &i)| (n.clone(), i)).collect())
+            .unwrap_or_default()
+    }
+
+    fn get(&self, dir: Ino, name: &[u8]) -> Option<Ino> {
+        self.entries.get(&dir)?.get(name).copied()
+    }
+
+    fn remove(&mut self, dir: Ino, name: &[u8]) {
+        if let Some(e) = self.entries.get_mut(&dir) {
+            e.remove(name);
+            self.changed.insert(dir);
+        }
+    }
+
+    /// Adds an entry; false if the name is taken.
+    fn insert(&mut self, dir: Ino, name: Vec<u8>, ino: Ino) -> bool {
+        let e = self.entries.entry(dir).or_default();
+        if e.contains_key(&name) {
+            return false;
+        }
+        e.insert(name, ino);
+        self.changed.insert(dir);
+        true
+    }
+
+    /// Hands the changed directories' entries to `rebuild`, their trees to
+    /// be written anew (their inodes empty meanwhile, the old trees'
+    /// nodes free).
+    pub fn settle(&mut self, meta: &mut Meta, rebuild: &mut Rebuild) {
+        for &ino in &self.changed {
+            if let Some(Body::Dir(d)) = meta.inodes.get_mut(&ino).map(|i| &mut i.body) {
+                *d = Dir::new(ino, d.parent);
+                let e = self.entries.get(&ino).cloned().unwrap_or_default();
+                rebuild.dirs.insert(ino, e.into_iter().collect());
+            }
+        }
     }
 }
 
@@ -45,10 +89,10 @@ struct Walk {
 impl Walk {
     /// Reaches everything below `top` (itself reached already). A directory
     /// met a second time is an extra name.
-    fn descend(&mut self, c: &mut Check, meta: &mut Meta, top: Ino) {
+    fn descend(&mut self, c: &mut Check, meta: &Meta, dirs: &mut Dirs, top: Ino) {
         let mut queue = VecDeque::from([top]);
         while let Some(d) = queue.pop_front() {
-            for (name, t) in entries(meta, d) {
+            for (name, t) in dirs.list(d) {
                 if !valid_name(&name) || !meta.inodes.contains_key(&t) {
                     continue; // reported by the entry check
                 }
@@ -59,7 +103,7 @@ impl Walk {
                             lossy(&name)
                         );
                         if c.found(Code::DirExtraLink, detail) {
-                            remove_entry(meta, d, &name);
+                            dirs.remove(d, &name);
                         }
                         continue;
                     }
@@ -73,20 +117,15 @@ impl Walk {
 }
 
 /// Returns false when the tree has no usable root.
-pub fn check(c: &mut Check, meta: &mut Meta) -> bool {
+pub fn check(c: &mut Check, meta: &mut Meta, dirs: &mut Dirs) -> bool {
     if !is_dir(meta, ROOT_INO) {
         c.found(Code::RootBad, format!("inode {ROOT_INO}"));
         return false;
     }
     // Entries that name nothing, or by an invalid name.
-    let dirs: Vec<Ino> = meta
-        .inodes
-        .iter()
-        .filter(|(_, i)| i.dir().is_some())
-        .map(|(&n, _)| n)
-        .collect();
-    for &d in &dirs {
-        for (name, t) in entries(meta, d) {
+    let all: Vec<Ino> = dirs.entries.keys().copied().collect();
+    for d in all {
+        for (name, t) in dirs.list(d) {
             let problem = if !valid_name(&name) {
                 Some((
                     Code::DentryBadName,
@@ -102,7 +141,7 @@ pub fn check(c: &mut Check, meta: &mut Meta) -> bool {
             };
             if let Some((code, detail)) = problem {
                 if c.found(code, detail) {
-                    remove_entry(meta, d, &name);
+                    dirs.remove(d, &name);
                 }
             }
         }
@@ -112,14 +151,23 @@ pub fn check(c: &mut Check, meta: &mut Meta) -> bool {
         reached: BTreeSet::from([ROOT_INO]),
         found_in: BTreeMap::from([(ROOT_INO, ROOT_INO)]),
     };
-    walk.descend(c, meta, ROOT_INO);
+    walk.descend(c, meta, dirs, ROOT_INO);
 
-    let lost_found = ensure_lost_found(c, meta, &mut walk);
+    let lost_found = ensure_lost_found(c, meta, dirs, &mut walk);
 
     // Unreachable inodes. Files deleted while open (no links, no names) are
     // recovery's to free, not orphans.
-    let named: BTreeSet<Ino> = pmemfs_ondisk::image::unlinked_inodes(meta)
-        .into_iter()
+    let named_somewhere: BTreeSet<Ino> = dirs
+        .entries
+        .values()
+        .flat_map(|e| e.values())
+        .copied()
+        .collect();
+    let named: BTreeSet<Ino> = meta
+        .inodes
+        .iter()
+        .filter(|(ino, i)| i.attr.nlink == 0 && **ino != ROOT_INO && !named_somewhere.contains(ino))
+        .map(|(&ino, _)| ino)
         .collect();
     let mut tops = BTreeSet::new();
     loop {
@@ -136,7 +184,7 @@ pub fn check(c: &mut Check, meta: &mut Meta) -> bool {
         // directory names; in a cycle, any member will do.
         let inner: BTreeSet<Ino> = unreached
             .iter()
-            .flat_map(|&d| entries(meta, d))
+            .flat_map(|&d| dirs.list(d))
             .map(|(_, t)| t)
             .collect();
         let top = unreached
@@ -148,15 +196,7 @@ pub fn check(c: &mut Check, meta: &mut Meta) -> bool {
         let fix = c.found(Code::Orphan, format!("inode {top} ({kind:?})"));
         if let (true, Some(lf)) = (fix, lost_found) {
             let name = format!("#{top}").into_bytes();
-            if meta
-                .apply(&Op::Link {
-                    dir: lf,
-                    name,
-                    ino: top,
-                })
-                .is_ok()
-                && is_dir(meta, top)
-            {
+            if dirs.insert(lf, name, top) && is_dir(meta, top) {
                 let _ = meta.apply(&Op::SetParent {
                     dir: top,
                     parent: lf,
@@ -167,7 +207,7 @@ pub fn check(c: &mut Check, meta: &mut Meta) -> bool {
             tops.insert(top);
         }
         walk.reached.insert(top);
-        walk.descend(c, meta, top);
+        walk.descend(c, meta, dirs, top);
     }
 
     // '..' of every reached directory.
@@ -192,7 +232,7 @@ pub fn check(c: &mut Check, meta: &mut Meta) -> bool {
     let mut names: BTreeMap<Ino, u32> = BTreeMap::new();
     let mut subdirs: BTreeMap<Ino, u32> = BTreeMap::new();
     for &d in walk.reached.iter().filter(|&&d| is_dir(meta, d)) {
-        for (_, t) in entries(meta, d) {
+        for (_, t) in dirs.list(d) {
             *names.entry(t).or_default() += 1;
             if is_dir(meta, t) {
                 *subdirs.entry(d).or_default() += 1;
@@ -226,8 +266,13 @@ pub fn check(c: &mut Check, meta: &mut Meta) -> bool {
 }
 
 /// Finds lost+found, recreating it when missing and the repair is wanted.
-fn ensure_lost_found(c: &mut Check, meta: &mut Meta, walk: &mut Walk) -> Option<Ino> {
-    match meta.lost_found() {
+fn ensure_lost_found(
+    c: &mut Check,
+    meta: &mut Meta,
+    dirs: &mut Dirs,
+    walk: &mut Walk,
+) -> Option<Ino> {
+    match dirs.get(ROOT_INO, LOST_FOUND) {
         Some(lf) if is_dir(meta, lf) => return Some(lf),
         Some(other) => {
             // The name is taken by something else: leave it, and no orphan
@@ -252,20 +297,15 @@ fn ensure_lost_found(c: &mut Check, meta: &mut Meta, walk: &mut Walk) -> Option<
     let ino = meta.next_ino;
     let now = pmemfs_ondisk::now();
     let root = meta.get(ROOT_INO).map(|i| i.attr)?;
-    let ops = [
-        Op::Create {
-            ino,
-            attr: Attr::new(Kind::Dir, 0o700, root.uid, root.gid, now),
-            body: NewBody::Dir { parent: ROOT_INO },
-        },
-        Op::Link {
-            dir: ROOT_INO,
-            name: LOST_FOUND.to_vec(),
-            ino,
-        },
-    ];
-    for op in &ops {
-        meta.apply(op).ok()?;
+    meta.apply(&Op::Create {
+        ino,
+        attr: Attr::new(Kind::Dir, 0o700, root.uid, root.gid, now),
+        body: NewBody::Dir { parent: ROOT_INO },
+    })
+    .ok()?;
+    dirs.entries.insert(ino, BTreeMap::new());
+    if !dirs.insert(ROOT_INO, LOST_FOUND.to_vec(), ino) {
+        return None;
     }
     walk.reached.insert(ino);
     walk.found_in.insert(ino, ROOT_INO);

@@ -1,10 +1,11 @@
-//! Pass 3: inodes, their page maps, flags and stored ACLs.
+//! Pass 3: inodes, their page maps and directories' entries (read from
+//! their trees into `Loaded::dirs`), flags and stored ACLs.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use pmemfs_ondisk::acl::{self, Acl};
 use pmemfs_ondisk::meta::{count_run, flag};
-use pmemfs_ondisk::{Body, FileMap, Ino, Pmem, RangeMap, Run};
+use pmemfs_ondisk::{Body, Dir, FileMap, Ino, Pmem, RangeMap, Run};
 
 use super::problem::Code;
 use super::{Check, Loaded};
@@ -19,10 +20,10 @@ pub fn check(c: &mut Check, l: &mut Loaded, pmem: &Pmem) {
     let mut progress = Progress::new("pass 3: inodes", l.meta.inodes.len() as u64);
     let (mut files, mut dirs, mut other, mut mapped) = (0u64, 0u64, 0u64, 0u64);
     let view = l.over.view(pmem);
-    // Pages the maps kept map, and the trees' pages by file: where a tree
+    // Pages the maps kept map, and the trees' pages by inode: where a tree
     // may not lie is known once every map is read.
     let mut in_use: RangeMap<u32> = RangeMap::new();
-    let mut trees: Vec<(Ino, Vec<u64>, Vec<Run<u64>>)> = Vec::new();
+    let mut trees: Vec<(Ino, Vec<u64>, Holds)> = Vec::new();
     for (&ino, inode) in l.meta.inodes.iter_mut() {
         progress.tick(1);
         match &mut inode.body {
@@ -65,7 +66,7 @@ pub fn check(c: &mut Check, l: &mut Loaded, pmem: &Pmem) {
                         count_run(&mut in_use, *r);
                     }
                     if !tree.is_empty() {
-                        trees.push((ino, tree, runs));
+                        trees.push((ino, tree, Holds::Runs(runs)));
                     }
                 } else {
                     // The rest of the map is written anew: what it was,
@@ -93,7 +94,24 @@ pub fn check(c: &mut Check, l: &mut Loaded, pmem: &Pmem) {
                     *target = b"?".to_vec();
                 }
             }
-            Body::Dir(_) => dirs += 1,
+            Body::Dir(d) => {
+                dirs += 1;
+                let mut tree = Vec::new();
+                match d.check(&view, |p| tree.push(p)) {
+                    Ok((entries, _)) => {
+                        l.dirs.entries.insert(ino, entries.into_iter().collect());
+                        if !tree.is_empty() {
+                            trees.push((ino, tree, Holds::Entries));
+                        }
+                    }
+                    Err(e) => {
+                        l.dirs.entries.insert(ino, BTreeMap::new());
+                        if c.found(Code::DirBad, format!("inode {ino}: {e}")) {
+                            *d = Dir::new(ino, d.parent);
+                        }
+                    }
+                }
+            }
             Body::Special => other += 1,
         }
         let unknown = inode.attr.flags & !flag::KNOWN;
@@ -129,26 +147,33 @@ pub fn check(c: &mut Check, l: &mut Loaded, pmem: &Pmem) {
     progress.finish();
     place_trees(c, l, &in_use, trees);
     c.note(format!(
-        "{files} files, {dirs} directories, {other} others; {mapped} pages mapped, {} page-map tree pages",
-        l.map_nodes.len()
+        "{files} files, {dirs} directories, {other} others; {mapped} pages mapped, {} pages of inodes' trees",
+        l.tree_nodes.len()
     ));
 }
 
-/// A page-map tree's pages must lie in the data area, apart from the
+/// What a tree holds: a file's runs, or a directory's entries (those are
+/// in `Loaded::dirs`).
+enum Holds {
+    Runs(Vec<Run<u64>>),
+    Entries,
+}
+
+/// An inode's tree's pages must lie in the data area, apart from the
 /// checkpoint, from the pages files map and from every other tree: a tree
-/// that does not is written anew elsewhere, its runs kept. The pages of
-/// the trees that stay go to `l.map_nodes`.
+/// that does not is written anew elsewhere, what it holds kept. The pages
+/// of the trees that stay go to `l.tree_nodes`.
 fn place_trees(
     c: &mut Check,
     l: &mut Loaded,
     in_use: &RangeMap<u32>,
-    trees: Vec<(Ino, Vec<u64>, Vec<Run<u64>>)>,
+    trees: Vec<(Ino, Vec<u64>, Holds)>,
 ) {
     let g = l.sb.geometry;
     let ckpt: BTreeSet<u64> = l.ckpt_pfns.iter().copied().collect();
     let mut owner: BTreeMap<u64, Ino> = BTreeMap::new();
     let mut moved = BTreeSet::new();
-    for (ino, pages, _) in &trees {
+    for (ino, pages, holds) in &trees {
         for &p in pages {
             let clash = if !g.in_data(p, 1) {
                 Some("outside the data area".to_string())
@@ -162,23 +187,32 @@ fn place_trees(
                     .map(|other| format!("in the tree of inode {other} too"))
             };
             if let Some(why) = clash {
-                if c.found(
-                    Code::MapTreeMisplaced,
-                    format!("inode {ino}: page-map node {p} lies {why}"),
-                ) {
+                let (code, what) = match holds {
+                    Holds::Runs(_) => (Code::MapTreeMisplaced, "page-map"),
+                    Holds::Entries => (Code::DirTreeMisplaced, "directory"),
+                };
+                if c.found(code, format!("inode {ino}: {what} node {p} lies {why}")) {
                     moved.insert(*ino);
                 }
             }
         }
     }
-    for (ino, pages, runs) in trees {
+    for (ino, pages, holds) in trees {
         if !moved.contains(&ino) {
-            l.map_nodes.extend(pages);
+            l.tree_nodes.extend(pages);
             continue;
         }
-        if let Some(Body::File(map)) = l.meta.inodes.get_mut(&ino).map(|i| &mut i.body) {
-            *map = FileMap::new();
-            l.rebuild.maps.insert(ino, runs);
+        match holds {
+            Holds::Runs(runs) => {
+                if let Some(Body::File(map)) = l.meta.inodes.get_mut(&ino).map(|i| &mut i.body) {
+                    *map = FileMap::new();
+                    l.rebuild.maps.insert(ino, runs);
+                }
+            }
+            // Written anew with the directories pass 4 changes.
+            Holds::Entries => {
+                l.dirs.changed.insert(ino);
+            }
         }
     }
 }

@@ -118,7 +118,8 @@ pub fn check(c: &mut Check, pmem: &Pmem, sb: Superblock) -> Option<Loaded> {
         ckpt_pfns,
         over,
         rebuild: Default::default(),
-        map_nodes: Default::default(),
+        tree_nodes: Default::default(),
+        dirs: Default::default(),
         journal_restart,
         torn_at,
     })

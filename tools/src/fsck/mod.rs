@@ -221,11 +221,15 @@ pub struct Loaded {
     /// The patches replay found (the checkpoint's and the entries'), over
     /// the media: the share tree as mount would see it.
     pub over: Overlay,
-    /// Trees to be built anew: the share tree from the page maps, and the
-    /// page maps of files whose trees could not stay.
+    /// Trees to be built anew: the share tree from the page maps, the
+    /// page maps of files whose trees could not stay, and directories
+    /// whose entries a repair changed.
     pub rebuild: Rebuild,
-    /// The pages of the page-map trees that stay (pass 3).
-    pub map_nodes: BTreeSet<u64>,
+    /// The pages of the inodes' trees (page maps, directories) that stay
+    /// (pass 3).
+    pub tree_nodes: BTreeSet<u64>,
+    /// Every directory's entries (pass 3 reads them, pass 4 repairs them).
+    pub dirs: dirs::Dirs,
     /// Where the journal restarts after a repair, past every entry that
     /// was read; the checkpoint that writes the repairs draws a new nonce.
     pub journal_restart: JournalPos,
@@ -353,9 +357,10 @@ fn passes(check: &mut Check, pmem: &Pmem, skip_clean: bool) -> Passes {
     inodes::check(check, &mut loaded, pmem);
 
     check.pass(4, "directories and connectivity");
-    if !dirs::check(check, &mut loaded.meta) {
+    if !dirs::check(check, &mut loaded.meta, &mut loaded.dirs) {
         return Passes::Stopped;
     }
+    loaded.dirs.settle(&mut loaded.meta, &mut loaded.rebuild);
 
     check.pass(5, "share counts and free space");
     shares::check(check, &mut loaded, pmem);

@@ -16,6 +16,8 @@ pub enum Code {
     MapOverCheckpoint,
     MapBad,
     MapTreeMisplaced,
+    DirBad,
+    DirTreeMisplaced,
     SymlinkBad,
     RootBad,
     DentryDangling,
@@ -114,6 +116,18 @@ impl Code {
                 "IN7",
                 "a node of a file's page-map tree lies outside the data area, in the checkpoint, on a mapped page or in another tree",
                 Some("the map is written anew elsewhere; nothing it maps is lost"),
+                false,
+            ),
+            DirBad => p(
+                "IN8",
+                "a directory's entries cannot be read",
+                Some("the directory is emptied; what it named goes to lost+found"),
+                false,
+            ),
+            DirTreeMisplaced => p(
+                "IN9",
+                "a node of a directory's tree lies outside the data area, in the checkpoint, on a mapped page or in another tree",
+                Some("the entries are written anew elsewhere; none is lost"),
                 false,
             ),
             SymlinkBad => p(

@@ -82,12 +82,12 @@ pub fn check(c: &mut Check, l: &mut Loaded, pmem: &Pmem) {
                 !g.in_data(p, 1)
                     || ckpt.contains(&p)
                     || counted.get(p).is_some()
-                    || l.map_nodes.contains(&p)
+                    || l.tree_nodes.contains(&p)
             });
             if let Some(p) = misplaced {
                 fix |= c.found(
                     Code::ShareTreeBad,
-                    format!("node {p} lies outside the data area, in the checkpoint, on a mapped page or in a page-map tree"),
+                    format!("node {p} lies outside the data area, in the checkpoint, on a mapped page or in an inode's tree"),
                 );
             }
             Some(stored_counts(&counted, &runs))
@@ -150,12 +150,12 @@ pub fn check(c: &mut Check, l: &mut Loaded, pmem: &Pmem) {
     }
     let used = counted.pages();
     let shared: u64 = counted.iter().filter(|r| r.value > 1).map(|r| r.len).sum();
-    let map_pages = l.map_nodes.len() as u64;
+    let inode_tree_pages = l.tree_nodes.len() as u64;
     let free = g
         .data_pages()
-        .saturating_sub(used + tree_pages + map_pages + l.ckpt_pfns.len() as u64);
+        .saturating_sub(used + tree_pages + inode_tree_pages + l.ckpt_pfns.len() as u64);
     c.note(format!(
-        "{used} data pages in use ({shared} shared), {tree_pages} share-tree pages, {map_pages} page-map tree pages, {} checkpoint pages, {free} of {} free",
+        "{used} data pages in use ({shared} shared), {tree_pages} share-tree pages, {inode_tree_pages} pages of inodes' trees, {} checkpoint pages, {free} of {} free",
         l.ckpt_pfns.len(),
         g.data_pages()
     ));
