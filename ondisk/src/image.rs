@@ -27,7 +27,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
 use std::path::Path;
 
-use crate::btree::{Pages, Shape};
+use crate::btree::{Checked, Pages, Shape};
 use crate::checkpoint;
 use crate::dir::{Dir, Entry};
 use crate::error::{Corrupt, Error, Result};
@@ -133,6 +133,9 @@ pub struct Image {
     carried_freed: Vec<u64>,
     /// Bytes of tree pages the last commit changed (its patches).
     last_patch_bytes: usize,
+    /// Tree nodes found whole since the image was opened: read again
+    /// without a checksum (`btree::checked`).
+    checked: Checked,
 }
 
 /// Seconds since the Unix epoch.
@@ -507,6 +510,7 @@ impl Image {
             }
         }
         let free_pages = free.pages();
+        let checked = Checked::new(sb.geometry.total_pages);
         let mut image = Image {
             file,
             pmem,
@@ -522,6 +526,7 @@ impl Image {
             meta_freed: Vec::new(),
             carried_freed: Vec::new(),
             last_patch_bytes: 0,
+            checked,
         };
         if rebuild.shares || !rebuild.maps.is_empty() || !rebuild.dirs.is_empty() {
             image.rebuild(&counted, rebuild)?;
@@ -596,7 +601,7 @@ impl Image {
     /// The metadata pages as this image reads them: the media, and
     /// replayed patches not stored in place when read-only.
     pub fn view(&self) -> View<'_> {
-        self.unstored.view(&self.pmem)
+        self.unstored.view(&self.pmem).checking(&self.checked)
     }
 
     /// The page map of file `ino`, read through [`Image::view`]; `None`
@@ -781,7 +786,7 @@ impl Image {
             }
         };
         self.last_patch_bytes = patches.iter().map(|p| p.bytes.len()).sum();
-        let written = journal::entry_of(self.journal, payload, &patches).and_then(|entry| {
+        let written = journal::entry_of(self.journal, &payload, &patches).and_then(|entry| {
             let fits = journal::append(&self.pmem, &self.sb.geometry, self.journal, &entry)?;
             if fits {
                 self.journal = self.journal.after(self.journal.off + entry.len() as u64);
@@ -825,6 +830,7 @@ impl Image {
             &self.sb.geometry,
         );
         txn.floor = node_floor(self.ckpt_pfns.len(), ops);
+        txn.checked = Some(&self.checked);
         let mut undo = Vec::with_capacity(ops.len());
         let mut tree = ShareTree::new(self.meta.share_root);
         let mut freed = Vec::new();
@@ -1013,7 +1019,7 @@ impl Image {
 
     /// The share tree's pages as they are now.
     fn share_pages(&self) -> View<'_> {
-        self.unstored.view(&self.pmem)
+        self.view()
     }
 
     fn shares(&self) -> ShareTree {

@@ -75,7 +75,7 @@ pub fn entry_bytes(payload: usize) -> u64 {
 
 /// Encodes a transaction as the entry that goes at `pos`.
 pub fn encode_entry(pos: JournalPos, ops: &[Op], patches: &[Patch]) -> Result<Vec<u8>> {
-    entry_of(pos, encode_ops(ops)?, patches)
+    entry_of(pos, &encode_ops(ops)?, patches)
 }
 
 /// The ops part of an entry's payload, for [`entry_of`]: a commit encodes
@@ -89,12 +89,18 @@ where
 }
 
 /// The entry at `pos` of ops already encoded (`encode_ops`) and patches.
-pub fn entry_of(pos: JournalPos, mut payload: Vec<u8>, patches: &[Patch]) -> Result<Vec<u8>> {
-    // The patch list: a count, then each patch's 12 bytes and its bytes.
-    payload.reserve(4 + patches.iter().map(|p| 12 + p.bytes.len()).sum::<usize>());
-    patch::encode(patches, &mut payload).map_err(|e| Error::Io(std::io::Error::other(e)))?;
-    let len =
-        u32::try_from(payload.len()).map_err(|_| Error::TransactionTooLarge(payload.len()))?;
+pub fn entry_of(pos: JournalPos, ops: &[u8], patches: &[Patch]) -> Result<Vec<u8>> {
+    // The patch list: a count, then each patch's 12 bytes and its bytes,
+    // encoded after the header and the ops, in the one buffer the entry is
+    // written from (a commit's patches are kilobytes; copied once).
+    let header = HEADER_BYTES as usize;
+    let patch_bytes = 4 + patches.iter().map(|p| 12 + p.bytes.len()).sum::<usize>();
+    let mut out = Vec::with_capacity(entry_bytes(ops.len() + patch_bytes) as usize);
+    out.resize(header, 0);
+    out.extend_from_slice(ops);
+    patch::encode(patches, &mut out).map_err(|e| Error::Io(std::io::Error::other(e)))?;
+    let payload = out.len() - header;
+    let len = u32::try_from(payload).map_err(|_| Error::TransactionTooLarge(payload))?;
     let mut h = RawHeader {
         magic: ENTRY_MAGIC.into(),
         len: len.into(),
@@ -103,11 +109,9 @@ pub fn entry_of(pos: JournalPos, mut payload: Vec<u8>, patches: &[Patch]) -> Res
         nonce: pos.nonce.into(),
         reserved: [0; 4],
     };
-    h.crc = entry_crc(&h, &payload).into();
-    let mut out = Vec::with_capacity(entry_bytes(payload.len()) as usize);
-    out.extend_from_slice(h.as_bytes());
-    out.extend_from_slice(&payload);
-    out.resize(entry_bytes(payload.len()) as usize, 0);
+    h.crc = entry_crc(&h, &out[header..]).into();
+    out[..header].copy_from_slice(h.as_bytes());
+    out.resize(entry_bytes(payload) as usize, 0);
     Ok(out)
 }
 

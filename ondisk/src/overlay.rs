@@ -12,7 +12,7 @@
 
 use std::collections::HashMap;
 
-use crate::btree::Pages;
+use crate::btree::{Checked, Pages};
 use crate::error::{Corrupt, Error, Result};
 use crate::layout::PAGE_SIZE;
 use crate::pmem::Pmem;
@@ -96,12 +96,31 @@ fn spans(old: &[u8], new: &[u8]) -> Vec<(usize, usize)> {
     out
 }
 
+/// Ranges written, in order and joined where they overlap or lie closer
+/// than [`JOIN`] bytes.
+fn joined(ranges: &[(usize, usize)]) -> Vec<(usize, usize)> {
+    let mut r = ranges.to_vec();
+    r.sort_unstable();
+    let mut out: Vec<(usize, usize)> = Vec::with_capacity(r.len());
+    for (a, b) in r {
+        match out.last_mut() {
+            Some(last) if a <= last.1 + JOIN => last.1 = last.1.max(b),
+            _ => out.push((a, b)),
+        }
+    }
+    out
+}
+
 #[derive(Debug, Default)]
 pub struct Overlay {
     pages: HashMap<u64, Box<[u8]>>,
     /// Pages handed out in this transaction: their old bytes mean nothing,
     /// so their patch is every byte written, not a difference.
     fresh: HashMap<u64, usize>,
+    /// Pages every write to which was of bytes known to change
+    /// (`Pages::write_new`): the ranges written, which are their patches
+    /// without a comparison. A page written otherwise is compared whole.
+    exact: HashMap<u64, Option<Vec<(usize, usize)>>>,
 }
 
 impl Overlay {
@@ -135,6 +154,72 @@ impl Overlay {
         if let Some(e) = self.fresh.get_mut(&pfn) {
             *e = (*e).max(end);
         }
+        self.exact.insert(pfn, None);
+        Ok(())
+    }
+
+    /// [`Overlay::write`] of bytes the caller knows differ from the page's
+    /// (records moved within a node): their patch is what was written.
+    fn write_new(&mut self, pmem: &Pmem, pfn: u64, off: usize, bytes: &[u8]) -> Result<()> {
+        let end = off + bytes.len();
+        self.write_known(pmem, pfn, off, end, |p| p[off..end].copy_from_slice(bytes))
+    }
+
+    /// Replaces the `remove` bytes at `at` with `insert`, moving the bytes
+    /// after them up to `end` along, in the page's copy (no buffer of the
+    /// moved bytes); the patch is what changed, as for `write_new`.
+    fn splice(
+        &mut self,
+        pmem: &Pmem,
+        pfn: u64,
+        at: usize,
+        end: usize,
+        remove: usize,
+        insert: &[u8],
+    ) -> Result<()> {
+        if at + remove > end || end > PAGE {
+            return Err(Corrupt::new(format!("page {pfn}"), "a splice past its bytes").into());
+        }
+        let moved = at + insert.len();
+        let new_end = moved + (end - at - remove);
+        self.write_known(pmem, pfn, at, new_end, |p| {
+            p.copy_within(at + remove..end, moved);
+            p[at..moved].copy_from_slice(insert);
+        })
+    }
+
+    /// Changes bytes `off..end` of the page by `change`. Their patch is
+    /// that range, without a comparison, while every change to the page in
+    /// this transaction was made this way.
+    fn write_known(
+        &mut self,
+        pmem: &Pmem,
+        pfn: u64,
+        off: usize,
+        end: usize,
+        change: impl FnOnce(&mut [u8]),
+    ) -> Result<()> {
+        if end > PAGE {
+            return Err(Corrupt::new(format!("page {pfn}"), "a write past its end").into());
+        }
+        let known = match self.exact.remove(&pfn) {
+            Some(k) => k,
+            None if !self.pages.contains_key(&pfn) => Some(Vec::new()),
+            // Written before this transaction tracked it: compare.
+            None => None,
+        };
+        change(self.page_mut(pmem, pfn)?);
+        if let Some(e) = self.fresh.get_mut(&pfn) {
+            *e = (*e).max(end);
+        }
+        let known = known.map(|mut k| {
+            // An empty write (a node's last records removed) patches nothing.
+            if off < end {
+                k.push((off, end));
+            }
+            k
+        });
+        self.exact.insert(pfn, known);
         Ok(())
     }
 
@@ -163,8 +248,15 @@ impl Overlay {
                 }
                 continue;
             }
-            let old = pmem.bytes(pfn * PAGE_SIZE, PAGE_SIZE)?;
-            for (start, end) in spans(old, new) {
+            let found;
+            let spans = match self.exact.get(&pfn) {
+                Some(Some(known)) => joined(known),
+                _ => {
+                    found = spans(pmem.bytes(pfn * PAGE_SIZE, PAGE_SIZE)?, new);
+                    found
+                }
+            };
+            for (start, end) in spans {
                 out.push(Patch {
                     pfn,
                     off: start as u16,
@@ -192,6 +284,7 @@ impl Overlay {
         View {
             pmem,
             over: Some(self),
+            checked: None,
         }
     }
 }
@@ -202,12 +295,26 @@ impl Overlay {
 pub struct View<'a> {
     pmem: &'a Pmem,
     over: Option<&'a Overlay>,
+    checked: Option<&'a Checked>,
 }
 
 impl<'a> View<'a> {
     /// The media's pages as they are.
     pub fn media(pmem: &'a Pmem) -> Self {
-        View { pmem, over: None }
+        View {
+            pmem,
+            over: None,
+            checked: None,
+        }
+    }
+
+    /// This view, recording in `checked` the nodes it finds whole and
+    /// trusting those recorded there.
+    pub fn checking(self, checked: &'a Checked) -> Self {
+        View {
+            checked: Some(checked),
+            ..self
+        }
     }
 }
 
@@ -227,6 +334,9 @@ impl Pages for View<'_> {
     fn free(&mut self, _: u64) -> Result<()> {
         Err(Error::ReadOnly)
     }
+    fn checked(&self) -> Option<&Checked> {
+        self.checked
+    }
 }
 
 /// One transaction's changes to metadata pages: an overlay, with pages
@@ -244,6 +354,9 @@ pub struct Txn<'a> {
     /// Free pages a new node may not take: what the next checkpoint needs
     /// (`Image` sets it; 0 in tests).
     pub floor: u64,
+    /// The image's record of nodes found whole (`Image` sets it): a node
+    /// this transaction frees leaves it.
+    pub checked: Option<&'a Checked>,
 }
 
 impl Pages for Txn<'_> {
@@ -254,6 +367,21 @@ impl Pages for Txn<'_> {
     fn write(&mut self, pfn: u64, off: usize, bytes: &[u8]) -> Result<()> {
         self.check(pfn)?;
         self.over.write(self.pmem, pfn, off, bytes)
+    }
+    fn write_new(&mut self, pfn: u64, off: usize, bytes: &[u8]) -> Result<()> {
+        self.check(pfn)?;
+        self.over.write_new(self.pmem, pfn, off, bytes)
+    }
+    fn splice(
+        &mut self,
+        pfn: u64,
+        at: usize,
+        end: usize,
+        remove: usize,
+        insert: &[u8],
+    ) -> Result<()> {
+        self.check(pfn)?;
+        self.over.splice(self.pmem, pfn, at, end, remove, insert)
     }
     fn alloc(&mut self) -> Result<u64> {
         // Metadata may dip into the checkpoint reserve, down to the floor.
@@ -267,8 +395,14 @@ impl Pages for Txn<'_> {
         Ok(run.start)
     }
     fn free(&mut self, pfn: u64) -> Result<()> {
+        if let Some(c) = self.checked {
+            c.forget(pfn);
+        }
         self.freed.push(pfn);
         Ok(())
+    }
+    fn checked(&self) -> Option<&Checked> {
+        self.checked
     }
 }
 
@@ -289,6 +423,7 @@ impl<'a> Txn<'a> {
             data: (g.data_start, g.total_pages),
             freed: Vec::new(),
             floor: 0,
+            checked: None,
         }
     }
 
@@ -296,6 +431,10 @@ impl<'a> Txn<'a> {
     /// again, and nothing it changed reaches the media.
     pub fn abandon(self) {
         for &pfn in self.over.fresh.keys() {
+            // Found whole, perhaps, in bytes that never reach the media.
+            if let Some(c) = self.checked {
+                c.forget(pfn);
+            }
             self.free.insert(pfn, 1, 1);
             *self.free_pages += 1;
         }
@@ -329,6 +468,55 @@ mod tests {
             }
         }
         out
+    }
+
+    /// Bytes written as known to change are their own patches, joined;
+    /// a page also written otherwise is compared; either way the patches
+    /// make the media's page the overlay's.
+    #[test]
+    fn known_changes_are_patched_as_written() {
+        let pmem = Pmem::memory(1 << 20);
+        let mut o = Overlay::default();
+        o.write_new(&pmem, 3, 100, &[1; 50]).unwrap();
+        o.write_new(&pmem, 3, 160, &[2; 10]).unwrap();
+        o.write_new(&pmem, 3, 0, &[0; 32]).unwrap(); // unchanged, carried
+        o.write_new(&pmem, 4, 10, &[5; 8]).unwrap();
+        o.write(&pmem, 4, 2000, &[6; 4]).unwrap();
+        // Records moved along: in, then out.
+        let mut want = vec![0u8; PAGE];
+        for (i, b) in want[..300].iter_mut().enumerate() {
+            *b = i as u8;
+        }
+        o.write_new(&pmem, 5, 0, &want[..300]).unwrap();
+        o.splice(&pmem, 5, 100, 300, 0, &[9; 20]).unwrap();
+        o.splice(&pmem, 5, 50, 320, 30, &[]).unwrap();
+        want.splice(100..100, [9; 20]);
+        want.drain(50..80);
+        want.truncate(290);
+        assert_eq!(&o.page(&pmem, 5).unwrap()[..290], &want[..]);
+        assert!(o.splice(&pmem, 5, 10, 20, 11, &[]).is_err());
+        assert!(o.splice(&pmem, 5, 10, PAGE + 1, 0, &[]).is_err());
+        let p = o.patches(&pmem).unwrap();
+        let at = |pfn: u64| -> Vec<(u16, usize)> {
+            p.iter()
+                .filter(|x| x.pfn == pfn)
+                .map(|x| (x.off, x.bytes.len()))
+                .collect()
+        };
+        assert_eq!(at(3), vec![(0, 32), (100, 70)]);
+        assert_eq!(
+            at(4),
+            vec![(10, 8), (2000, 4)],
+            "compared: only what differs"
+        );
+        assert_eq!(at(5), vec![(0, 320)], "joined, to the furthest end written");
+        Overlay::store(&pmem, &p).unwrap();
+        for pfn in [3, 4, 5] {
+            assert_eq!(
+                o.page(&pmem, pfn).unwrap(),
+                pmem.bytes(pfn * PAGE_SIZE, PAGE_SIZE).unwrap()
+            );
+        }
     }
 
     #[test]
@@ -379,6 +567,7 @@ mod tests {
             data: (1000, 1100),
             freed: Vec::new(),
             floor: 0,
+            checked: None,
         };
         let ext = |pfn| Extent { pfn, len: 1 };
         let mut t = Tree::<Extents>::new(0, 5);

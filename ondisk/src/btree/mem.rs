@@ -2,7 +2,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use super::Pages;
+use super::{Checked, Pages};
 use crate::error::{Corrupt, Result};
 use crate::layout::PAGE_SIZE;
 
@@ -15,9 +15,20 @@ pub(crate) struct Mem {
     /// Bytes written, and writes.
     pub(crate) written: usize,
     pub(crate) writes: usize,
+    /// Nodes found whole, when the test asks for the record a mounted
+    /// image keeps (`Mem::checking`).
+    pub(crate) checked: Option<Checked>,
 }
 
 impl Mem {
+    /// Pages that record the nodes found whole, as an image's do.
+    pub(crate) fn checking() -> Self {
+        Mem {
+            checked: Some(Checked::new(1 << 20)),
+            ..Mem::default()
+        }
+    }
+
     pub(crate) fn in_use(&self) -> HashSet<u64> {
         self.pages.keys().copied().collect()
     }
@@ -53,7 +64,13 @@ impl Pages for Mem {
         if self.pages.remove(&pfn).is_none() {
             return Err(Corrupt::new(format!("pfn {pfn}"), "freed twice").into());
         }
+        if let Some(c) = &self.checked {
+            c.forget(pfn);
+        }
         self.free.push(pfn);
         Ok(())
+    }
+    fn checked(&self) -> Option<&Checked> {
+        self.checked.as_ref()
     }
 }

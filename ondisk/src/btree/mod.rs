@@ -23,6 +23,7 @@
 //! neighbour when both fit one page, and frees nodes left empty, so a tree
 //! shrinks as it empties: a tree with no records has no pages.
 
+pub mod checked;
 pub mod kinds;
 #[cfg(test)]
 pub(crate) mod mem;
@@ -33,6 +34,7 @@ use std::collections::HashSet;
 use std::fmt::Debug;
 use std::marker::PhantomData;
 
+pub use checked::Checked;
 pub use kinds::{Dirents, Extent, Extents, NameKey, ShareRun, Shares};
 use node::{Entries, Node, CAPACITY, MAX_LEVEL};
 
@@ -86,10 +88,52 @@ pub trait Pages {
     fn page(&self, pfn: u64) -> Result<&[u8]>;
     /// Stores `bytes` at `off` in the page.
     fn write(&mut self, pfn: u64, off: usize, bytes: &[u8]) -> Result<()>;
+    /// [`Pages::write`] of bytes the caller knows to differ from the
+    /// page's almost everywhere (records moved): a transaction may take
+    /// them as they are rather than find what changed.
+    fn write_new(&mut self, pfn: u64, off: usize, bytes: &[u8]) -> Result<()> {
+        self.write(pfn, off, bytes)
+    }
+    /// Replaces the `remove` bytes at `at` with `insert`, the bytes after
+    /// them up to `end` moving along: a record put in or taken out of a
+    /// node. Written as changed, as by [`Pages::write_new`].
+    fn splice(
+        &mut self,
+        pfn: u64,
+        at: usize,
+        end: usize,
+        remove: usize,
+        insert: &[u8],
+    ) -> Result<()> {
+        let mut tail = Vec::with_capacity(insert.len() + end - at - remove);
+        tail.extend_from_slice(insert);
+        tail.extend_from_slice(&self.page(pfn)?[at + remove..end]);
+        self.write_new(pfn, at, &tail)
+    }
     /// A page for a new node; its bytes are undefined until written.
     fn alloc(&mut self) -> Result<u64>;
     /// A node's page is no longer part of the tree.
     fn free(&mut self, pfn: u64) -> Result<()>;
+    /// The record of nodes already found whole, where the pages keep one
+    /// (a mounted image's): a node recorded there is not checksummed
+    /// again. Without one, every node read is checksummed.
+    fn checked(&self) -> Option<&Checked> {
+        None
+    }
+}
+
+/// The node at `pfn`, its header checked and its checksum verified unless
+/// `pages` records it as found whole already (and recorded so once it is).
+fn raw_node<K: Kind>(pages: &impl Pages, pfn: u64, owner: u64) -> Result<node::Raw<'_>> {
+    let page = pages.page(pfn)?;
+    let checked = pages.checked();
+    let whole = checked.is_some_and(|c| c.is_whole(pfn));
+    let raw = Node::<K>::raw_trusting(page, whole)
+        .map_err(|e| Corrupt::new(format!("{} node at pfn {pfn} of inode {owner}", K::NAME), e))?;
+    if let (false, Some(c)) = (whole, checked) {
+        c.set_whole(pfn);
+    }
+    Ok(raw)
 }
 
 /// What [`Tree::check`] found.
@@ -201,7 +245,13 @@ impl<K: Kind> Tree<K> {
 
     fn load(&self, pages: &impl Pages, pfn: u64, level: Option<u8>) -> Result<Node<K>> {
         let what = || format!("{} node at pfn {pfn} of inode {}", K::NAME, self.owner);
-        let n = Node::<K>::decode(pages.page(pfn)?).map_err(|e| Corrupt::new(what(), e))?;
+        let checked = pages.checked();
+        let whole = checked.is_some_and(|c| c.is_whole(pfn));
+        let n = Node::<K>::decode_trusting(pages.page(pfn)?, whole)
+            .map_err(|e| Corrupt::new(what(), e))?;
+        if let (false, Some(c)) = (whole, checked) {
+            c.set_whole(pfn);
+        }
         if n.owner != self.owner {
             return Err(Corrupt::new(what(), format!("belongs to inode {}", n.owner)).into());
         }
@@ -286,7 +336,7 @@ impl<K: Kind> Tree<K> {
         loop {
             let what = || format!("{} node at pfn {pfn} of inode {}", K::NAME, self.owner);
             let bad = |e: String| -> Error { Corrupt::new(what(), e).into() };
-            let raw = Node::<K>::raw(pages.page(pfn)?).map_err(bad)?;
+            let raw = raw_node::<K>(pages, pfn, self.owner)?;
             if raw.owner != self.owner || level.is_some_and(|l| l != raw.level) || raw.count == 0 {
                 return Ok(None);
             }
@@ -340,17 +390,19 @@ impl<K: Kind> Tree<K> {
         loop {
             let what = || format!("{} node at pfn {pfn} of inode {}", K::NAME, self.owner);
             let bad = |e: String| -> Error { Corrupt::new(what(), e).into() };
-            let raw = Node::<K>::raw(pages.page(pfn)?).map_err(bad)?;
+            let raw = raw_node::<K>(pages, pfn, self.owner)?;
             if raw.owner != self.owner || level.is_some_and(|l| l != raw.level) || raw.count == 0 {
                 return Ok(None);
             }
             let value_bytes = if raw.level == 0 { K::VALUE_BYTES } else { 8 };
             // A leaf: the first record whose key is at or above `key`. An
-            // interior node: every child, and how many keys are at most
-            // `key`.
-            let capacity = if raw.level == 0 { 0 } else { raw.count };
-            let (mut at, mut children, mut at_most) = (0, Vec::with_capacity(capacity), 0);
-            for _ in 0..raw.count {
+            // interior node: the last child whose key is at most `key`
+            // (keys below the first record's go to the first child), and
+            // the sibling a removal would merge it with (`remove_in`): the
+            // next child, or the previous one for the last.
+            let (mut at, mut prev, mut before_prev) = (0, None, None);
+            let mut next = None;
+            for j in 0..raw.count {
                 let Some(c) = K::cmp_in_place(&raw.body[at..], key) else {
                     return Ok(None);
                 };
@@ -363,26 +415,26 @@ impl<K: Kind> Tree<K> {
                     let found = (ord == std::cmp::Ordering::Equal).then_some(key_bytes);
                     return Ok(Some(Spot::leaf(pfn, &raw, at, found, sibling)));
                 }
-                at_most += usize::from(ord != std::cmp::Ordering::Greater);
-                children.push(end - 8);
+                if raw.level > 0 && j > 0 && ord == std::cmp::Ordering::Greater {
+                    next = Some(end - 8);
+                    break;
+                }
+                (before_prev, prev) = (prev, Some(end - 8));
                 at = end;
             }
             if raw.level == 0 {
                 return Ok(Some(Spot::leaf(pfn, &raw, at, None, sibling)));
             }
-            let child = |i: usize| {
+            let child = |off: usize| {
                 let mut c = [0u8; 8];
-                c.copy_from_slice(&raw.body[children[i]..children[i] + 8]);
+                c.copy_from_slice(&raw.body[off..off + 8]);
                 u64::from_le_bytes(c)
             };
-            // Keys below the first record's go to the first child; the
-            // sibling is the one a removal would merge with (`remove_in`).
-            let i = at_most.saturating_sub(1);
-            sibling = match children.len() {
-                1 => None,
-                n => Some(child(if i + 1 < n { i + 1 } else { i - 1 })),
+            let Some(this) = prev else {
+                return Ok(None);
             };
-            pfn = child(i);
+            sibling = next.or(before_prev).map(child);
+            pfn = child(this);
             level = Some(raw.level - 1);
         }
     }
@@ -487,8 +539,7 @@ impl<K: Kind> Tree<K> {
             return Ok(None);
         }
         if let (true, Some(sib)) = (left < CAPACITY / 4, spot.sibling) {
-            let what = || format!("{} node at pfn {sib} of inode {}", K::NAME, self.owner);
-            let raw = Node::<K>::raw(pages.page(sib)?).map_err(|e| Corrupt::new(what(), e))?;
+            let raw = raw_node::<K>(pages, sib, self.owner)?;
             if left + raw.body.len() <= CAPACITY {
                 return Ok(None);
             }
@@ -515,18 +566,15 @@ impl<K: Kind> Tree<K> {
         insert: &[u8],
         count: usize,
     ) -> Result<()> {
-        let body = node::HEADER_BYTES..node::HEADER_BYTES + spot.bytes;
-        let mut tail = Vec::with_capacity(insert.len() + spot.bytes - spot.at - remove);
-        tail.extend_from_slice(insert);
-        tail.extend_from_slice(&pages.page(spot.pfn)?[body.start + spot.at + remove..body.end]);
-        pages.write(spot.pfn, body.start + spot.at, &tail)?;
+        let end = node::HEADER_BYTES + spot.bytes;
+        pages.splice(spot.pfn, node::HEADER_BYTES + spot.at, end, remove, insert)?;
         let bytes = spot.bytes + insert.len() - remove;
         let header = {
             let page = pages.page(spot.pfn)?;
             let records = &page[node::HEADER_BYTES..node::HEADER_BYTES + bytes];
             node::Node::<K>::header(0, self.owner, count, records)
         };
-        pages.write(spot.pfn, 0, &header)
+        pages.write_new(spot.pfn, 0, &header)
     }
 
     /// `strict`: the greatest key below `key`, not at most.

@@ -62,6 +62,52 @@ fn grows_and_shrinks_in_order_and_out_of_order() {
     }
 }
 
+/// A node found whole is read again without its checksum until its page
+/// leaves the tree; a page that left is checked again when it is a node
+/// once more. Without the record, damage is found at every read.
+#[test]
+fn nodes_found_whole_are_trusted_until_their_page_leaves() {
+    let name = |i: u32| NameKey::new(format!("{i:0>100}").as_bytes());
+    let mut m = Mem::checking();
+    let mut t = Tree::<Dirents>::new(0, 9);
+    for i in 0..200u32 {
+        t.insert(&mut m, name(i), u64::from(i) + 1).unwrap();
+    }
+    for i in 0..200u32 {
+        assert_eq!(t.get(&m, &name(i)).unwrap(), Some(u64::from(i) + 1));
+    }
+    let checked = m.checked.as_ref().unwrap();
+    let nodes: Vec<u64> = m.in_use().into_iter().collect();
+    assert!(nodes.len() > 5);
+    assert!(
+        nodes.iter().all(|&p| checked.is_whole(p)),
+        "every node read"
+    );
+    // A byte of a name changed behind the tree's back, in a leaf: the
+    // trusting read does not see it; a fresh record does.
+    let leaf = t.leaf_spot(&m, &name(7)).unwrap().unwrap().pfn;
+    m.pages.get_mut(&leaf).unwrap()[node::HEADER_BYTES + 20] ^= 1;
+    assert!(t.get(&m, &name(7)).is_ok());
+    m.checked = Some(Checked::new(1 << 20));
+    assert!(
+        t.get(&m, &name(7)).is_err(),
+        "damage found when not trusted"
+    );
+    m.pages.get_mut(&leaf).unwrap()[node::HEADER_BYTES + 20] ^= 1;
+    for i in 0..200u32 {
+        t.get(&m, &name(i)).unwrap();
+    }
+    // Emptied, the tree frees its nodes, and they leave the record.
+    for i in 0..200u32 {
+        t.remove(&mut m, &name(i)).unwrap();
+    }
+    let checked = m.checked.as_ref().unwrap();
+    assert!(
+        nodes.iter().all(|&p| !checked.is_whole(p)),
+        "freed nodes forgotten"
+    );
+}
+
 #[test]
 fn directories_with_long_names_split_by_bytes() {
     let mut m = Mem::default();
@@ -157,8 +203,8 @@ proptest! {
     /// Any sequence of changes leaves the tree equal to the model, sound,
     /// and owning exactly the pages it allocated.
     #[test]
-    fn behaves_like_a_map(ops in prop::collection::vec(op(), 1..3000)) {
-        let mut m = Mem::default();
+    fn behaves_like_a_map(ops in prop::collection::vec(op(), 1..3000), checking: bool) {
+        let mut m = if checking { Mem::checking() } else { Mem::default() };
         let mut t = Tree::<Dirents>::new(0, 3);
         let mut model = BTreeMap::new();
         // Names of 40 to 140 bytes: 30 to 80 entries a node.

@@ -46,7 +46,9 @@ where
     I::IntoIter: ExactSizeIterator,
 {
     let ops = ops.into_iter();
-    let mut out = Vec::new();
+    // Most ops are under 128 bytes (an inode's attributes and a name):
+    // one allocation for a commit's few.
+    let mut out = Vec::with_capacity(4 + 128 * ops.len());
     put_u32(&mut out, len_u32(ops.len(), "a transaction")?);
     for op in ops {
         encode_op(op, &mut out)?;
