@@ -244,7 +244,9 @@ fn damaged_directory_node() {
     assert_ne!(root, 0, "a directory with an entry has a tree");
     drop(img);
     let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
-    std::os::unix::fs::FileExt::write_all_at(&f, &[0x5a; 8], root * PAGE_SIZE + 40).unwrap();
+    // Into its record, which a slotted node keeps at the page's end.
+    std::os::unix::fs::FileExt::write_all_at(&f, &[0x5a; 8], root * PAGE_SIZE + PAGE_SIZE - 12)
+        .unwrap();
     drop(f);
     assert_mount_refused(&path);
     let (out_n, _) = repair_cycle(&path, "IN8");

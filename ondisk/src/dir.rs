@@ -208,9 +208,10 @@ mod tests {
         );
     }
 
-    /// An entry added to or removed from a leaf with room moves the
-    /// records after it where they lie: two writes (the records from the
-    /// spot on, the header), no node decoded or written whole.
+    /// An entry added to a leaf with room is written below its records and
+    /// its slot put in the array (three writes: the record, the slots from
+    /// its on, the header); one removed takes out its slot (two); no node
+    /// is decoded or written whole, and only a few dozen bytes change.
     #[test]
     fn changes_within_a_leaf_are_made_in_place() {
         let mut p = Mem::default();
@@ -221,14 +222,15 @@ mod tests {
         }
         let (writes, written) = (p.writes, p.written);
         assert!(d.insert(&mut p, b"new", 99).unwrap());
-        assert_eq!(p.writes - writes, 2);
+        assert_eq!(p.writes - writes, 3);
         assert!(
             !d.insert(&mut p, b"new", 98).unwrap(),
             "a name is added once"
         );
         assert_eq!(d.len(), 21);
+        // The record (6 + 3 + 8), at most 21 slots, the header.
         assert!(
-            p.written - written < 20 * 16 + 32 + 16,
+            p.written - written <= 17 + 21 * 2 + 32,
             "{}",
             p.written - written
         );

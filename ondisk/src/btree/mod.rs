@@ -1,6 +1,6 @@
 //! B+trees over metadata pages: a file's page map, a directory's entries
 //! and the share counts, kept on the media and changed in place (the
-//! design is docs/format.md §7; the image does not use them yet).
+//! design is docs/format.md §7).
 //!
 //! A tree is its root pfn (0 for an empty tree) and the inode that owns it.
 //! Every node is one page ([`node`]): records in ascending key order, a
@@ -161,40 +161,23 @@ struct Split<K: Kind> {
     right: u64,
 }
 
-/// Where a key is or would go in a leaf, found in place
+/// Where a key is or would go in a slotted leaf, found in place
 /// (`Tree::leaf_spot`).
 struct Spot {
     pfn: u64,
-    /// Records and their bytes.
+    /// Records, the room they take, and where the lowest lies.
     count: usize,
     bytes: usize,
-    /// Byte offset in the records of the key's record, or of the first
-    /// with a greater key (the end if none).
-    at: usize,
-    /// The key's bytes, when the key is there.
-    found: Option<usize>,
+    heap: usize,
+    /// The slot of the key's record, or of the first with a greater key
+    /// (`count` if none).
+    index: usize,
+    /// The key's record, when the key is there: its offset in the page
+    /// and its key's bytes.
+    found: Option<(usize, usize)>,
     /// The leaf a removal would merge this one with; `None` for a root or
     /// an only child, which no removal merges.
     sibling: Option<u64>,
-}
-
-impl Spot {
-    fn leaf(
-        pfn: u64,
-        raw: &node::Raw,
-        at: usize,
-        found: Option<usize>,
-        sibling: Option<u64>,
-    ) -> Spot {
-        Spot {
-            pfn,
-            count: raw.count,
-            bytes: raw.body.len(),
-            at,
-            found,
-            sibling,
-        }
-    }
 }
 
 /// A record, if the in-place search could say (`Tree::floor_in_place`).
@@ -381,11 +364,14 @@ impl<K: Kind> Tree<K> {
     }
 
     /// Where `key` is, or would go, in the leaf its search leads to, found
-    /// reading each node's records where they lie, for kinds that compare
-    /// keys in place (`Kind::cmp_in_place`); `None` when it cannot say
-    /// (another kind, or a node that fails a check the decoding search
+    /// by bisecting each slotted node's slots and comparing keys where
+    /// they lie (`Kind::cmp_in_place`); `None` when it cannot say (a kind
+    /// of packed nodes, or a node that fails a check the decoding search
     /// reports in full).
     fn leaf_spot(&self, pages: &impl Pages, key: &K::Key) -> Result<Option<Spot>> {
+        if !node::slotted::<K>() {
+            return Ok(None);
+        }
         let (mut pfn, mut level, mut sibling) = (self.root, None, None);
         loop {
             let what = || format!("{} node at pfn {pfn} of inode {}", K::NAME, self.owner);
@@ -395,46 +381,85 @@ impl<K: Kind> Tree<K> {
                 return Ok(None);
             }
             let value_bytes = if raw.level == 0 { K::VALUE_BYTES } else { 8 };
-            // A leaf: the first record whose key is at or above `key`. An
-            // interior node: the last child whose key is at most `key`
-            // (keys below the first record's go to the first child), and
-            // the sibling a removal would merge it with (`remove_in`): the
-            // next child, or the previous one for the last.
-            let (mut at, mut prev, mut before_prev) = (0, None, None);
-            let mut next = None;
-            for j in 0..raw.count {
-                let Some(c) = K::cmp_in_place(&raw.body[at..], key) else {
+            // Record `i`'s key against `key`, and its key's bytes.
+            let cmp = |i: usize| -> Result<Option<(std::cmp::Ordering, usize)>> {
+                let rec = raw.record(i).map_err(bad)?;
+                let Some(c) = K::cmp_in_place(rec, key) else {
                     return Ok(None);
                 };
                 let (ord, key_bytes) = c.map_err(bad)?;
-                let end = at + key_bytes + value_bytes;
-                if end > raw.body.len() {
-                    return Err(bad("a record past the node's bytes".into()));
+                if key_bytes + value_bytes > rec.len() {
+                    return Err(bad("a record past the page's end".into()));
                 }
-                if raw.level == 0 && ord != std::cmp::Ordering::Less {
-                    let found = (ord == std::cmp::Ordering::Equal).then_some(key_bytes);
-                    return Ok(Some(Spot::leaf(pfn, &raw, at, found, sibling)));
-                }
-                if raw.level > 0 && j > 0 && ord == std::cmp::Ordering::Greater {
-                    next = Some(end - 8);
-                    break;
-                }
-                (before_prev, prev) = (prev, Some(end - 8));
-                at = end;
-            }
-            if raw.level == 0 {
-                return Ok(Some(Spot::leaf(pfn, &raw, at, None, sibling)));
-            }
-            let child = |off: usize| {
-                let mut c = [0u8; 8];
-                c.copy_from_slice(&raw.body[off..off + 8]);
-                u64::from_le_bytes(c)
+                Ok(Some((ord, key_bytes)))
             };
-            let Some(this) = prev else {
+            if raw.level == 0 {
+                // The first record whose key is at or above `key`.
+                let (mut lo, mut hi) = (0, raw.count);
+                while lo < hi {
+                    let mid = (lo + hi) / 2;
+                    let Some((ord, _)) = cmp(mid)? else {
+                        return Ok(None);
+                    };
+                    if ord == std::cmp::Ordering::Less {
+                        lo = mid + 1;
+                    } else {
+                        hi = mid;
+                    }
+                }
+                let mut found = None;
+                if lo < raw.count {
+                    let Some((ord, key_bytes)) = cmp(lo)? else {
+                        return Ok(None);
+                    };
+                    if ord == std::cmp::Ordering::Equal {
+                        found = Some((raw.offset(lo), key_bytes));
+                    }
+                }
+                return Ok(Some(Spot {
+                    pfn,
+                    count: raw.count,
+                    bytes: raw.bytes,
+                    heap: raw.heap,
+                    index: lo,
+                    found,
+                    sibling,
+                }));
+            }
+            // The last child whose key is at most `key`, keys below the
+            // second record's going to the first child; and the sibling a
+            // removal would merge it with (`remove_in`): the next child,
+            // or the previous one for the last.
+            let (mut lo, mut hi) = (1, raw.count);
+            while lo < hi {
+                let mid = (lo + hi) / 2;
+                let Some((ord, _)) = cmp(mid)? else {
+                    return Ok(None);
+                };
+                if ord == std::cmp::Ordering::Greater {
+                    hi = mid;
+                } else {
+                    lo = mid + 1;
+                }
+            }
+            let child = |i: usize| -> Result<Option<u64>> {
+                let Some((_, key_bytes)) = cmp(i)? else {
+                    return Ok(None);
+                };
+                let rec = raw.record(i).map_err(bad)?;
+                let mut c = [0u8; 8];
+                c.copy_from_slice(&rec[key_bytes..key_bytes + 8]);
+                Ok(Some(u64::from_le_bytes(c)))
+            };
+            let i = lo - 1;
+            sibling = match raw.count {
+                1 => None,
+                n => child(if i + 1 < n { i + 1 } else { i - 1 })?,
+            };
+            let Some(next) = child(i)? else {
                 return Ok(None);
             };
-            sibling = next.or(before_prev).map(child);
-            pfn = child(this);
+            pfn = next;
             level = Some(raw.level - 1);
         }
     }
@@ -444,15 +469,22 @@ impl<K: Kind> Tree<K> {
         let Some(spot) = self.leaf_spot(pages, key)? else {
             return Ok(None);
         };
-        let Some(key_bytes) = spot.found else {
+        let Some((off, key_bytes)) = spot.found else {
             return Ok(Some(None));
         };
-        let page = pages.page(spot.pfn)?;
-        let v = node::HEADER_BYTES + spot.at + key_bytes;
-        let mut r = Reader::new(&page[v..v + K::VALUE_BYTES]);
-        let value = K::decode_value(&mut r)
-            .map_err(|e| Corrupt::new(format!("{} node at pfn {}", K::NAME, spot.pfn), e))?;
-        Ok(Some(Some(value)))
+        Ok(Some(Some(self.value_at(
+            pages,
+            spot.pfn,
+            off + key_bytes,
+        )?)))
+    }
+
+    /// The value at `at` in the leaf at `pfn`.
+    fn value_at(&self, pages: &impl Pages, pfn: u64, at: usize) -> Result<K::Value> {
+        let page = pages.page(pfn)?;
+        let mut r = Reader::new(&page[at..at + K::VALUE_BYTES]);
+        K::decode_value(&mut r)
+            .map_err(|e| Corrupt::new(format!("{} node at pfn {pfn}", K::NAME), e).into())
     }
 
     /// Stores `value` under `key` if no record has that key; returns
@@ -499,7 +531,9 @@ impl<K: Kind> Tree<K> {
     }
 
     /// Puts a record of a key not in the leaf at its spot, if the leaf has
-    /// room; returns whether it did.
+    /// room below its records; returns whether it did (a leaf whose free
+    /// bytes lie between removed records is written whole by the decoding
+    /// path, which packs them).
     fn insert_at(
         &self,
         pages: &mut impl Pages,
@@ -510,18 +544,23 @@ impl<K: Kind> Tree<K> {
         let mut rec = Vec::with_capacity(K::key_bytes(key) + K::VALUE_BYTES);
         K::encode_key(key, &mut rec);
         K::encode_value(value, &mut rec);
-        if spot.bytes + rec.len() > CAPACITY {
+        let room = rec.len() + node::SLOT_BYTES;
+        let slots_end = node::HEADER_BYTES + spot.count * node::SLOT_BYTES;
+        if spot.bytes + room > CAPACITY || spot.heap < slots_end + room {
             return Ok(false);
         }
-        self.splice(pages, spot, 0, &rec, spot.count + 1)?;
+        let at = spot.heap - rec.len();
+        pages.write_new(spot.pfn, at, &rec)?;
+        let slot = node::HEADER_BYTES + spot.index * node::SLOT_BYTES;
+        pages.splice(spot.pfn, slot, slots_end, 0, &(at as u16).to_le_bytes())?;
+        self.write_header(pages, spot, spot.count + 1, spot.bytes + room, at)?;
         Ok(true)
     }
 
     /// [`Tree::remove`] from a leaf that keeps a record and that the
     /// decoding path would not merge (it stays a quarter full, or it and
-    /// its sibling do not fit one page), its records moved where they
-    /// lie; `None` (nothing changed) when that path must merge or free
-    /// nodes.
+    /// its sibling do not fit one page), by taking out its slot; `None`
+    /// (nothing changed) when that path must merge or free nodes.
     fn remove_in_place(
         &self,
         pages: &mut impl Pages,
@@ -530,50 +569,55 @@ impl<K: Kind> Tree<K> {
         let Some(spot) = self.leaf_spot(pages, key)? else {
             return Ok(None);
         };
-        let Some(key_bytes) = spot.found else {
+        let Some((off, key_bytes)) = spot.found else {
             return Ok(Some(None));
         };
         let len = key_bytes + K::VALUE_BYTES;
-        let left = spot.bytes - len;
+        let left = spot.bytes - len - node::SLOT_BYTES;
         if spot.count == 1 {
             return Ok(None);
         }
         if let (true, Some(sib)) = (left < CAPACITY / 4, spot.sibling) {
             let raw = raw_node::<K>(pages, sib, self.owner)?;
-            if left + raw.body.len() <= CAPACITY {
+            if left + raw.bytes <= CAPACITY {
                 return Ok(None);
             }
         }
-        let old = {
-            let page = pages.page(spot.pfn)?;
-            let v = node::HEADER_BYTES + spot.at + key_bytes;
-            K::decode_value(&mut Reader::new(&page[v..v + K::VALUE_BYTES]))
-                .map_err(|e| Corrupt::new(format!("{} node at pfn {}", K::NAME, spot.pfn), e))?
+        let old = self.value_at(pages, spot.pfn, off + key_bytes)?;
+        let slot = node::HEADER_BYTES + spot.index * node::SLOT_BYTES;
+        let slots_end = node::HEADER_BYTES + spot.count * node::SLOT_BYTES;
+        pages.splice(spot.pfn, slot, slots_end, node::SLOT_BYTES, &[])?;
+        // The lowest record's bytes go back to the free room; any other's
+        // stay until the node is next written whole.
+        let heap = if off == spot.heap {
+            off + len
+        } else {
+            spot.heap
         };
-        self.splice(pages, &spot, len, &[], spot.count - 1)?;
+        self.write_header(pages, &spot, spot.count - 1, left, heap)?;
         Ok(Some(Some(old)))
     }
 
-    /// Replaces `remove` bytes of the leaf's records at the spot with
-    /// `insert`, moving the records after them, and writes the header for
-    /// `count` records. Bytes past the new end are left as they are (no
-    /// reader looks at them).
-    fn splice(
+    /// Writes the header of the slotted leaf at the spot, now of `count`
+    /// records taking `bytes`, the lowest at `heap`.
+    fn write_header(
         &self,
         pages: &mut impl Pages,
         spot: &Spot,
-        remove: usize,
-        insert: &[u8],
         count: usize,
+        bytes: usize,
+        heap: usize,
     ) -> Result<()> {
-        let end = node::HEADER_BYTES + spot.bytes;
-        pages.splice(spot.pfn, node::HEADER_BYTES + spot.at, end, remove, insert)?;
-        let bytes = spot.bytes + insert.len() - remove;
-        let header = {
-            let page = pages.page(spot.pfn)?;
-            let records = &page[node::HEADER_BYTES..node::HEADER_BYTES + bytes];
-            node::Node::<K>::header(0, self.owner, count, records)
-        };
+        let slots_end = node::HEADER_BYTES + count * node::SLOT_BYTES;
+        let header = node::Node::<K>::slotted_header(
+            0,
+            self.owner,
+            count,
+            bytes,
+            heap,
+            pages.page(spot.pfn)?,
+            slots_end,
+        );
         pages.write_new(spot.pfn, 0, &header)
     }
 
@@ -806,11 +850,11 @@ impl<K: Kind> Tree<K> {
         let (level, owner) = (n.level, n.owner);
         match n.entries {
             Entries::Leaf(mut v) => {
-                let right = v.split_off(cut(&v, |(k, _)| K::key_bytes(k) + K::VALUE_BYTES));
+                let right = v.split_off(cut(&v, |(k, _)| node::room::<K>(k, true)));
                 (Node::leaf(owner, v), Node::leaf(owner, right))
             }
             Entries::Interior(mut v) => {
-                let right = v.split_off(cut(&v, |(k, _)| K::key_bytes(k) + 8));
+                let right = v.split_off(cut(&v, |(k, _)| node::room::<K>(k, false)));
                 (
                     Node::interior(level, owner, v),
                     Node::interior(level, owner, right),
@@ -951,7 +995,7 @@ impl<K: Kind> Tree<K> {
                 .into());
             }
             prev = Some(k.clone());
-            let n = K::key_bytes(&k) + K::VALUE_BYTES;
+            let n = node::room::<K>(&k, true);
             if bytes + n > fill && !leaf.is_empty() {
                 let first = leaf[0].0.clone();
                 let pfn = Self::store_new(pages, &Node::leaf(owner, std::mem::take(&mut leaf)))?;
@@ -972,7 +1016,7 @@ impl<K: Kind> Tree<K> {
             let mut node: Vec<(K::Key, u64)> = Vec::new();
             let mut bytes = 0;
             for (k, pfn) in level {
-                let n = K::key_bytes(&k) + 8;
+                let n = node::room::<K>(&k, false);
                 if bytes + n > fill && !node.is_empty() {
                     let first = node[0].0.clone();
                     let p = Self::store_new(

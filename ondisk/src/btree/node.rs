@@ -1,5 +1,5 @@
 //! One node of a B+tree: a metadata page of a 32-byte header and records
-//! packed in ascending key order.
+//! in ascending key order.
 //!
 //! ```text
 //! off  size  field
@@ -8,15 +8,28 @@
 //!                      3 share counts)
 //!   5     1  level     0 for a leaf; a child's level is its parent's less 1
 //!   6     2  count     records
-//!   8     2  bytes     bytes of the records, from offset 32
-//!  10     2  reserved  zero
+//!   8     2  bytes     room the records take: their bytes, and in a slotted
+//!                      node their slots' (2 each)
+//!  10     2  heap      slotted: offset of the lowest record byte; else zero
 //!  12     4  crc       crc32 of bytes 0..32 (this field zero) and the records
+//!                      (slotted: the slots, then bytes heap..4096)
 //!  16     8  owner     the inode whose tree it is
 //!  24     8  reserved  zero
-//!  32        records: a leaf's are key then value (the kind's layouts), an
-//!            interior node's key then child pfn (u64); bytes after the
-//!            records are not read
+//!  32        packed (kinds of fixed-size keys): the records, a leaf's key
+//!            then value (the kind's layouts), an interior node's key then
+//!            child pfn (u64); bytes after the records are not read
+//!  32        slotted (kinds whose keys vary: directories): `count` slots,
+//!            each the u16 offset in the page of a record, in key order;
+//!            the records lie at `heap` and above in any order, with bytes
+//!            of removed records between them; the bytes between the slots
+//!            and `heap` are not read
 //! ```
+//!
+//! A slotted node changes where it lies at the cost of a few dozen bytes:
+//! a record goes in below the others and a slot into the array, one comes
+//! out by its slot alone (its bytes stay until the node is next written
+//! whole), where packed records of varying size would all move; and a
+//! search bisects the slots.
 //!
 //! An interior record's key is a lower bound of every key under its child
 //! and above the previous child's; the first record's key is not used in
@@ -34,6 +47,9 @@ pub const MAGIC: [u8; 4] = *b"MPAG";
 pub const HEADER_BYTES: usize = 32;
 /// Room for records in one node.
 pub const CAPACITY: usize = PAGE_SIZE as usize - HEADER_BYTES;
+/// Bytes of a record's slot in a slotted node.
+pub const SLOT_BYTES: usize = 2;
+const PAGE: usize = PAGE_SIZE as usize;
 /// The deepest a tree may be: far more than 2^64 keys need.
 pub const MAX_LEVEL: u8 = 16;
 
@@ -45,10 +61,22 @@ struct RawHeader {
     level: u8,
     count: U16,
     bytes: U16,
-    reserved: U16,
+    heap: U16,
     crc: U32,
     owner: U64,
     reserved2: U64,
+}
+
+/// Whether nodes of kind `K` are slotted: those whose keys vary in size.
+pub const fn slotted<K: Kind>() -> bool {
+    !K::FIXED
+}
+
+/// Room a record of `key` takes in a node of kind `K`: the key, the
+/// value (a leaf's) or child pfn, and the slot in a slotted node.
+pub fn room<K: Kind>(key: &K::Key, leaf: bool) -> usize {
+    let slot = if slotted::<K>() { SLOT_BYTES } else { 0 };
+    K::key_bytes(key) + if leaf { K::VALUE_BYTES } else { 8 } + slot
 }
 
 /// A node's checked header and its records' bytes (`Node::raw`).
@@ -56,7 +84,35 @@ pub struct Raw<'a> {
     pub level: u8,
     pub owner: u64,
     pub count: usize,
+    /// Room the records take (the header's `bytes`).
+    pub bytes: usize,
+    /// Packed: the records. Slotted: the slots.
     pub body: &'a [u8],
+    /// The page, and (slotted) where its records start.
+    pub page: &'a [u8],
+    pub heap: usize,
+}
+
+impl<'a> Raw<'a> {
+    /// Slotted: the page's bytes from record `i`'s start (its key, then
+    /// its value or child) to the page's end.
+    pub fn record(&self, i: usize) -> Decode<&'a [u8]> {
+        let off = self
+            .body
+            .get(i * SLOT_BYTES..(i + 1) * SLOT_BYTES)
+            .map(|b| usize::from(u16::from_le_bytes([b[0], b[1]])))
+            .ok_or_else(|| format!("slot {i} of {}", self.count))?;
+        if off < self.heap || off >= self.page.len() {
+            return Err(format!("a record at {off}, outside the node's records"));
+        }
+        Ok(&self.page[off..])
+    }
+
+    /// Slotted: the offset in the page of record `i`.
+    pub fn offset(&self, i: usize) -> usize {
+        let b = &self.body[i * SLOT_BYTES..(i + 1) * SLOT_BYTES];
+        usize::from(u16::from_le_bytes([b[0], b[1]]))
+    }
 }
 
 /// A node's records, decoded.
@@ -97,14 +153,11 @@ impl<K: Kind> Node<K> {
         }
     }
 
-    /// Bytes of the records.
+    /// Room the records take ([`room`] of each).
     pub fn bytes(&self) -> usize {
         match &self.entries {
-            Entries::Leaf(v) => v
-                .iter()
-                .map(|(k, _)| K::key_bytes(k) + K::VALUE_BYTES)
-                .sum(),
-            Entries::Interior(v) => v.iter().map(|(k, _)| K::key_bytes(k) + 8).sum(),
+            Entries::Leaf(v) => v.iter().map(|(k, _)| room::<K>(k, true)).sum(),
+            Entries::Interior(v) => v.iter().map(|(k, _)| room::<K>(k, false)).sum(),
         }
     }
 
@@ -115,8 +168,10 @@ impl<K: Kind> Node<K> {
         }
     }
 
-    /// The page: header and records, `HEADER_BYTES + bytes()` long.
-    /// Refuses (rather than writes) a node whose records do not fit.
+    /// The page: header and records, `HEADER_BYTES + bytes()` long when
+    /// packed, the whole page when slotted (records at its end, in key
+    /// order). Refuses (rather than writes) a node whose records do not
+    /// fit.
     pub fn encode(&self) -> Decode<Vec<u8>> {
         let bytes = self.bytes();
         if bytes > CAPACITY {
@@ -125,56 +180,96 @@ impl<K: Kind> Node<K> {
                 K::NAME
             ));
         }
-        let mut out = Vec::with_capacity(HEADER_BYTES + bytes);
-        let header = RawHeader {
-            magic: MAGIC,
-            kind: K::TYPE,
-            level: self.level,
-            count: U16::new(self.records() as u16),
-            bytes: U16::new(bytes as u16),
-            reserved: U16::new(0),
-            crc: U32::new(0),
-            owner: U64::new(self.owner),
-            reserved2: U64::new(0),
-        };
-        out.extend_from_slice(header.as_bytes());
+        let mut records = Vec::with_capacity(bytes);
+        let mut ends = Vec::with_capacity(if slotted::<K>() { self.records() } else { 0 });
         match &self.entries {
             Entries::Leaf(v) => {
                 for (k, val) in v {
-                    K::encode_key(k, &mut out);
-                    K::encode_value(val, &mut out);
+                    K::encode_key(k, &mut records);
+                    K::encode_value(val, &mut records);
+                    ends.push(records.len());
                 }
             }
             Entries::Interior(v) => {
                 for (k, child) in v {
-                    K::encode_key(k, &mut out);
-                    put_u64(&mut out, *child);
+                    K::encode_key(k, &mut records);
+                    put_u64(&mut records, *child);
+                    ends.push(records.len());
                 }
             }
         }
-        let crc = crc32fast::hash(&out);
-        out[12..16].copy_from_slice(&crc.to_le_bytes());
-        Ok(out)
+        let count = self.records();
+        if !slotted::<K>() {
+            let mut out = Vec::with_capacity(HEADER_BYTES + bytes);
+            out.extend_from_slice(&[0; HEADER_BYTES]);
+            out.extend_from_slice(&records);
+            let header = Self::header_with(self.level, self.owner, count, bytes, 0, &[&records]);
+            out[..HEADER_BYTES].copy_from_slice(&header);
+            return Ok(out);
+        }
+        let heap = PAGE - records.len();
+        let mut page = vec![0u8; PAGE];
+        let mut start = 0;
+        for (i, &end) in ends.iter().enumerate() {
+            let at = HEADER_BYTES + i * SLOT_BYTES;
+            page[at..at + SLOT_BYTES].copy_from_slice(&((heap + start) as u16).to_le_bytes());
+            start = end;
+        }
+        page[heap..].copy_from_slice(&records);
+        let slots_end = HEADER_BYTES + count * SLOT_BYTES;
+        let header =
+            Self::slotted_header(self.level, self.owner, count, bytes, heap, &page, slots_end);
+        page[..HEADER_BYTES].copy_from_slice(&header);
+        Ok(page)
     }
 
-    /// The header of a node of `count` records, `records` its records'
-    /// bytes (whose crc it holds): for changes made to records where they
-    /// lie (`Tree`'s in-place inserts and removes).
-    pub fn header(level: u8, owner: u64, count: usize, records: &[u8]) -> [u8; HEADER_BYTES] {
+    /// The header of a slotted node of `count` records taking `bytes` of
+    /// room, its records at `heap` and above in `page` (whose slots,
+    /// ending at `slots_end`, and records its crc covers): for changes
+    /// made where the records lie (`Tree`'s in-place inserts and removes).
+    pub fn slotted_header(
+        level: u8,
+        owner: u64,
+        count: usize,
+        bytes: usize,
+        heap: usize,
+        page: &[u8],
+        slots_end: usize,
+    ) -> [u8; HEADER_BYTES] {
+        Self::header_with(
+            level,
+            owner,
+            count,
+            bytes,
+            heap,
+            &[&page[HEADER_BYTES..slots_end], &page[heap..PAGE]],
+        )
+    }
+
+    fn header_with(
+        level: u8,
+        owner: u64,
+        count: usize,
+        bytes: usize,
+        heap: usize,
+        covered: &[&[u8]],
+    ) -> [u8; HEADER_BYTES] {
         let mut h = RawHeader {
             magic: MAGIC,
             kind: K::TYPE,
             level,
             count: U16::new(count as u16),
-            bytes: U16::new(records.len() as u16),
-            reserved: U16::new(0),
+            bytes: U16::new(bytes as u16),
+            heap: U16::new(heap as u16),
             crc: U32::new(0),
             owner: U64::new(owner),
             reserved2: U64::new(0),
         };
         let mut c = crc32fast::Hasher::new();
         c.update(h.as_bytes());
-        c.update(records);
+        for b in covered {
+            c.update(b);
+        }
         h.crc = U32::new(c.finalize());
         let mut out = [0u8; HEADER_BYTES];
         out.copy_from_slice(h.as_bytes());
@@ -225,6 +320,36 @@ impl<K: Kind> Node<K> {
         Some(decode())
     }
 
+    /// A slotted node's records, each read at its slot's offset; their
+    /// bytes must add up to the header's room.
+    fn decode_slotted(raw: &Raw) -> Decode<Entries<K>> {
+        let mut used = raw.count * SLOT_BYTES;
+        let mut leaf = Vec::with_capacity(if raw.level == 0 { raw.count } else { 0 });
+        let mut interior = Vec::with_capacity(if raw.level == 0 { 0 } else { raw.count });
+        for i in 0..raw.count {
+            let rec = raw.record(i)?;
+            let mut r = Reader::new(rec);
+            let key = K::decode_key(&mut r)?;
+            if raw.level == 0 {
+                leaf.push((key, K::decode_value(&mut r)?));
+            } else {
+                interior.push((key, r.u64("child pfn")?));
+            }
+            used += rec.len() - r.remaining();
+        }
+        if used != raw.bytes {
+            return Err(format!(
+                "records taking {used} bytes where the header says {}",
+                raw.bytes
+            ));
+        }
+        Ok(if raw.level == 0 {
+            Entries::Leaf(leaf)
+        } else {
+            Entries::Interior(interior)
+        })
+    }
+
     /// Decodes a page, refusing anything that is not a well-formed node of
     /// this kind: wrong magic, type or crc, a count or length that does
     /// not fit, keys out of order, a record that does not decode.
@@ -241,6 +366,9 @@ impl<K: Kind> Node<K> {
         let entries = if let Some(entries) = Self::decode_fixed(level, count, body) {
             r = Reader::new(&[]);
             entries?
+        } else if slotted::<K>() {
+            r = Reader::new(&[]);
+            Self::decode_slotted(&raw)?
         } else if level == 0 {
             let mut v = Vec::with_capacity(count);
             for _ in 0..count {
@@ -298,10 +426,14 @@ impl<K: Kind> Node<K> {
         if h.level > MAX_LEVEL {
             return Err(format!("node level {} is above {MAX_LEVEL}", h.level));
         }
-        if h.reserved.get() != 0 || h.reserved2.get() != 0 {
+        if h.reserved2.get() != 0 || (!slotted::<K>() && h.heap.get() != 0) {
             return Err("reserved header field is not zero".into());
         }
         let bytes = usize::from(h.bytes.get());
+        let min = K::MIN_KEY_BYTES + if h.level == 0 { K::VALUE_BYTES } else { 8 };
+        if slotted::<K>() {
+            return Self::raw_slotted(page, h, whole, min);
+        }
         if bytes > CAPACITY || HEADER_BYTES + bytes > page.len() {
             return Err(format!("{bytes} bytes of records do not fit in the page"));
         }
@@ -317,21 +449,185 @@ impl<K: Kind> Node<K> {
             }
         }
         let mut r = Reader::new(body);
-        let min = K::MIN_KEY_BYTES + if h.level == 0 { K::VALUE_BYTES } else { 8 };
         let count = r.count(u64::from(h.count.get()), min, "node records")?;
         Ok(Raw {
             level: h.level,
             owner: h.owner.get(),
             count,
+            bytes,
             body,
+            page,
+            heap: 0,
+        })
+    }
+
+    /// [`Node::raw_trusting`] of a slotted node: the slots and the heap
+    /// must lie in the page, apart, with room for `count` records of at
+    /// least `min` bytes.
+    fn raw_slotted(page: &[u8], h: RawHeader, whole: bool, min: usize) -> Decode<Raw<'_>> {
+        let (count, bytes) = (usize::from(h.count.get()), usize::from(h.bytes.get()));
+        let heap = usize::from(h.heap.get());
+        let slots_end = HEADER_BYTES + count * SLOT_BYTES;
+        if page.len() != PAGE {
+            return Err(format!(
+                "a slotted node of {} bytes, not a page",
+                page.len()
+            ));
+        }
+        if bytes > CAPACITY
+            || count * (min + SLOT_BYTES) > bytes
+            || heap < slots_end
+            || heap > PAGE
+            || bytes - count * SLOT_BYTES > PAGE - heap
+        {
+            return Err(format!(
+                "{count} records taking {bytes} bytes, from {heap}, do not fit in the page"
+            ));
+        }
+        if !whole {
+            let mut c = crc32fast::Hasher::new();
+            c.update(&page[..12]);
+            c.update(&[0; 4]);
+            c.update(&page[16..slots_end]);
+            c.update(&page[heap..]);
+            if c.finalize() != h.crc.get() {
+                return Err("node checksum does not match".into());
+            }
+        }
+        Ok(Raw {
+            level: h.level,
+            owner: h.owner.get(),
+            count,
+            bytes,
+            body: &page[HEADER_BYTES..slots_end],
+            page,
+            heap,
         })
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::super::{Extent, Extents};
+    use super::super::{Dirents, Extent, Extents, NameKey};
     use super::*;
+
+    /// A directory leaf of `names` (ino 100 + i), in key order.
+    fn dir_leaf(names: &[&[u8]]) -> Node<Dirents> {
+        let mut v: Vec<(NameKey, u64)> = names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (NameKey::new(n), 100 + i as u64))
+            .collect();
+        v.sort();
+        Node::leaf(5, v)
+    }
+
+    /// A slotted page's crc made right again after a change.
+    fn reseal_slotted(mut d: Vec<u8>) -> Vec<u8> {
+        let count = usize::from(u16::from_le_bytes([d[6], d[7]]));
+        let heap = usize::from(u16::from_le_bytes([d[10], d[11]]));
+        d[12..16].fill(0);
+        let mut c = crc32fast::Hasher::new();
+        c.update(&d[..HEADER_BYTES + count * SLOT_BYTES]);
+        c.update(&d[heap.min(PAGE)..]);
+        let crc = c.finalize();
+        d[12..16].copy_from_slice(&crc.to_le_bytes());
+        d
+    }
+
+    #[test]
+    fn slotted_fixed_bytes() {
+        let n = dir_leaf(&[b"a", b"bc"]);
+        let b = n.encode().unwrap();
+        assert_eq!(b.len(), PAGE);
+        let Entries::Leaf(v) = &n.entries else {
+            unreachable!()
+        };
+        // Each record: hash u32, name length u16, name, ino u64.
+        let rec = |k: &NameKey, ino: u64| {
+            let mut r = k.hash.to_le_bytes().to_vec();
+            r.extend_from_slice(&(k.name.len() as u16).to_le_bytes());
+            r.extend_from_slice(&k.name);
+            r.extend_from_slice(&ino.to_le_bytes());
+            r
+        };
+        let records = [rec(&v[0].0, v[0].1), rec(&v[1].0, v[1].1)].concat();
+        assert_eq!(records.len(), 15 + 16);
+        let heap = PAGE - 31;
+        let mut want = vec![0u8; PAGE];
+        want[..4].copy_from_slice(b"MPAG");
+        // type 2, level 0, count 2, bytes 31 + 2 slots, heap.
+        want[4..12].copy_from_slice(&[2, 0, 2, 0, 35, 0, (heap & 0xff) as u8, (heap >> 8) as u8]);
+        want[16] = 5;
+        let first = v[0].0.name.len() + 14;
+        want[32..34].copy_from_slice(&(heap as u16).to_le_bytes());
+        want[34..36].copy_from_slice(&((heap + first) as u16).to_le_bytes());
+        want[heap..].copy_from_slice(&records);
+        let want = reseal_slotted(want);
+        assert_eq!(b, want);
+        // The bytes between the slots and the records are not read.
+        let mut page = b.clone();
+        page[36..heap].fill(0xee);
+        assert_eq!(Node::<Dirents>::decode(&page).unwrap(), n);
+    }
+
+    #[test]
+    fn slotted_damage_is_refused() {
+        let names: Vec<Vec<u8>> = (0..40).map(|i| format!("entry-{i}").into_bytes()).collect();
+        let refs: Vec<&[u8]> = names.iter().map(|n| n.as_slice()).collect();
+        let n = dir_leaf(&refs);
+        let b = n.encode().unwrap();
+        let heap = usize::from(u16::from_le_bytes([b[10], b[11]]));
+        let slots_end = HEADER_BYTES + 40 * SLOT_BYTES;
+        assert!(
+            Node::<Dirents>::decode(&b[..PAGE - 1]).is_err(),
+            "a cut page"
+        );
+        // The crc catches every flipped byte it covers; the gap is free.
+        for i in (0..PAGE).filter(|i| !(12..16).contains(i)) {
+            let mut d = b.clone();
+            d[i] ^= 0x40;
+            let covered = i < slots_end || i >= heap;
+            assert_eq!(Node::<Dirents>::decode(&d).is_err(), covered, "flip at {i}");
+        }
+        // Damage with a valid crc is still refused.
+        let slot = |d: &mut Vec<u8>, i: usize, off: usize| {
+            d[32 + 2 * i..34 + 2 * i].copy_from_slice(&(off as u16).to_le_bytes());
+        };
+        let mut d = b.clone();
+        slot(&mut d, 3, heap - 1);
+        assert!(Node::<Dirents>::decode(&reseal_slotted(d))
+            .unwrap_err()
+            .contains("outside"));
+        let mut d = b.clone();
+        slot(&mut d, 3, PAGE);
+        assert!(Node::<Dirents>::decode(&reseal_slotted(d)).is_err());
+        let mut d = b.clone();
+        let second = u16::from_le_bytes([d[34], d[35]]) as usize;
+        slot(&mut d, 0, second);
+        assert!(Node::<Dirents>::decode(&reseal_slotted(d))
+            .unwrap_err()
+            .contains("ascending"));
+        // The room the header gives, and where the records start.
+        let mut d = b.clone();
+        d[8] = d[8].wrapping_add(1);
+        assert!(Node::<Dirents>::decode(&reseal_slotted(d))
+            .unwrap_err()
+            .contains("bytes"));
+        let mut d = b.clone();
+        d[10..12].copy_from_slice(&((slots_end - 2) as u16).to_le_bytes());
+        assert!(Node::<Dirents>::decode(&reseal_slotted(d)).is_err());
+        // A packed kind's heap field is reserved.
+        let e: Node<Extents> = Node::leaf(7, vec![(1, Extent { pfn: 9, len: 1 })]);
+        let mut d = e.encode().unwrap();
+        d[10] = 1;
+        d[12..16].fill(0);
+        let crc = crc32fast::hash(&d);
+        d[12..16].copy_from_slice(&crc.to_le_bytes());
+        assert!(Node::<Extents>::decode(&d)
+            .unwrap_err()
+            .contains("reserved"));
+    }
 
     #[test]
     fn fixed_bytes() {
