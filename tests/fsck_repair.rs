@@ -185,18 +185,13 @@ fn damaged_page_map_node() {
 /// A committed entry that maps a page of one file onto a node of another
 /// file's page-map tree: fsck writes that tree anew elsewhere, and both
 /// files keep what they map.
-#[test]
-fn page_map_tree_on_a_mapped_page() {
-    let dir = TempDir::new("mapclash");
-    let path = populated(&dir);
-    let mut b = Builder::open(&path);
-    let frag = b.fragmented(ROOT_INO, "frag", 30, 7);
-    let one = b.file(ROOT_INO, "one", 1, 50);
-    let root = map_root(&b.image, frag);
+/// Commits an entry that maps page 0 of file `one` onto `pfn` (a tree's
+/// node), and crashes with it committed.
+fn crash_mapping(b: Builder, one: pmemfs_ondisk::Ino, pfn: u64) {
     let run = pmemfs_ondisk::Run {
         start: 0,
         len: 1,
-        value: root,
+        value: pfn,
     };
     let parts = MapParts {
         root: 0,
@@ -208,7 +203,18 @@ fn page_map_tree_on_a_mapped_page() {
     let pos = b.image.journal_pos();
     let entry = journal::encode_entry(pos, &[Op::SetFileMap { ino: one, map }], &[]).unwrap();
     put_entry(&b, &entry);
-    drop(b); // the crash, with the entry committed
+    drop(b);
+}
+
+#[test]
+fn page_map_tree_on_a_mapped_page() {
+    let dir = TempDir::new("mapclash");
+    let path = populated(&dir);
+    let mut b = Builder::open(&path);
+    let frag = b.fragmented(ROOT_INO, "frag", 30, 7);
+    let one = b.file(ROOT_INO, "one", 1, 50);
+    let root = map_root(&b.image, frag);
+    crash_mapping(b, one, root);
     let (out_n, _) = repair_cycle(&path, "IN7");
     assert!(out_n.contains(&format!("node {root}")), "{out_n}");
     let img = Image::open(&path, Access::ReadWrite).unwrap();
@@ -277,22 +283,7 @@ fn directory_tree_on_a_mapped_page() {
     let one = b.file(ROOT_INO, "one", 1, 50);
     let docs = b.image.lookup(ROOT_INO, b"docs").unwrap().unwrap();
     let root = dir_root(&b.image, docs);
-    let run = pmemfs_ondisk::Run {
-        start: 0,
-        len: 1,
-        value: root,
-    };
-    let parts = MapParts {
-        root: 0,
-        runs: 1,
-        pages: 1,
-        inline: Some(run),
-    };
-    let map = FileMap::from_parts(one, parts).unwrap();
-    let pos = b.image.journal_pos();
-    let entry = journal::encode_entry(pos, &[Op::SetFileMap { ino: one, map }], &[]).unwrap();
-    put_entry(&b, &entry);
-    drop(b); // the crash, with the entry committed
+    crash_mapping(b, one, root);
     let (out_n, _) = repair_cycle(&path, "IN9");
     assert!(out_n.contains(&format!("node {root}")), "{out_n}");
     let img = Image::open(&path, Access::ReadWrite).unwrap();

@@ -393,20 +393,29 @@ impl<K: Kind> Tree<K> {
                 }
                 Ok(Some((ord, key_bytes)))
             };
-            if raw.level == 0 {
-                // The first record whose key is at or above `key`.
-                let (mut lo, mut hi) = (0, raw.count);
+            // The first record in `lo..count` whose key compares as
+            // `past` says, or `count`; `None` when a key cannot be read in
+            // place.
+            let first = |lo: usize, past: fn(std::cmp::Ordering) -> bool| {
+                let (mut lo, mut hi) = (lo, raw.count);
                 while lo < hi {
                     let mid = (lo + hi) / 2;
                     let Some((ord, _)) = cmp(mid)? else {
                         return Ok(None);
                     };
-                    if ord == std::cmp::Ordering::Less {
-                        lo = mid + 1;
-                    } else {
+                    if past(ord) {
                         hi = mid;
+                    } else {
+                        lo = mid + 1;
                     }
                 }
+                Ok::<_, Error>(Some(lo))
+            };
+            if raw.level == 0 {
+                // The first record whose key is at or above `key`.
+                let Some(lo) = first(0, |o| o != std::cmp::Ordering::Less)? else {
+                    return Ok(None);
+                };
                 let mut found = None;
                 if lo < raw.count {
                     let Some((ord, key_bytes)) = cmp(lo)? else {
@@ -430,18 +439,9 @@ impl<K: Kind> Tree<K> {
             // second record's going to the first child; and the sibling a
             // removal would merge it with (`remove_in`): the next child,
             // or the previous one for the last.
-            let (mut lo, mut hi) = (1, raw.count);
-            while lo < hi {
-                let mid = (lo + hi) / 2;
-                let Some((ord, _)) = cmp(mid)? else {
-                    return Ok(None);
-                };
-                if ord == std::cmp::Ordering::Greater {
-                    hi = mid;
-                } else {
-                    lo = mid + 1;
-                }
-            }
+            let Some(lo) = first(1, |o| o == std::cmp::Ordering::Greater)? else {
+                return Ok(None);
+            };
             let child = |i: usize| -> Result<Option<u64>> {
                 let Some((_, key_bytes)) = cmp(i)? else {
                     return Ok(None);
