@@ -180,33 +180,47 @@ impl<K: Kind> Node<K> {
                 K::NAME
             ));
         }
-        let mut records = Vec::with_capacity(bytes);
-        let mut ends = Vec::with_capacity(if slotted::<K>() { self.records() } else { 0 });
+        // The records after room for the header: a packed node's page as
+        // it is written, a slotted node's records before they move to the
+        // page's end (where each ends, for its slot).
+        let slotted = slotted::<K>();
+        let mut out = Vec::with_capacity(HEADER_BYTES + bytes);
+        out.resize(HEADER_BYTES, 0);
+        let mut ends = Vec::with_capacity(if slotted { self.records() } else { 0 });
         match &self.entries {
             Entries::Leaf(v) => {
                 for (k, val) in v {
-                    K::encode_key(k, &mut records);
-                    K::encode_value(val, &mut records);
-                    ends.push(records.len());
+                    K::encode_key(k, &mut out);
+                    K::encode_value(val, &mut out);
+                    if slotted {
+                        ends.push(out.len() - HEADER_BYTES);
+                    }
                 }
             }
             Entries::Interior(v) => {
                 for (k, child) in v {
-                    K::encode_key(k, &mut records);
-                    put_u64(&mut records, *child);
-                    ends.push(records.len());
+                    K::encode_key(k, &mut out);
+                    put_u64(&mut out, *child);
+                    if slotted {
+                        ends.push(out.len() - HEADER_BYTES);
+                    }
                 }
             }
         }
         let count = self.records();
-        if !slotted::<K>() {
-            let mut out = Vec::with_capacity(HEADER_BYTES + bytes);
-            out.extend_from_slice(&[0; HEADER_BYTES]);
-            out.extend_from_slice(&records);
-            let header = Self::header_with(self.level, self.owner, count, bytes, 0, &[&records]);
+        if !slotted {
+            let header = Self::header_with(
+                self.level,
+                self.owner,
+                count,
+                bytes,
+                0,
+                &[&out[HEADER_BYTES..]],
+            );
             out[..HEADER_BYTES].copy_from_slice(&header);
             return Ok(out);
         }
+        let records = &out[HEADER_BYTES..];
         let heap = PAGE - records.len();
         let mut page = vec![0u8; PAGE];
         let mut start = 0;
@@ -215,7 +229,7 @@ impl<K: Kind> Node<K> {
             page[at..at + SLOT_BYTES].copy_from_slice(&((heap + start) as u16).to_le_bytes());
             start = end;
         }
-        page[heap..].copy_from_slice(&records);
+        page[heap..].copy_from_slice(records);
         let slots_end = HEADER_BYTES + count * SLOT_BYTES;
         let header =
             Self::slotted_header(self.level, self.owner, count, bytes, heap, &page, slots_end);
